@@ -1,0 +1,199 @@
+"""`onething`: the operator's command for the stack, the schemas, the catalog and the demo."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .settings import Settings
+
+console = Console()
+
+
+class StackFailure(click.ClickException):
+    """Shown as a one-line error with the fix; no traceback for an operator."""
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+@click.group(help="onething — 高效办成一件事: one application, many departments, one live status.")
+@click.option("--log-level", default="WARNING", envvar="ONETHING_LOG_LEVEL", show_default=True)
+def main(log_level: str) -> None:
+    from . import log
+
+    log.configure("onething-cli", log_level)
+
+
+@main.command(help="Start (or reuse) the broker and PostgreSQL, apply migrations and topics.")
+def up() -> None:
+    from . import stack
+    from .kafka_local import KafkaStackError
+    from .postgres_local import PostgresStackError
+
+    s = _settings()
+    try:
+        with console.status("bringing the stack up…"):
+            report = stack.up(s)
+    except (KafkaStackError, PostgresStackError) as exc:
+        raise StackFailure(str(exc)) from None
+    for note in report.notes:
+        console.print(f"[dim]{note}[/dim]")
+    console.print(f"kafka     {report.kafka}" + (f"   (log: {report.kafka_log})" if report.kafka_log else ""))
+    console.print(f"postgres  {report.postgres}   migrations applied now: {report.migrations_applied or 'none'}")
+    console.print(f"topics    {len(report.topics.created)} created, {len(report.topics.unchanged)} unchanged")
+    for line in report.topics.drift:
+        console.print(f"[bold red]topic drift[/bold red] {line}")
+    if not report.topics.ok:
+        raise StackFailure("topics differ from their declaration (see above); nothing was changed")
+
+
+@main.command(help="Stop the local broker (and PostgreSQL with --postgres).")
+@click.option("--postgres", "with_postgres", is_flag=True, help="also stop Debian's PostgreSQL cluster")
+def down(with_postgres: bool) -> None:
+    from . import stack
+
+    s = _settings()
+    stopped = stack.down(s)
+    if with_postgres and stack.stop_postgres(s):
+        stopped.append("postgres")
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@main.command(help="Broker, PostgreSQL, topics with end offsets, consumer groups with lag.")
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    from . import stack
+
+    st = stack.status(_settings())
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    k, p = st["kafka"], st["postgres"]
+    console.print(f"kafka     {k.get('state')}  {k['bootstrap']}  brokers={k.get('brokers', [])}")
+    console.print(f"postgres  {p.get('state')}  {p['url']}  {p.get('version', p.get('error', ''))}"
+                  f"  schema_version={p.get('schema_version')}")
+    if "topics" in st:
+        table = Table("topic", "partitions", "end offsets", title="topics")
+        for t in st["topics"]:
+            table.add_row(t["name"], str(t["partitions"]), str(t["end_offsets"]))
+        console.print(table)
+        groups = Table("consumer group", "partitions", "lag", title="consumer groups")
+        for g in st["groups"]:
+            groups.add_row(g["group"], str(g["partitions"]), str(g["lag"]))
+        console.print(groups)
+    if k.get("state") != "up" or p.get("state") != "up":
+        sys.exit(1)
+
+
+@main.group(help="Topics as code.")
+def topics() -> None:
+    pass
+
+
+@topics.command("apply", help="Create missing topics; report any drift from the declaration.")
+def topics_apply() -> None:
+    from . import stack
+    from .topics import apply_topics
+
+    s = _settings()
+    admin = stack.admin_client(s)
+    try:
+        report = apply_topics(admin, stack.topic_specs(s))
+    finally:
+        admin.close()
+    console.print(f"{len(report.created)} created, {len(report.unchanged)} unchanged")
+    for line in report.drift:
+        console.print(f"[bold red]drift[/bold red] {line}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@topics.command("grow", help="Grow partition counts to the declaration (keys move partitions!).")
+@click.confirmation_option(prompt="Growing partitions changes which partition a key lands on. Continue?")
+def topics_grow() -> None:
+    from . import stack
+    from .topics import grow_partitions
+
+    s = _settings()
+    admin = stack.admin_client(s)
+    try:
+        grown = grow_partitions(admin, stack.topic_specs(s))
+    finally:
+        admin.close()
+    console.print("grown: " + (", ".join(grown) or "none"))
+
+
+@main.group(help="The Avro contract in schemas/.")
+def schemas() -> None:
+    pass
+
+
+@schemas.command("check", help="Fail if a source differs from its published version or breaks a reader.")
+def schemas_check() -> None:
+    from events.compatibility import check_full_transitive
+    from events.publish import pending_changes
+    from events.schema_store import SchemaStore
+
+    store = SchemaStore()
+    pending = pending_changes()
+    bad = False
+    for event_type, source in pending.items():
+        problems = check_full_transitive(source, store.by_type.get(event_type, []))
+        state = "INCOMPATIBLE" if problems else "compatible, not yet published"
+        bad = bad or bool(problems)
+        console.print(f"{event_type}: {state}")
+        for p in problems:
+            console.print(f"   {p}")
+    if not pending:
+        console.print(f"{len(store.event_types())} event types, every source published")
+    sys.exit(1 if bad or pending else 0)
+
+
+@schemas.command("publish", help="Publish a new version of each changed, compatible schema.")
+def schemas_publish() -> None:
+    from events.publish import publish
+    from events.schema_store import SchemaError
+
+    try:
+        written = publish()
+    except SchemaError as exc:
+        raise StackFailure(str(exc)) from None
+    for event_type, version in written:
+        console.print(f"published {event_type} v{version}")
+    if not written:
+        console.print("nothing to publish")
+
+
+@main.command(help="Produce events through the real broker and read them back.")
+@click.option("--count", default=1000, show_default=True)
+def smoke(count: int) -> None:
+    from . import smoke as smoke_mod
+
+    result = smoke_mod.run(_settings(), count=count)
+    console.print(f"produced {result.produced}, read back {result.read_back}, per-key order "
+                  f"{'kept' if result.in_order else 'BROKEN'}, {result.seconds:.2f}s")
+    if result.read_back != result.produced or not result.in_order:
+        sys.exit(1)
+
+
+@main.command(help="The main job: bring the stack up and show the system working.")
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    ctx.invoke(up)
+    ctx.invoke(smoke, count=1000)
+
+
+def _register_optional_groups() -> None:
+    try:
+        from catalog.cli import catalog
+    except ImportError:  # the catalog package is optional for the stack commands
+        return
+    main.add_command(catalog)
+
+
+_register_optional_groups()

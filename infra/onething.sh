@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# All set-up on a fresh machine, idempotent, then one job:
+#   infra/onething.sh demo    the local stack plus the demo (the README's first command)
+#   infra/onething.sh test    the local stack plus the whole test suite (the README's second; .ci/run)
+#   infra/onething.sh ARGS    any other `onething` command, after set-up
+# It installs only what is missing (Java, Maven, Python packages; PostgreSQL and the Kafka jars
+# are fetched by `onething up`), and reuses a running broker and database.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+APT_UPDATED=
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then echo "need root to apt-get install $*" >&2; exit 1; fi
+  if [ -z "$APT_UPDATED" ]; then apt-get update -q; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+command -v java >/dev/null || apt_install openjdk-17-jre-headless
+command -v mvn  >/dev/null || apt_install maven
+if [ -z "${DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  apt_install postgresql
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.onething-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+
+job=${1:-demo}
+case "$job" in
+  demo)
+    shift || true
+    exec .venv/bin/onething demo "$@" ;;
+  test)
+    shift || true
+    .venv/bin/onething up
+    set +e
+    .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+    rc=$?
+    # pytest's 5 means "no test ran": that is a failure of the suite, not a pass
+    exit $rc ;;
+  *)
+    exec .venv/bin/onething "$@" ;;
+esac
