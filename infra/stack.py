@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 
 def department_codes() -> list[str]:
     """Departments come from the catalog: a new department there gets its topics here."""
-    from catalog import load_catalog
+    from catalog.loader import load_catalog
 
     return sorted(load_catalog().departments)
 

@@ -1,0 +1,277 @@
+"""A case folded from its events, and the derived events each step calls for.
+
+Pure: `step(state, event, catalog)` returns the next state and the events to emit, with ids
+derived from the cause, so the dispatch processor can re-run any stretch of the log after a
+crash and emit exactly the same events (consumers drop the repeats). No clock, no I/O:
+"today" is the causing event's own time.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from catalog.model import Catalog
+from events.envelope import Event, derive
+
+WAITING, DISPATCHED, ACCEPTED, CORRECTION, APPROVED, REJECTED, BLOCKED, CANCELLED = (
+    "waiting", "dispatched", "accepted", "correction_requested", "approved", "rejected", "blocked", "cancelled")
+FINAL = frozenset({APPROVED, REJECTED, BLOCKED, CANCELLED})
+OPEN, AWAITING_APPLICANT, COMPLETED, WITHDRAWN = "open", "awaiting_applicant", "completed", "withdrawn"
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service_id: str
+    department: str
+    status: str = WAITING
+    attempt: int = 0            # how many times it was dispatched (corrections re-dispatch)
+    task_id: str | None = None
+    reason: str | None = None
+    missing: tuple[str, ...] = ()
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CaseState:
+    case_id: str
+    bundle_code: str
+    region_code: str
+    status: str
+    form: dict[str, str]
+    materials: dict[str, dict[str, Any]]        # code -> MaterialRef record
+    services: dict[str, ServiceState]
+    outputs: dict[str, str] = field(default_factory=dict)
+    seen: frozenset[str] = frozenset()
+    sequence: int = 0                            # of the derived events this case emitted
+
+    @property
+    def done(self) -> bool:
+        return self.status in (COMPLETED, WITHDRAWN)
+
+
+class CaseError(ValueError):
+    """An event that does not fit its case (unknown case, unknown service): a dead letter."""
+
+
+# -- dependencies --------------------------------------------------------------------------
+def prerequisites(catalog: Catalog, service_ids: Iterable[str]) -> dict[str, set[str]]:
+    """Which of the case's services each one waits for (producers of what it consumes)."""
+    ids = set(service_ids)
+    deps = {}
+    for sid in ids:
+        svc = catalog.service(sid)
+        deps[sid] = {catalog.producers[o] for o in svc.consumes if catalog.producers.get(o) in ids}
+    return deps
+
+
+def _ready(state: CaseState, catalog: Catalog, sid: str) -> bool:
+    return all(o in state.outputs for o in catalog.service(sid).consumes)
+
+
+def _upstream_failed(state: CaseState, catalog: Catalog, sid: str) -> bool:
+    deps = prerequisites(catalog, state.services)[sid]
+    return any(state.services[d].status in (REJECTED, BLOCKED, CANCELLED) for d in deps)
+
+
+# -- payload minimisation -----------------------------------------------------------------
+def task_payload(state: CaseState, catalog: Catalog, sid: str, task_id: str, due: Any) -> dict[str, Any]:
+    """Only what this service declares: its fields, its materials, the outputs it consumes."""
+    svc = catalog.service(sid)
+    field_ids = {n.id for n in svc.fields}
+    material_ids = {n.id for n in svc.materials}
+    return {
+        "task_id": task_id,
+        "department": svc.department,
+        "service_id": sid,
+        "kind": "case_service",
+        "fields": {k: v for k, v in state.form.items() if k in field_ids},
+        "materials": [m for code, m in sorted(state.materials.items()) if code in material_ids],
+        "inputs": {o: state.outputs[o] for o in svc.consumes if o in state.outputs},
+        "due_date": due,
+    }
+
+
+def _promised_days(catalog: Catalog, bundle_code: str, sid: str) -> float | None:
+    bundle = catalog.bundles.get(bundle_code)
+    member = bundle.member(sid) if bundle else None
+    if member and member.promised:
+        return member.promised.value
+    svc = catalog.service(sid)
+    return svc.statutory.value if svc.statutory else None
+
+
+def _due(catalog: Catalog, bundle_code: str, sid: str, cause: Event):
+    from catalog.working_days import add_working_days
+
+    days = _promised_days(catalog, bundle_code, sid)
+    if days is None:
+        return None
+    return add_working_days(cause.envelope.occurred_at.date(), int(round(days)))
+
+
+# -- the fold -----------------------------------------------------------------------------
+def _emit(state: CaseState, cause: Event, event_type: str, payload: dict, *parts: str) -> tuple[CaseState, Event]:
+    seq = state.sequence + 1
+    ev = derive(cause, event_type, state.case_id, payload, *parts, sequence=seq)
+    return replace(state, sequence=seq), ev
+
+
+def _dispatch_ready(state: CaseState, catalog: Catalog, cause: Event) -> tuple[CaseState, list[Event]]:
+    out: list[Event] = []
+    for sid in sorted(state.services):
+        svc_state = state.services[sid]
+        if svc_state.status != WAITING:
+            continue
+        if _upstream_failed(state, catalog, sid):
+            state = _set(state, sid, status=BLOCKED, reason="a service it depends on was not approved")
+            continue
+        if not _ready(state, catalog, sid):
+            continue
+        attempt = svc_state.attempt + 1
+        task_id = f"{state.case_id}:{sid}:{attempt}"
+        payload = task_payload(state, catalog, sid, task_id, _due(catalog, state.bundle_code, sid, cause))
+        state, ev = _emit(state, cause, "TaskDispatched", payload, sid, str(attempt))
+        state = _set(state, sid, status=DISPATCHED, attempt=attempt, task_id=task_id, missing=())
+        out.append(ev)
+    return state, out
+
+
+def _set(state: CaseState, sid: str, **changes: Any) -> CaseState:
+    services = dict(state.services)
+    services[sid] = replace(services[sid], **changes)
+    return replace(state, services=services)
+
+
+def _settle(state: CaseState, catalog: Catalog, cause: Event) -> tuple[CaseState, list[Event]]:
+    """Dispatch what became ready, block what can no longer be done, complete when all is decided."""
+    emitted: list[Event] = []
+    while True:  # blocking one service can block its dependants in turn
+        before = state
+        state, out = _dispatch_ready(state, catalog, cause)
+        emitted += out
+        if state == before:
+            break
+    if any(s.status == CORRECTION for s in state.services.values()):
+        state = replace(state, status=AWAITING_APPLICANT)
+    elif state.status == AWAITING_APPLICANT:
+        state = replace(state, status=OPEN)
+    if state.status in (OPEN, AWAITING_APPLICANT) and all(s.status in FINAL for s in state.services.values()):
+        approved = sorted(s for s, v in state.services.items() if v.status == APPROVED)
+        rejected = sorted(s for s, v in state.services.items() if v.status != APPROVED)
+        state, ev = _emit(state, cause, "CaseCompleted", {"approved": approved, "rejected": rejected}, "completed")
+        state = replace(state, status=COMPLETED)
+        emitted.append(ev)
+    return state, emitted
+
+
+def start(event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
+    p = event.payload
+    services = {}
+    for sid in p["services"]:
+        try:
+            services[sid] = ServiceState(sid, catalog.service(sid).department)
+        except KeyError as exc:
+            raise CaseError(str(exc)) from None
+    missing_producers = [o for sid in services for o in catalog.service(sid).consumes
+                         if catalog.producers.get(o) not in services]
+    if missing_producers:
+        raise CaseError(f"no service of the case produces {sorted(set(missing_producers))}")
+    state = CaseState(
+        case_id=event.key, bundle_code=p["bundle_code"], region_code=event.envelope.region_code,
+        status=OPEN, form=dict(p["form"]), materials={m["code"]: dict(m) for m in p["materials"]},
+        services=services, seen=frozenset({event.id}),
+    )
+    return _settle(state, catalog, event)
+
+
+def step(state: CaseState | None, event: Event, catalog: Catalog) -> tuple[CaseState | None, list[Event]]:
+    """Apply one event to its case. A repeated event changes nothing and emits nothing."""
+    if state is not None and event.id in state.seen:
+        return state, []
+    if event.type == "ApplicationSubmitted":
+        if state is not None:
+            return state, []  # a second submission under the same case id is a repeat
+        return start(event, catalog)
+    if state is None:
+        raise CaseError(f"{event.type} for a case that was never submitted")
+    state = replace(state, seen=state.seen | {event.id})
+    if state.done:
+        return state, []
+    if event.type == "DecisionRecorded":
+        return _on_decision(state, event, catalog)
+    if event.type == "MaterialsSupplemented":
+        return _on_supplement(state, event, catalog)
+    if event.type == "ApplicationWithdrawn":
+        return _on_withdrawal(state, event)
+    return state, []  # events of other processors (TaskDispatched echoes, CaseCompleted …)
+
+
+def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
+    p = event.payload
+    sid = p["service_id"]
+    svc = state.services.get(sid)
+    if svc is None:
+        raise CaseError(f"decision for service {sid} which is not part of the case")
+    if p["task_id"] != svc.task_id or svc.status in FINAL:
+        return state, []  # a decision on a superseded attempt, or after the service was settled
+    outcome = p["outcome"]
+    if outcome == "accepted":
+        state = _set(state, sid, status=ACCEPTED)
+    elif outcome == "correction_requested":
+        state = _set(state, sid, status=CORRECTION, reason=p.get("reason"),
+                     missing=tuple(p.get("missing_materials") or ()))
+    elif outcome == "approved":
+        outputs = dict(p.get("outputs") or {})
+        state = _set(state, sid, status=APPROVED, outputs=outputs, reason=None, missing=())
+        state = replace(state, outputs={**state.outputs, **outputs})
+    elif outcome == "rejected":
+        state = _set(state, sid, status=REJECTED, reason=p.get("reason"))
+    else:
+        raise CaseError(f"outcome {outcome!r} does not apply to a case service")
+    return _settle(state, catalog, event)
+
+
+def _on_supplement(state: CaseState, event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
+    p = event.payload
+    materials = {**state.materials, **{m["code"]: dict(m) for m in p["materials"]}}
+    state = replace(state, materials=materials, form={**state.form, **(p.get("form") or {})})
+    for sid, svc in state.services.items():
+        if svc.status == CORRECTION:  # 补正 resumes: dispatched again with the new materials
+            state = _set(state, sid, status=WAITING)
+    return _settle(state, catalog, event)
+
+
+def _on_withdrawal(state: CaseState, event: Event) -> tuple[CaseState, list[Event]]:
+    emitted = []
+    for sid in sorted(state.services):
+        svc = state.services[sid]
+        if svc.status in (DISPATCHED, ACCEPTED, CORRECTION):
+            state, ev = _emit(state, event, "TaskCancelled",
+                              {"task_id": svc.task_id, "department": svc.department, "service_id": sid,
+                               "reason": "withdrawn by the applicant"}, sid)
+            emitted.append(ev)
+        if svc.status not in FINAL:
+            state = _set(state, sid, status=CANCELLED)
+    return replace(state, status=WITHDRAWN), emitted
+
+
+# -- persistence form -----------------------------------------------------------------------
+def to_json(state: CaseState) -> dict[str, Any]:
+    """A JSON-able form for the dispatch processor's store (dates as ISO text)."""
+    return {
+        "case_id": state.case_id, "bundle_code": state.bundle_code, "region_code": state.region_code,
+        "status": state.status, "form": state.form, "materials": state.materials,
+        "services": {sid: {"department": s.department, "status": s.status, "attempt": s.attempt,
+                           "task_id": s.task_id, "reason": s.reason, "missing": list(s.missing),
+                           "outputs": s.outputs} for sid, s in state.services.items()},
+        "outputs": state.outputs, "seen": sorted(state.seen), "sequence": state.sequence,
+    }
+
+
+def from_json(data: dict[str, Any]) -> CaseState:
+    services = {sid: ServiceState(sid, s["department"], s["status"], s["attempt"], s["task_id"], s["reason"],
+                                  tuple(s["missing"]), dict(s["outputs"])) for sid, s in data["services"].items()}
+    return CaseState(data["case_id"], data["bundle_code"], data["region_code"], data["status"], dict(data["form"]),
+                     {k: dict(v) for k, v in data["materials"].items()}, services, dict(data["outputs"]),
+                     frozenset(data["seen"]), data["sequence"])
