@@ -86,6 +86,10 @@ def status(as_json: bool) -> None:
         for g in st["groups"]:
             groups.add_row(g["group"], str(g["partitions"]), str(g["lag"]))
         console.print(groups)
+        projections = Table("read model (PostgreSQL)", "partitions", "lag", title="projections")
+        for pr in st.get("projections", []):
+            projections.add_row(pr["projection"], str(pr["partitions"]), str(pr["lag"]))
+        console.print(projections)
     if k.get("state") != "up" or p.get("state") != "up":
         sys.exit(1)
 

@@ -137,18 +137,38 @@ def status(settings: Settings) -> dict[str, Any]:
             tps = [TopicPartition(t["name"], p["partition_index"]) for p in t["partitions"]]
             all_tps.extend(tps)
             topics.append({"name": t["name"], "partitions": len(tps), "tps": tps})
+        topics.sort(key=lambda t: t["name"])
         ends = consumer.end_offsets(all_tps) if all_tps else {}
         for t in topics:
             t["end_offsets"] = sum(ends.get(tp, 0) for tp in t.pop("tps"))
         result["topics"] = topics
         groups = []
-        for group in admin.list_consumer_groups():
-            group_id = group[0]
-            offsets = admin.list_consumer_group_offsets(group_id)
+        names = [g["group_id"] for g in admin.list_groups()]
+        offsets_by_group = admin.list_group_offsets(names) if names else {}
+        for group_id in sorted(names):
+            offsets = offsets_by_group.get(group_id, {})
             lag = sum(max(0, ends.get(tp, 0) - om.offset) for tp, om in offsets.items() if om.offset >= 0)
             groups.append({"group": group_id, "partitions": len(offsets), "lag": lag})
-        result["groups"] = sorted(groups, key=lambda g: g["group"])
+        result["groups"] = groups
+        result["projections"] = _projection_lag(settings, ends)
     finally:
         consumer.close()
         admin.close()
     return result
+
+
+def _projection_lag(settings: Settings, ends: dict[TopicPartition, int]) -> list[dict[str, Any]]:
+    """PostgreSQL read models keep their offsets in their own table: their lag is measured there."""
+    import psycopg
+
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=3) as conn:
+            rows = conn.execute("SELECT consumer, topic, partition, next_offset FROM consumer_offsets").fetchall()
+    except psycopg.Error:
+        return []
+    lag: dict[str, list[int]] = {}
+    for consumer, topic, partition, next_offset in rows:
+        entry = lag.setdefault(consumer, [0, 0])
+        entry[0] += 1
+        entry[1] += max(0, ends.get(TopicPartition(topic, partition), 0) - next_offset)
+    return [{"projection": name, "partitions": n, "lag": behind} for name, (n, behind) in sorted(lag.items())]

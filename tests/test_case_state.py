@@ -1,0 +1,170 @@
+"""The dispatch fold (pure): dependency order, data minimisation, corrections, rejections,
+withdrawals, repeats, and determinism of derived event ids."""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from catalog.loader import load_catalog
+from events.envelope import Actor, Event, new_event
+from projectors import case_state
+from projectors.case_state import APPROVED, AWAITING_APPLICANT, BLOCKED, CANCELLED, COMPLETED, WITHDRAWN
+
+from .support.newborn import submission
+
+CATALOG = load_catalog()
+DEPT = Actor("dept", "department", "department")
+
+
+def decision(state, sid: str, outcome: str, outputs=None, missing=(), reason=None) -> Event:
+    svc = state.services[sid]
+    return new_event("DecisionRecorded", state.case_id,
+                     {"task_id": svc.task_id, "department": svc.department, "service_id": sid, "outcome": outcome,
+                      "reason": reason, "missing_materials": list(missing), "outputs": outputs or {}},
+                     actor=DEPT, region_code="440203")
+
+
+def outputs_of(sid: str) -> dict[str, str]:
+    return {o: f"{o}-value" for o in CATALOG.service(sid).produces}
+
+
+def tasks(events):
+    return [e for e in events if e.type == "TaskDispatched"]
+
+
+def run_to_completion(order_seed: int = 0, inputs: list | None = None):
+    """Approve whatever is dispatched, in an order chosen by the seed; returns (state, all emitted).
+    The input events are appended to `inputs` so a test can fold them again."""
+    import random
+
+    rnd = random.Random(order_seed)
+    inputs = [] if inputs is None else inputs
+    sub = submission("case-fold-1")
+    inputs.append(sub)
+    state, emitted = case_state.step(None, sub, CATALOG)
+    log = list(emitted)
+    pending = [e.payload["service_id"] for e in emitted if e.type == "TaskDispatched"]
+    while pending:
+        sid = pending.pop(rnd.randrange(len(pending)))
+        d = decision(state, sid, "approved", outputs_of(sid))
+        inputs.append(d)
+        state, out = case_state.step(state, d, CATALOG)
+        log += out
+        pending += [e.payload["service_id"] for e in tasks(out)]
+    return state, log
+
+
+def test_submission_dispatches_only_services_without_unmet_dependencies():
+    state, emitted = case_state.step(None, submission(), CATALOG)
+    first = {e.payload["service_id"] for e in tasks(emitted)}
+    assert first == {s for s in state.services if not CATALOG.service(s).consumes}
+    assert "police.birth_registration" not in first  # waits for the birth certificate
+    assert len({e.payload["department"] for e in tasks(emitted)}) >= 2  # parallel dispatch
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000))
+def test_any_decision_order_completes_respecting_dependencies_and_minimisation(seed):
+    state, log = run_to_completion(seed)
+    assert state.status == COMPLETED
+    assert all(s.status == APPROVED for s in state.services.values())
+    assert [e.type for e in log].count("CaseCompleted") == 1
+    dispatched_at = {}
+    for i, e in enumerate(log):
+        if e.type == "TaskDispatched":
+            dispatched_at[e.payload["service_id"]] = i
+    for sid in state.services:
+        svc = CATALOG.service(sid)
+        for out in svc.consumes:
+            producer = CATALOG.producers[out]
+            assert dispatched_at[producer] < dispatched_at[sid], f"{sid} went before {producer}"
+    for e in tasks(log):
+        svc = CATALOG.service(e.payload["service_id"])
+        assert set(e.payload["fields"]) <= {n.id for n in svc.fields}, "a field the service did not declare"
+        assert {m["code"] for m in e.payload["materials"]} <= {n.id for n in svc.materials}
+        assert set(e.payload["inputs"]) == set(svc.consumes)  # the outputs it waits for, passed on
+        assert e.payload["due_date"] is not None
+
+
+def test_the_child_resident_id_flows_from_police_to_the_services_that_wait_for_it():
+    _state, log = run_to_completion(1)
+    hrss = next(e for e in tasks(log) if e.payload["service_id"] == "hrss.social_security_card")
+    assert hrss.payload["inputs"] == {"child_resident_id": "child_resident_id-value"}
+
+
+def test_replaying_the_same_events_emits_the_same_ids():
+    inputs: list = []
+    final, log1 = run_to_completion(7, inputs)
+    state, log2 = None, []
+    for ev in inputs:  # a re-run of the processor over the same log
+        state, out = case_state.step(state, ev, CATALOG)
+        log2 += out
+    assert [e.id for e in log2] == [e.id for e in log1] and len(log1) > 9
+    assert state == final
+
+
+def test_a_repeated_event_changes_nothing():
+    state, emitted = case_state.step(None, submission("case-rep"), CATALOG)
+    sid = tasks(emitted)[0].payload["service_id"]
+    d = decision(state, sid, "approved", outputs_of(sid))
+    once, out = case_state.step(state, d, CATALOG)
+    twice, out2 = case_state.step(once, d, CATALOG)
+    assert twice is once and out2 == []
+    again, out3 = case_state.step(once, submission("case-rep"), CATALOG)
+    assert out3 == [] and again is once
+
+
+def test_correction_waits_for_the_applicant_and_the_supplement_resumes():
+    state, _ = case_state.step(None, submission("case-corr", promised=("medical_invoice",)), CATALOG)
+    cert = "health.birth_certificate"
+    state, emitted = case_state.step(state, decision(state, cert, "approved", outputs_of(cert)), CATALOG)
+    sid, material = next((e.payload["service_id"], m["code"]) for e in tasks(emitted)
+                         for m in e.payload["materials"] if m["source"] == "promised")
+    state, out = case_state.step(state, decision(state, sid, "correction_requested", missing=[material],
+                                                 reason="材料未提交"), CATALOG)
+    assert state.status == AWAITING_APPLICANT and out == []
+    supplement = new_event("MaterialsSupplemented", state.case_id,
+                           {"materials": [{"code": material, "source": "uploaded", "ref": "doc-2"}],
+                            "form": {}}, actor=Actor("p_test_applicant", "applicant", "online"), region_code="440203")
+    state, out = case_state.step(state, supplement, CATALOG)
+    assert state.status == "open"
+    (retask,) = tasks(out)
+    assert retask.payload["service_id"] == sid and retask.payload["task_id"].endswith(":2")
+    assert {"code": material, "source": "uploaded", "ref": "doc-2"} in retask.payload["materials"]
+
+
+def test_rejection_blocks_dependants_and_still_completes_the_case():
+    state, emitted = case_state.step(None, submission("case-rej"), CATALOG)
+    log = list(emitted)
+    state, out = case_state.step(state, decision(state, "health.birth_certificate", "rejected", reason="信息不符"),
+                                 CATALOG)
+    log += out
+    assert state.services["police.birth_registration"].status == BLOCKED
+    assert state.services["hrss.social_security_card"].status == BLOCKED  # blocked transitively
+    for sid in [e.payload["service_id"] for e in tasks(log)]:
+        if state.services[sid].status not in case_state.FINAL:
+            state, out = case_state.step(state, decision(state, sid, "approved", outputs_of(sid)), CATALOG)
+            log += out
+    assert state.status == COMPLETED
+    done = next(e for e in log if e.type == "CaseCompleted")
+    assert "health.birth_certificate" in done.payload["rejected"]
+
+
+def test_withdrawal_cancels_pending_tasks_at_their_departments():
+    state, emitted = case_state.step(None, submission("case-wd"), CATALOG)
+    in_flight = {e.payload["service_id"] for e in tasks(emitted)}
+    wd = new_event("ApplicationWithdrawn", state.case_id, {"reason": None},
+                   actor=Actor("p_test_applicant", "applicant", "online"), region_code="440203")
+    state, out = case_state.step(state, wd, CATALOG)
+    assert state.status == WITHDRAWN
+    assert {e.payload["service_id"] for e in out if e.type == "TaskCancelled"} == in_flight
+    assert all(s.status == CANCELLED for s in state.services.values())
+    late = decision(state, next(iter(in_flight)), "approved")
+    assert case_state.step(state, late, CATALOG)[1] == []  # nothing happens after withdrawal
+
+
+def test_state_survives_its_persistence_form():
+    state, log = run_to_completion(3)
+    import json
+
+    assert case_state.from_json(json.loads(json.dumps(case_state.to_json(state), default=str))) == state
