@@ -192,15 +192,13 @@ def demo(ctx: click.Context) -> None:
     ctx.invoke(smoke, count=1000)
 
 
-def _register_optional_groups() -> None:
-    try:
-        from catalog.cli import catalog
-    except ImportError:  # the catalog package is optional for the stack commands
-        return
+def _register_groups() -> None:
+    from catalog.cli import catalog
+
     main.add_command(catalog)
 
 
-_register_optional_groups()
+_register_groups()
 
 
 if __name__ == "__main__":

@@ -55,18 +55,21 @@ class CaseError(ValueError):
 
 
 # -- dependencies --------------------------------------------------------------------------
+def awaited_outputs(catalog: Catalog, sid: str, case_services: Iterable[str]) -> tuple[str, ...]:
+    """What a service needs that another service of the same case produces (the catalog's
+    rule: such a need is never asked of the applicant, it flows between services)."""
+    ids = set(case_services)
+    return tuple(o for o in catalog.service(sid).needs if catalog.producers.get(o) in ids - {sid})
+
+
 def prerequisites(catalog: Catalog, service_ids: Iterable[str]) -> dict[str, set[str]]:
-    """Which of the case's services each one waits for (producers of what it consumes)."""
+    """Which of the case's services each one waits for (the producers of what it awaits)."""
     ids = set(service_ids)
-    deps = {}
-    for sid in ids:
-        svc = catalog.service(sid)
-        deps[sid] = {catalog.producers[o] for o in svc.consumes if catalog.producers.get(o) in ids}
-    return deps
+    return {sid: {catalog.producers[o] for o in awaited_outputs(catalog, sid, ids)} for sid in ids}
 
 
 def _ready(state: CaseState, catalog: Catalog, sid: str) -> bool:
-    return all(o in state.outputs for o in catalog.service(sid).consumes)
+    return all(o in state.outputs for o in awaited_outputs(catalog, sid, state.services))
 
 
 def _upstream_failed(state: CaseState, catalog: Catalog, sid: str) -> bool:
@@ -87,7 +90,7 @@ def task_payload(state: CaseState, catalog: Catalog, sid: str, task_id: str, due
         "kind": "case_service",
         "fields": {k: v for k, v in state.form.items() if k in field_ids},
         "materials": [m for code, m in sorted(state.materials.items()) if code in material_ids],
-        "inputs": {o: state.outputs[o] for o in svc.consumes if o in state.outputs},
+        "inputs": {o: state.outputs[o] for o in awaited_outputs(catalog, sid, state.services) if o in state.outputs},
         "due_date": due,
     }
 
