@@ -150,3 +150,10 @@ def run(settings: Settings) -> None:
     app = make_app(settings)
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    from infra import log as _log
+
+    _log.configure("dispatch")
+    run(Settings.from_env())
