@@ -202,7 +202,7 @@ class Adapter:
         return new_event(
             "DecisionRecorded", task.key,
             {"task_id": p["task_id"], "department": self.department, "service_id": p["service_id"],
-             "outcome": d.outcome, "reason": d.reason, "missing_materials": list(d.missing_materials),
+             "kind": p.get("kind", "case_service"), "outcome": d.outcome, "reason": d.reason, "missing_materials": list(d.missing_materials),
              "outputs": dict(d.outputs)},
             actor=self.actor, region_code=task.envelope.region_code, cause=task,
             event_id=self._event_id(task, position),

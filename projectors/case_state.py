@@ -188,8 +188,14 @@ def start(event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
     return _settle(state, catalog, event)
 
 
+def is_register_sync(event: Event) -> bool:
+    return event.type in ("TaskDispatched", "DecisionRecorded") and event.payload.get("kind") == "register_sync"
+
+
 def step(state: CaseState | None, event: Event, catalog: Catalog) -> tuple[CaseState | None, list[Event]]:
     """Apply one event to its case. A repeated event changes nothing and emits nothing."""
+    if is_register_sync(event):
+        return state, []  # register syncs share the department topics but are the cascade's business
     if state is not None and event.id in state.seen:
         return state, []
     if event.type == "ApplicationSubmitted":

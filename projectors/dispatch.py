@@ -99,6 +99,8 @@ def make_app(settings: Settings, departments: list[str] | None = None) -> faust.
             await send_all([(DEADLETTER, dead_letter_event(GROUP, msg.topic, msg.partition, msg.offset,
                                                            msg.key, msg.value, f"DecodeError: {exc}"))])
             return
+        if case_state.is_register_sync(event):
+            return  # a cascade acknowledgement on a shared decisions topic: not a case event
         conn = state["conn"]
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (event.key,))
