@@ -1,0 +1,358 @@
+/* 办件进度: the citizen status page. Plain JS, no libraries, no external requests.
+ *
+ * Opened from the receipt as /status/{case_id}#token=...: the token is moved from the URL
+ * fragment into sessionStorage at once (and the fragment removed), then every request to
+ * /api/v1/cases/{case_id} carries it as a bearer token. The page polls every few seconds.
+ * Everything from the server is written with textContent, never as HTML.
+ */
+(function () {
+  "use strict";
+
+  var POLL_MS = 4000;
+  var STRINGS = {
+    zh: {
+      brand: "高效办成一件事", page_title: "办件进度查询", lang_button: "EN", lang_aria: "Switch to English",
+      receipt_no: "受理编号", submitted_at: "申请时间", due_date: "承诺办结", progress: "办理进度",
+      missing_title: "需要您补充的材料",
+      missing_hint: "请拍照或扫描后在下方上传（PDF、JPG、PNG，不超过10MB）；也可携带原件到任一政务服务窗口补交。",
+      services_title: "各事项办理情况", timeline_title: "办理记录", footer: "如有疑问请拨打12345政务服务便民热线",
+      needed_by: "用于：", upload: "上传并提交", uploading: "正在上传…", uploaded: "已提交，等待部门审核",
+      choose_file: "选择文件（拍照或扫描件）", upload_failed: "上传失败：", pick_first: "请先选择文件",
+      too_large: "文件不能超过10MB",
+      days_left: function (n) { return "还剩" + n + "个工作日"; },
+      days_over: function (n) { return "已超期" + n + "个工作日"; },
+      due_today: "今天到期", done_of: function (a, b) { return a + "/" + b + " 项已办结"; },
+      attempt: function (n) { return "第" + n + "次办理"; }, due: "办结时限：", completed_at: "办结时间：",
+      reason: "说明：", missing_here: "缺少：", results: "办理结果",
+      loading: "正在加载办件信息…", no_token: "请从受理回执中的链接打开本页面（链接中含有查询凭证）。",
+      expired: "查询凭证已失效，请重新登录后查看办件。", not_found: "未找到该办件，或您无权查看。",
+      offline: "网络连接中断，正在重试…", refreshed: function (t) { return "每" + (POLL_MS / 1000) + "秒自动刷新 · 更新于 " + t; },
+      provisional: "申请已受理，正在分发到各部门，请稍候…",
+      awaiting: "有部门需要您补充材料，补齐后将继续办理。",
+      completed: "本件已全部办结。", withdrawn: "本件已撤回。",
+      title: "办件进度 · 高效办成一件事",
+      show_all: function (n) { return "查看全部" + n + "条记录"; }
+    },
+    en: {
+      brand: "Get one thing done", page_title: "Case status", lang_button: "中文", lang_aria: "切换到中文",
+      receipt_no: "Receipt no.", submitted_at: "Submitted", due_date: "Promised by", progress: "Progress",
+      missing_title: "Documents we still need from you",
+      missing_hint: "Take a photo or scan and upload it below (PDF, JPG or PNG, up to 10 MB), or bring the original to any government service window.",
+      services_title: "Each service", timeline_title: "History", footer: "Questions? Call the 12345 government service hotline.",
+      needed_by: "Needed for: ", upload: "Upload and submit", uploading: "Uploading…", uploaded: "Submitted; the department will review it",
+      choose_file: "Choose a file (photo or scan)", upload_failed: "Upload failed: ", pick_first: "Choose a file first",
+      too_large: "A file can be at most 10 MB",
+      days_left: function (n) { return n + (n === 1 ? " working day left" : " working days left"); },
+      days_over: function (n) { return n + (n === 1 ? " working day overdue" : " working days overdue"); },
+      due_today: "due today", done_of: function (a, b) { return a + " of " + b + " services decided"; },
+      attempt: function (n) { return "attempt " + n; }, due: "Due: ", completed_at: "Completed: ",
+      reason: "Note: ", missing_here: "Missing: ", results: "Results",
+      loading: "Loading your case…", no_token: "Open this page from the link on your receipt (it carries your access key).",
+      expired: "Your access key has expired; log in again to see your case.", not_found: "No such case, or it is not yours.",
+      offline: "Connection lost, retrying…", refreshed: function (t) { return "Refreshes every " + (POLL_MS / 1000) + " s · updated " + t; },
+      provisional: "Your application was accepted and is being sent to the departments…",
+      awaiting: "A department needs a document from you; the case goes on once it is supplied.",
+      completed: "Every service of this case has been decided.", withdrawn: "This case was withdrawn.",
+      title: "Case status · Get one thing done",
+      show_all: function (n) { return "Show all " + n + " entries"; }
+    }
+  };
+  var FINAL = { approved: 1, rejected: 1, blocked: 1, cancelled: 1 };
+
+  var caseId = decodeURIComponent((location.pathname.split("/status/")[1] || "").split("/")[0]);
+  var tokenKey = "onething.token." + caseId;
+  var lang = pickLang();
+  var view = null;
+  var lastError = null;
+  var timer = null;
+  var busyUploads = 0;
+  var missingSignature = null;
+  var TIMELINE_SHORT = 6;
+  var timelineAll = false;
+  var lastRefreshed = null;
+
+  function pickLang() {
+    var q = new URLSearchParams(location.search).get("lang");
+    if (q === "en" || q === "zh") return q;
+    try { var saved = localStorage.getItem("onething.lang"); if (saved === "en" || saved === "zh") return saved; } catch (e) {}
+    return "zh";
+  }
+
+  function takeToken() {
+    var m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+    if (m) {
+      try { sessionStorage.setItem(tokenKey, decodeURIComponent(m[1])); } catch (e) {}
+      history.replaceState(null, "", location.pathname + location.search);  // keep it out of the address bar
+      return decodeURIComponent(m[1]);
+    }
+    try { return sessionStorage.getItem(tokenKey); } catch (e) { return null; }
+  }
+  var token = takeToken();
+
+  function t(key) { return STRINGS[lang][key]; }
+  function pick(label) { return label ? (label[lang] || label.zh || label.en || "") : ""; }
+  function $(id) { return document.getElementById(id); }
+  function text(el, value) { el.textContent = value == null ? "" : String(value); return el; }
+  function el(tag, cls, value) { var e = document.createElement(tag); if (cls) e.className = cls; if (value != null) e.textContent = value; return e; }
+
+  // times as the applicant's clock shows them in China, whatever the phone's time zone
+  var CHINA_TIME = (function () {
+    try {
+      return new Intl.DateTimeFormat("en-CA", { timeZone: "Asia/Shanghai", year: "numeric", month: "2-digit",
+        day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+    } catch (e) { return null; }
+  })();
+
+  function chinaParts(d) {
+    var out = {};
+    if (CHINA_TIME) {
+      CHINA_TIME.formatToParts(d).forEach(function (part) { out[part.type] = part.value; });
+      return out;
+    }
+    function p(n) { return (n < 10 ? "0" : "") + n; }
+    return { year: d.getFullYear(), month: p(d.getMonth() + 1), day: p(d.getDate()), hour: p(d.getHours()),
+             minute: p(d.getMinutes()), second: p(d.getSeconds()) };
+  }
+
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    var d = new Date(iso);
+    if (isNaN(d)) return iso;
+    var p = chinaParts(d);
+    return p.year + "-" + p.month + "-" + p.day + " " + p.hour + ":" + p.minute;
+  }
+
+  function clock(d) { var p = chinaParts(d); return p.hour + ":" + p.minute + ":" + p.second; }
+
+  function daysText(n) {
+    if (n == null) return "";
+    if (n < 0) return t("days_over")(-n);
+    if (n === 0) return t("due_today");
+    return t("days_left")(n);
+  }
+
+  function paren(s) { return lang === "zh" ? "（" + s + "）" : " (" + s + ")"; }
+
+  function statusClass(status) { return "st-" + String(status || "unknown").replace(/[^a-z_]/g, ""); }
+
+  function applyStaticText() {
+    document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+    document.title = t("title");
+    var nodes = document.querySelectorAll("[data-i18n]");
+    for (var i = 0; i < nodes.length; i++) text(nodes[i], t(nodes[i].getAttribute("data-i18n")));
+    var b = $("lang");
+    text(b, t("lang_button"));
+    b.setAttribute("aria-label", t("lang_aria"));
+  }
+
+  function notice(message, kind) {
+    var n = $("notice");
+    if (!message) { n.hidden = true; return; }
+    n.hidden = false;
+    n.className = "notice " + (kind || "info");
+    text(n, message);
+  }
+
+  function render() {
+    applyStaticText();
+    text($("refresh-state"), lastRefreshed && view && !lastError ? t("refreshed")(clock(lastRefreshed)) : "");
+    if (!view) {
+      notice(lastError ? t(lastError) : t("loading"), lastError ? "error" : "info");
+      return;
+    }
+    // summary
+    $("summary").hidden = false;
+    text($("bundle-label"), pick(view.bundle_label));
+    var badge = $("case-status");
+    badge.className = "badge " + statusClass(view.status);
+    text(badge, pick(view.status_label));
+    text($("receipt-no"), view.receipt_no);
+    text($("submitted-at"), fmtTime(view.submitted_at));
+    var open = view.status === "open" || view.status === "awaiting_applicant";
+    var due = "—";
+    if (view.status === "completed" && view.completed_at) due = t("completed_at") + fmtTime(view.completed_at);
+    else if (view.due_date) due = view.due_date + (open && view.working_days_left != null ? paren(daysText(view.working_days_left)) : "");
+    text($("due-date"), due);
+    var services = view.services || [];
+    var decided = services.filter(function (s) { return FINAL[s.status]; }).length;
+    text($("progress"), t("done_of")(decided, services.length));
+    $("meter-bar").style.width = (services.length ? Math.round(100 * decided / services.length) : 0) + "%";
+
+    // banner
+    if (lastError === "offline") notice(t("offline"), "warn");
+    else if (view.status === "awaiting_applicant") notice(t("awaiting"), "warn");
+    else if (view.status === "completed") notice(t("completed"), "ok");
+    else if (view.status === "withdrawn") notice(t("withdrawn"), "info");
+    else if (view.provisional) notice(t("provisional"), "info");
+    else notice(null);
+
+    renderMissing(view.missing || []);
+    renderServices(services);
+    renderTimeline(view.timeline || []);
+  }
+
+  function renderMissing(missing) {
+    var card = $("missing");
+    var list = $("missing-list");
+    var open = view.status === "open" || view.status === "awaiting_applicant";
+    card.hidden = !missing.length || !open;
+    // never rebuild the forms while the applicant is using them: only when what is missing changed
+    var signature = lang + "|" + view.status + "|" + JSON.stringify(missing.map(function (m) { return [m.code, m.services]; }));
+    if (busyUploads || signature === missingSignature) return;
+    missingSignature = signature;
+    list.textContent = "";
+    var byId = {};
+    (view.services || []).forEach(function (s) { byId[s.service_id] = s; });
+    missing.forEach(function (m) {
+      var node = document.getElementById("missing-tpl").content.firstElementChild.cloneNode(true);
+      node.setAttribute("data-material", m.code);
+      text(node.querySelector(".missing-label"), pick(m.label) || m.code);
+      var names = (m.services || []).map(function (sid) { return byId[sid] ? pick(byId[sid].label) : sid; });
+      text(node.querySelector(".missing-for"), names.length ? t("needed_by") + names.join(lang === "zh" ? "、" : ", ") : "");
+      var form = node.querySelector("form");
+      var input = form.querySelector("input[type=file]");
+      input.id = "file-" + m.code;
+      input.setAttribute("aria-label", (pick(m.label) || m.code) + " — " + t("choose_file"));
+      text(form.querySelector(".file-name"), t("choose_file"));
+      text(form.querySelector("button"), t("upload"));
+      input.addEventListener("change", function () {
+        text(form.querySelector(".file-name"), input.files.length ? input.files[0].name : t("choose_file"));
+      });
+      form.addEventListener("submit", function (ev) { ev.preventDefault(); upload(m.code, form, input); });
+      list.appendChild(node);
+    });
+  }
+
+  function renderServices(services) {
+    var list = $("services");
+    $("services-card").hidden = !services.length;
+    list.textContent = "";
+    var labels = view.output_labels || {};
+    services.forEach(function (s) {
+      var node = document.getElementById("service-tpl").content.firstElementChild.cloneNode(true);
+      node.setAttribute("data-service", s.service_id);
+      node.classList.add(statusClass(s.status));
+      text(node.querySelector(".service-label"), pick(s.label));
+      text(node.querySelector(".service-dept"), pick(s.department_label));
+      var badge = node.querySelector(".badge");
+      badge.className = "badge " + statusClass(s.status);
+      text(badge, pick(s.status_label) || s.status);
+      var meta = [];
+      if (s.attempt > 1) meta.push(t("attempt")(s.attempt));
+      if (s.due_date && !FINAL[s.status]) meta.push(t("due") + s.due_date + (s.working_days_left != null ? paren(daysText(s.working_days_left)) : ""));
+      text(node.querySelector(".service-meta"), meta.join(" · "));
+      if (s.reason) { var r = node.querySelector(".service-reason"); r.hidden = false; text(r, t("reason") + s.reason); }
+      if (s.missing && s.missing.length) {
+        var ul = node.querySelector(".service-missing"); ul.hidden = false;
+        s.missing.forEach(function (m) { ul.appendChild(el("li", null, t("missing_here") + (pick(m.label) || m.code))); });
+      }
+      var outputs = s.outputs || {};
+      var keys = Object.keys(outputs);
+      if (keys.length) {
+        var dl = node.querySelector(".service-outputs"); dl.hidden = false;
+        keys.forEach(function (k) {
+          var row = el("div");
+          row.appendChild(el("dt", null, pick(labels[k]) || k));
+          row.appendChild(el("dd", null, outputs[k]));
+          dl.appendChild(row);
+        });
+      }
+      list.appendChild(node);
+    });
+  }
+
+  function renderTimeline(items) {
+    var list = $("timeline");
+    $("timeline-card").hidden = !items.length;
+    list.textContent = "";
+    var newestFirst = items.slice().reverse();
+    var more = $("timeline-more");
+    more.hidden = timelineAll || newestFirst.length <= TIMELINE_SHORT;
+    text(more, t("show_all")(newestFirst.length));
+    if (!timelineAll) newestFirst = newestFirst.slice(0, TIMELINE_SHORT);
+    newestFirst.forEach(function (item) {
+      var li = el("li", "tl-item");
+      li.appendChild(el("time", "tl-time", fmtTime(item.occurred_at)));
+      li.appendChild(el("div", "tl-text", lang === "zh" ? (item.text_zh || item.text_en) : (item.text_en || item.text_zh)));
+      list.appendChild(li);
+    });
+  }
+
+  function authHeaders(extra) {
+    var h = extra || {};
+    h.Authorization = "Bearer " + token;
+    return h;
+  }
+
+  function errorText(body) {
+    try { return (body.errors || []).map(function (e) { return lang === "zh" ? e.message_zh : e.message_en; }).join("；"); }
+    catch (e) { return ""; }
+  }
+
+  function upload(code, form, input) {
+    var state = form.querySelector(".upload-state");
+    var button = form.querySelector("button");
+    if (!input.files.length) { state.className = "upload-state error"; text(state, t("pick_first")); return; }
+    var file = input.files[0];
+    if (file.size > 10 * 1024 * 1024) { state.className = "upload-state error"; text(state, t("too_large")); return; }
+    busyUploads++;
+    button.disabled = true;
+    state.className = "upload-state";
+    text(state, t("uploading"));
+    fetch("/api/v1/documents", { method: "POST", body: file, headers: authHeaders({ "Content-Type": file.type || "application/octet-stream" }) })
+      .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw b; return b; }); })
+      .then(function (doc) {
+        var materials = {};
+        materials[code] = { source: "uploaded", ref: doc.ref };
+        return fetch("/api/v1/cases/" + encodeURIComponent(caseId) + "/materials", {
+          method: "POST", headers: authHeaders({ "Content-Type": "application/json" }),
+          body: JSON.stringify({ materials: materials })
+        });
+      })
+      .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw b; return b; }); })
+      .then(function () {
+        state.className = "upload-state ok";
+        text(state, t("uploaded"));
+        form.classList.add("done");
+      })
+      .catch(function (body) {
+        state.className = "upload-state error";
+        text(state, t("upload_failed") + (errorText(body) || ""));
+        button.disabled = false;
+      })
+      .then(function () { busyUploads = Math.max(0, busyUploads - 1); setTimeout(refresh, 300); });
+  }
+
+  function refresh() {
+    clearTimeout(timer);
+    if (!caseId || !token) { lastError = "no_token"; view = null; render(); return; }
+    fetch("/api/v1/cases/" + encodeURIComponent(caseId), { headers: authHeaders(), cache: "no-store" })
+      .then(function (r) {
+        if (r.status === 401) { lastError = "expired"; view = null; return null; }
+        if (r.status === 404) { lastError = "not_found"; view = null; return null; }
+        if (!r.ok) throw new Error("HTTP " + r.status);
+        return r.json();
+      })
+      .then(function (body) {
+        if (body) { view = body; lastError = null; lastRefreshed = new Date(); }
+        render();
+        if (body || lastError === null) timer = setTimeout(refresh, POLL_MS);
+      })
+      .catch(function () {
+        lastError = "offline";
+        render();
+        timer = setTimeout(refresh, POLL_MS);
+      });
+  }
+
+  $("lang").addEventListener("click", function () {
+    lang = lang === "zh" ? "en" : "zh";
+    try { localStorage.setItem("onething.lang", lang); } catch (e) {}
+    render();
+  });
+  $("timeline-more").addEventListener("click", function () { timelineAll = true; render(); });
+  document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
+
+  render();
+  refresh();
+})();
