@@ -1,0 +1,21 @@
+"""Reference adapters: simulated department backends behind the adapter SDK.
+
+Each department of a bundle (the newborn one in full: health, disease_control, police,
+medical_insurance, hrss, tax) gets a `SimulatedBackend` that decides its tasks and keeps its
+own register in PostgreSQL (migration 0006), written in the SDK's transaction so a task's
+effect in the register happens exactly once. One generic class does every department:
+
+- `registers.py`  which register each service writes and how it numbers a record (the
+                  per-service table; other services fall back to a generic register)
+- `numbers.py`    gapless counters and GB 11643 resident IDs
+- `config.py`     `BackendConfig`: processing time, rejection and correction rules, outages
+                  (from a dict or ONETHING_SIM_* environment variables)
+- `backend.py`    `SimulatedBackend`: the decision flow
+- `run.py`        `run_adapter` (one department) and `run_all` (several, in threads); the
+                  backend it builds routes register syncs to `register_copy.py` (the
+                  cascade's half) when present, everything else to `SimulatedBackend`
+"""
+from .backend import SimulatedBackend
+from .config import BackendConfig, CorrectionRule, RejectRule
+
+__all__ = ["BackendConfig", "CorrectionRule", "RejectRule", "SimulatedBackend"]

@@ -1,0 +1,239 @@
+"""One simulated department backend, driven by the catalog, its `BackendConfig` and `REGISTERS`.
+
+A task flows: availability (outages raise `BackendUnavailable`, which the SDK retries) →
+processing time → checks of the task against the catalog (a task that breaks the catalog's
+contract is an `InvalidTask`, dead-lettered by the SDK) → rejection rules → corrections
+(容缺 materials still promised, materials missing, correction rules) → approval, which issues
+a record in the department's register and returns exactly the outputs the catalog says the
+service produces. Every decision is `[accepted, <approved | correction_requested | rejected>]`;
+a re-dispatch after a supplement is a new task (attempt n+1) and is decided afresh.
+
+Every write goes through the `conn` the SDK passes, inside the SDK's transaction: the
+register record, the work item and the SDK's decision record commit together or not at all.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import psycopg
+import structlog
+
+from catalog.loader import load_catalog
+from catalog.model import Catalog, Need, Service
+from catalog.validators import check_region_code
+from department_adapters.sdk import BackendUnavailable, Decision, InvalidTask
+from events.envelope import Event
+
+from . import registers
+from .config import BackendConfig
+from .registers import Issue, Record
+
+log = structlog.get_logger(__name__)
+DEFAULT_REGION = "440200"  # 韶关市, the demo's city, when a task names no usable region
+
+
+@dataclass
+class BackendStats:
+    calls: int = 0          # handle() invocations, including those refused by an outage
+    unavailable: int = 0    # … of which refused
+    cancelled: int = 0
+    decided: Counter = field(default_factory=Counter)  # outcome → count
+
+
+class SimulatedBackend:
+    """A department's backend for the adapter SDK (`department_adapters.sdk.Backend`).
+
+    `department` is the department simulated (its services, its registers). `name` is what the
+    SDK knows the backend by — topics `tasks.<name>` / `decisions.<name>`, group
+    `adapter.<name>` — and defaults to the department; a different name runs the department
+    on topics of its own (tests, a staging lane).
+    """
+
+    def __init__(self, department: str, config: BackendConfig | None = None, *, catalog: Catalog | None = None,
+                 name: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.catalog = catalog or load_catalog()
+        if department not in self.catalog.departments:
+            raise ValueError(f"unknown department {department!r}")
+        self.simulates = department
+        self.department = name or department
+        self.config = config or BackendConfig()
+        self.clock = clock
+        self.started = clock()
+        self.stats = BackendStats()
+        self._rng = random.Random(self.config.seed)
+        self._down = False
+
+    # -- the SDK's interface -----------------------------------------------------------------
+    def handle(self, task: Event, conn: psycopg.Connection) -> list[Decision]:
+        self.stats.calls += 1
+        self._check_available()
+        p = task.payload
+        if p.get("kind") == "register_sync":
+            # one change, many updates is the register-copy backend's job (register_copy.ByKind
+            # routes it there); answering "applied" here would tell the cascade a lie
+            raise InvalidTask("register syncs are not decided by the case-service backend")
+        svc = self._service(p.get("service_id", ""))
+        if self.config.processing_s:
+            time.sleep(self.config.processing_s)
+        verdict = self._verdict(svc, p)
+        record_no = None
+        if verdict.outcome == "approved":
+            record_no, outputs = self._issue(task, svc, conn)
+            verdict = Decision("approved", outputs=outputs)
+        self._record_work(conn, task, verdict, record_no)
+        self.stats.decided[verdict.outcome] += 1
+        log.info("reference.decided", department=self.simulates, task_id=p["task_id"], service_id=svc.id,
+                 attempt=_attempt(p["task_id"]), outcome=verdict.outcome, missing=list(verdict.missing_materials))
+        return [Decision("accepted"), verdict]
+
+    def cancel(self, task: Event, conn: psycopg.Connection) -> None:
+        """Stop work on the task: the work item is marked cancelled and any record it left in
+        the register is voided. (The SDK keeps the task from ever reaching `handle` again.)"""
+        p = task.payload
+        task_id, sid = p["task_id"], p["service_id"]
+        conn.execute(
+            "INSERT INTO department_work_items (department, task_id, case_id, service_id, attempt, cancelled_at)"
+            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT (department, task_id) DO UPDATE"
+            " SET cancelled_at = now() WHERE department_work_items.cancelled_at IS NULL",
+            (self.simulates, task_id, task.key, sid, _attempt(task_id)))
+        voided = 0
+        if sid in self.catalog.services:
+            voided = registers.void(conn, self._register(self.catalog.service(sid)).table, task_id, self.simulates)
+        self.stats.cancelled += 1
+        log.info("reference.cancelled", department=self.simulates, task_id=task_id, service_id=sid,
+                 records_voided=voided)
+
+    # -- availability ------------------------------------------------------------------------
+    def _check_available(self) -> None:
+        reason = self.config.down_reason(self.clock() - self.started)
+        if reason is None and self.config.flaky_rate and self._rng.random() < self.config.flaky_rate:
+            reason = "flaky"
+        if reason is None:
+            if self._down:
+                self._down = False
+                log.info("reference.backend_up", department=self.simulates)
+            return
+        self.stats.unavailable += 1
+        if not self._down:
+            self._down = True
+            log.warning("reference.backend_down", department=self.simulates, reason=reason)
+        raise BackendUnavailable(f"{self.simulates} backend unavailable ({reason})")
+
+    # -- deciding ------------------------------------------------------------------------------
+    def _service(self, sid: str) -> Service:
+        svc = self.catalog.services.get(sid)
+        if svc is None:
+            raise InvalidTask(f"unknown service {sid!r}")
+        if svc.department != self.simulates:
+            raise InvalidTask(f"service {sid} belongs to {svc.department}, not {self.simulates}")
+        return svc
+
+    def _verdict(self, svc: Service, p: Mapping[str, Any]) -> Decision:
+        task_fields: dict[str, str] = dict(p.get("fields") or {})
+        inputs: dict[str, str] = dict(p.get("inputs") or {})
+        typed = {k: True if v == "true" else False if v == "false" else v for k, v in task_fields.items()}
+        # the catalog's contract: the merged form was validated and dispatch waits for inputs,
+        # so a gap here is a fault upstream, not something the applicant can fix
+        for need in svc.fields:
+            if _needed(need, typed) and not task_fields.get(need.id):
+                raise InvalidTask(f"required field {need.id} is missing from the task")
+        for output in svc.consumes:
+            if not inputs.get(output):
+                raise InvalidTask(f"input {output} (an earlier service's output) is missing from the task")
+
+        for rule in self.config.rejections:
+            if rule.applies_to(svc.id) and rule.matches(task_fields):
+                return Decision("rejected", reason=rule.reason or self._rejection_text(rule.field))
+
+        held = {m["code"]: m.get("source") or "uploaded" for m in p.get("materials") or ()}
+        gaps: list[tuple[str, str]] = []   # (material, state)
+        reasons: list[str] = []
+        for need in svc.materials:
+            state = held.get(need.id, "missing")
+            needed = _needed(need, typed)
+            if not needed and state == "missing":
+                continue  # not asked of this applicant (e.g. the marriage certificate of unmarried parents)
+            hit = needed and ((state == "promised" and self.config.correct_promised)
+                              or (state == "missing" and self.config.correct_missing))
+            for rule in self.config.corrections:
+                if rule.material == need.id and rule.applies_to(svc.id) and rule.triggered_by(state):
+                    hit = True
+                    if rule.reason and rule.reason not in reasons:
+                        reasons.append(rule.reason)
+            if hit:
+                gaps.append((need.id, state))
+        if gaps:
+            return Decision("correction_requested", reason="; ".join(reasons) or self._correction_text(gaps),
+                            missing_materials=tuple(code for code, _ in gaps))
+        return Decision("approved")
+
+    def _rejection_text(self, field_id: str) -> str:
+        fdef = self.catalog.fields.get(field_id)
+        zh, en = (fdef.label.zh, fdef.label.en) if fdef else (field_id, field_id)
+        return f"不符合办理条件：{zh} / not eligible: {en}"
+
+    def _correction_text(self, gaps: list[tuple[str, str]]) -> str:
+        zh, en = [], []
+        for code, state in gaps:
+            mat = self.catalog.materials.get(code)
+            label_zh, label_en = (mat.label.zh, mat.label.en) if mat else (code, code)
+            zh.append(label_zh + ("（容缺待补）" if state == "promised" else ""))
+            en.append(label_en + (" (promised)" if state == "promised" else ""))
+        return f"请补正材料：{'、'.join(zh)} / please supply: {', '.join(en)}"
+
+    # -- issuing ------------------------------------------------------------------------------
+    def _register(self, svc: Service) -> registers.Register:
+        e_licenses = frozenset(o for o in svc.produces
+                               if o in self.catalog.materials and self.catalog.materials[o].e_license)
+        return registers.register_for(svc.id, svc.produces, e_licenses)
+
+    def _issue(self, task: Event, svc: Service, conn: psycopg.Connection) -> tuple[str, dict[str, str]]:
+        p = task.payload
+        issue = Issue(conn, self.simulates, svc.id, p["task_id"], task.key, task_region(task),
+                      dict(p.get("fields") or {}), dict(p.get("inputs") or {}), date.today())
+        register = self._register(svc)
+        record = register.issue(issue)
+        # exactly what the catalog says the service produces: no more, and nothing missing
+        outputs = {o: record.outputs[o] for o in svc.produces if record.outputs.get(o)}
+        missing = [o for o in svc.produces if o not in outputs]
+        if missing:
+            n = issue.number(f"generic:{svc.id}")
+            outputs.update({o: registers.generic_value(o, issue.region, n, False) for o in missing})
+        record = Record(record.record_no, {o: outputs[o] for o in svc.produces}, record.columns, record.region)
+        registers.insert(conn, register.table, issue, record)
+        return record.record_no, record.outputs
+
+    def _record_work(self, conn: psycopg.Connection, task: Event, d: Decision, record_no: str | None) -> None:
+        p = task.payload
+        conn.execute(
+            "INSERT INTO department_work_items (department, task_id, case_id, service_id, attempt, kind, outcome,"
+            " reason, missing, record_no, decided_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
+            (self.simulates, p["task_id"], task.key, p.get("service_id", ""), _attempt(p["task_id"]),
+             p.get("kind", "case_service"), d.outcome, d.reason, list(d.missing_materials), record_no))
+
+
+def _needed(need: Need, typed_fields: Mapping[str, Any]) -> bool:
+    return need.required or (need.when is not None and need.when.holds(typed_fields))
+
+
+def _attempt(task_id: str) -> int:
+    """Task ids are `<case_id>:<service_id>:<attempt>` (projectors/case_state.py)."""
+    last = task_id.rsplit(":", 1)[-1]
+    return int(last) if last.isdigit() else 1
+
+
+def task_region(task: Event) -> str:
+    """The region the department files the task under: the form's region code, else an
+    earlier service's, else the envelope's, else the demo city."""
+    p = task.payload
+    for candidate in ((p.get("fields") or {}).get("region_code"), (p.get("inputs") or {}).get("region_code"),
+                      task.envelope.region_code):
+        if candidate and check_region_code(candidate) is None:
+            return candidate
+    return DEFAULT_REGION
