@@ -185,11 +185,55 @@ def smoke(count: int) -> None:
         sys.exit(1)
 
 
-@main.command(help="The main job: bring the stack up and show the system working.")
+@main.command(help="The main job: the stack, every process, four newborn applications shown live.")
+@click.option("--exit-when-done", is_flag=True, help="stop once every demo case has ended (for CI)")
+@click.option("--timeout", default=600, show_default=True, help="seconds to wait for the cases")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
+def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
+    from .demo import run_demo
+
     ctx.invoke(up)
     ctx.invoke(smoke, count=1000)
+    if not run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout):
+        sys.exit(1)
+
+
+@main.command(help="Run the whole system (no NAME) or one process: api, dispatch, case-view, adapter DEPT.")
+@click.argument("name", required=False)
+@click.argument("arg", required=False)
+def run(name: str | None, arg: str | None) -> None:
+    import time
+
+    from . import process, supervisor
+
+    if name:
+        process.main([name] + ([arg] if arg else []))
+        return
+    s = _settings()
+    sup = supervisor.system(s.home / "logs")
+    sup.start()
+    console.print(f"running {', '.join(sup.children)}; logs in {s.home / 'logs'}; Ctrl-C stops")
+    try:
+        while True:
+            for restarted in sup.check():
+                console.print(f"[yellow]restarted {restarted}[/yellow]")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sup.stop()
+
+
+@main.group(help="Rebuild a read model from the log.")
+def replay() -> None:
+    pass
+
+
+@replay.command("case-view", help="Drop the case view and rebuild it from the log, with a progress bar.")
+def replay_case_view() -> None:
+    from projectors import case_view
+
+    case_view.replay(_settings())
 
 
 def _register_groups() -> None:

@@ -1,0 +1,181 @@
+"""`onething demo`: the whole system on this machine, four newborn applications, live progress.
+
+The four cases show the paths the reform is about: one complete application (every service
+approved, outputs flowing from the hospital to the police to social security); one accepted
+with a promised material (容缺) whose correction request (补正) is answered through the API;
+one rejected by a department (its dependants are blocked, the rest completes); one withdrawn
+(its pending tasks cancelled at the departments).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .settings import Settings
+from .supervisor import Supervisor, system
+
+console = Console()
+TERMINAL = {"completed", "withdrawn"}
+REJECTING_HOSPITAL = "未备案的私人诊所"
+
+
+@dataclass
+class DemoCase:
+    title: str
+    person: str
+    case_id: str = ""
+    status_url: str = ""
+    token: str = ""
+    view: dict | None = None
+    supplemented: bool = False
+
+
+def demo_env() -> dict[str, str]:
+    """Simulated departments slow enough to watch, and the health department's rejection rule."""
+    return {
+        "ONETHING_SIM_PROCESSING_S": "0.8",
+        "ONETHING_SIM_HEALTH_REJECT": f"health.birth_certificate:birth_hospital={REJECTING_HOSPITAL}",
+    }
+
+
+def _wait_api(base: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the intake API did not answer on {base}")
+
+
+def _submit(client: httpx.Client, case: DemoCase, *, hospital: str, promise_discharge: bool) -> None:
+    from producers import e_license, identity
+
+    person = e_license.DEMO_PEOPLE[case.person]
+    case.token = identity.applicant_token(person.resident_id)
+    auth = {"Authorization": f"Bearer {case.token}"}
+    form = client.get("/api/v1/bundles/newborn/form", headers=auth).json()
+    values = {f["id"]: f["value"] for f in form["fields"] if f["value"] is not None}
+    values.update({
+        "child_name": "小满", "child_sex": "female", "birth_date": (date.today() - timedelta(days=2)).isoformat(),
+        "birth_hospital": hospital, "contact_mobile": "13800138000", "bank_name": "中国工商银行",
+        "bank_account_no": "6222020200112233445", "registration_parent": "mother",
+    })
+    values.setdefault("father_known", False)
+    values.setdefault("parents_married", False)
+    for key in ("household_address", "residence_address", "mailing_address"):
+        values.setdefault(key, person.address)
+    values.setdefault("region_code", person.region_code)
+    invoice = client.post("/api/v1/documents", content=b"%PDF-1.4 demo invoice", headers=auth
+                          | {"Content-Type": "application/pdf"}).json()["ref"]
+    materials = {"medical_invoice": {"source": "uploaded", "ref": invoice}}
+    if promise_discharge:
+        materials["discharge_summary"] = {"source": "promised"}
+    else:
+        summary = client.post("/api/v1/documents", content=b"%PDF-1.4 demo discharge summary",
+                              headers=auth | {"Content-Type": "application/pdf"}).json()["ref"]
+        materials["discharge_summary"] = {"source": "uploaded", "ref": summary}
+    r = client.post("/api/v1/applications", json={"bundle_code": "newborn", "form": values, "materials": materials},
+                    headers=auth | {"Idempotency-Key": f"demo-{case.title}-{time.time_ns()}"})
+    if r.status_code != 202:
+        raise RuntimeError(f"submission refused ({r.status_code}): {r.text[:500]}")
+    body = r.json()
+    case.case_id, case.status_url = body["case_id"], body["status_url"]
+
+
+def _refresh(client: httpx.Client, case: DemoCase) -> None:
+    r = client.get(f"/api/v1/cases/{case.case_id}", headers={"Authorization": f"Bearer {case.token}"})
+    if r.status_code == 200:
+        case.view = r.json()
+
+
+def _supplement(client: httpx.Client, case: DemoCase) -> None:
+    auth = {"Authorization": f"Bearer {case.token}"}
+    ref = client.post("/api/v1/documents", content=b"%PDF-1.4 the discharge summary, supplied",
+                      headers=auth | {"Content-Type": "application/pdf"}).json()["ref"]
+    r = client.post(f"/api/v1/cases/{case.case_id}/materials",
+                    json={"materials": {"discharge_summary": {"source": "uploaded", "ref": ref}}}, headers=auth)
+    r.raise_for_status()
+    case.supplemented = True
+
+
+def _table(cases: list[DemoCase], base: str) -> Table:
+    table = Table(title="新生儿出生一件事 — live status (每个事项的进度)", expand=True)
+    table.add_column("case")
+    table.add_column("状态 status")
+    table.add_column("services: approved / all")
+    table.add_column("waiting for")
+    for c in cases:
+        v = c.view or {}
+        services = v.get("services", [])
+        approved = sum(1 for s in services if s["status"] == "approved")
+        waiting = ", ".join(sorted({s["department"] for s in services if s["status"] in ("dispatched", "accepted")}))
+        missing = ", ".join(m["label"]["zh"] for m in v.get("missing", []))
+        status = v.get("status", "submitted")
+        table.add_row(c.title, f"{status}" + (f" (缺: {missing})" if missing else ""),
+                      f"{approved} / {len(services)}", waiting or "—")
+    return table
+
+
+def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600) -> bool:
+    from . import stack
+
+    with console.status("bringing the stack up (Kafka, PostgreSQL, topics)…"):
+        stack.up(settings)
+    sup: Supervisor = system(settings.home / "logs", env=demo_env())
+    sup.start()
+    base = "http://127.0.0.1:8000"
+    ok = False
+    try:
+        with console.status("starting the intake API, dispatch, case view and six department adapters…"):
+            _wait_api(base)
+        cases = [DemoCase("complete 齐全", "wang_fang"), DemoCase("容缺→补正 correction", "chen_jing"),
+                 DemoCase("rejected 不予受理", "liu_li"), DemoCase("withdrawn 撤回", "wang_fang")]
+        with httpx.Client(base_url=base, timeout=30) as client:
+            _submit(client, cases[0], hospital="韶关市妇幼保健院", promise_discharge=False)
+            _submit(client, cases[1], hospital="韶关市妇幼保健院", promise_discharge=True)
+            _submit(client, cases[2], hospital=REJECTING_HOSPITAL, promise_discharge=False)
+            _submit(client, cases[3], hospital="韶关市妇幼保健院", promise_discharge=False)
+            withdrawn = False
+            deadline = time.monotonic() + timeout_s
+            with Live(_table(cases, base), console=console, refresh_per_second=2) as live:
+                while time.monotonic() < deadline:
+                    for c in cases:
+                        _refresh(client, c)
+                    if not withdrawn:
+                        r = client.post(f"/api/v1/cases/{cases[3].case_id}/withdraw", json={"reason": "demo"},
+                                        headers={"Authorization": f"Bearer {cases[3].token}"})
+                        withdrawn = r.status_code == 202
+                    c = cases[1]
+                    if c.view and c.view.get("status") == "awaiting_applicant" and not c.supplemented:
+                        _supplement(client, c)
+                    live.update(_table(cases, base))
+                    if all(c.view and c.view.get("status") in TERMINAL for c in cases):
+                        ok = True
+                        break
+                    sup.check()
+                    time.sleep(1)
+        console.print("\n[bold]Status pages[/bold] (open in a browser while the demo runs):")
+        for c in cases:
+            console.print(f"  {c.title}: {base}{c.status_url}")
+        console.print(f"\nlogs: {settings.home / 'logs'}   metrics: /metrics on the API and ports 9400+")
+        console.print("[green]every case reached its end[/green]" if ok else "[red]timed out before every case ended[/red]")
+        if not exit_when_done:
+            console.print("serving until Ctrl-C …")
+            while True:
+                sup.check()
+                time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping every process…"):
+            sup.stop()
+    return ok
