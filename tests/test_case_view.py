@@ -1,0 +1,693 @@
+"""The case view read model against the real broker and the real PostgreSQL.
+
+Events come from the dispatch fold itself (`case_state`), so task and completion ids are the
+ones the dispatch processor derives. Every view is built in a PostgreSQL schema of its own
+under a projection name of its own, so no test resets the live view.
+
+The scripted tests (happy path, out of order, repeats, rebuild, kill -9) run on a topology of
+this module's own: `cvtest-<run>.applications`, `.cases`, `.tasks.<department>`,
+`.decisions.<department>`, six partitions each like the real ones. Other engineers' tests run a
+dispatch processor and department adapters on the real topics while these run; on the real
+topics those would answer this module's tasks with decisions of their own and make exact
+assertions flaky. One test runs on the real topics and checks that the view equals the
+in-order fold of whatever the log then holds for its case.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict, deque
+from dataclasses import replace
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from psycopg import sql
+
+from catalog.loader import load_catalog
+from events import bus
+from events import codec
+from events.envelope import Actor, Event, new_event, now_utc
+from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
+from projectors import case_state
+from projectors.case_view import (TABLES, CaseViewProjection, create_schema, default_topics, drop_schema, read_case,
+                                  read_worklist)
+from projectors.postgres_projection import ProjectionRunner, rebuild, stored_offsets
+from projectors.timeline_text import describe
+
+from .support.newborn import newborn_form, resident_id, submission
+
+pytestmark = [pytest.mark.broker, pytest.mark.postgres]
+ROOT = Path(__file__).resolve().parent.parent
+CAT = load_catalog()
+RUN = uuid.uuid4().hex[:8]
+TODAY = date.today()
+APPLICANT = Actor("p_test_applicant", "applicant", "online")
+CHILD_ID = resident_id(region="440203", born=TODAY - timedelta(days=3), seq="372")
+FORM = newborn_form()
+PERSONAL = [FORM[k] for k in ("child_name", "mother_name", "contact_mobile", "mother_resident_id",
+                              "residence_address", "bank_account_no")] + [CHILD_ID, "结婚证照片不清晰", "不再需要"]
+
+
+# -- scenarios, folded by the dispatch processor's own pure function ---------------------------
+class Clock:
+    def __init__(self):
+        self.t = now_utc() - timedelta(hours=2)
+
+    def __call__(self):
+        self.t += timedelta(seconds=1)
+        return self.t
+
+
+def decision(task: Event, outcome: str, clock: Clock, *, reason=None, missing=(), outputs=None) -> Event:
+    p = task.payload
+    return new_event("DecisionRecorded", task.key,
+                     {"task_id": p["task_id"], "department": p["department"], "service_id": p["service_id"],
+                      "kind": "case_service", "outcome": outcome, "reason": reason,
+                      "missing_materials": list(missing), "outputs": outputs or {}},
+                     actor=Actor(f"staff_{p['department']}", "department", "department"),
+                     region_code=task.envelope.region_code, cause=task, occurred_at=clock())
+
+
+def outputs_of(task: Event) -> dict[str, str]:
+    return {o: CHILD_ID if o == "child_resident_id" else f"{o.upper()}-{task.key[-6:]}"
+            for o in CAT.service(task.payload["service_id"]).produces}
+
+
+def approve_all(task: Event, clock: Clock) -> list[Event]:
+    return [decision(task, "accepted", clock), decision(task, "approved", clock, outputs=outputs_of(task))]
+
+
+def police_asks_for_correction(task: Event, clock: Clock) -> list[Event]:
+    if task.payload["service_id"] == "police.birth_registration" and task.payload["task_id"].endswith(":1"):
+        return [decision(task, "accepted", clock),
+                decision(task, "correction_requested", clock, reason="结婚证照片不清晰",
+                         missing=["marriage_certificate", "household_register"])]
+    return approve_all(task, clock)
+
+
+def birth_certificate_rejected(task: Event, clock: Clock) -> list[Event]:
+    if task.payload["service_id"] == "health.birth_certificate":
+        return [decision(task, "rejected", clock, reason="出生医学证明信息不符")]
+    return approve_all(task, clock)
+
+
+def real_topic_of(event: Event) -> str:
+    if event.type in ("ApplicationSubmitted", "MaterialsSupplemented", "ApplicationWithdrawn"):
+        return APPLICATIONS
+    if event.type in ("TaskDispatched", "TaskCancelled"):
+        return tasks_topic(event.payload["department"])
+    if event.type == "DecisionRecorded":
+        return decisions_topic(event.payload["department"])
+    if event.type == "CaseCompleted":
+        return CASES
+    raise AssertionError(event.type)
+
+
+NEWBORN_DEPARTMENTS = sorted({CAT.service(s).department for s in CAT.select(bundle_code="newborn").services})
+
+
+class Topology:
+    """Where each event goes: the real topics (prefix None) or copies of them under a prefix."""
+
+    def __init__(self, prefix: str | None = None):
+        self.prefix = prefix
+
+    def name(self, real: str) -> str:
+        return f"{self.prefix}.{real}" if self.prefix else real
+
+    def topic_of(self, event: Event) -> str:
+        return self.name(real_topic_of(event))
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        if not self.prefix:
+            return default_topics(CAT)
+        return tuple(self.name(t) for t in (APPLICATIONS, CASES, *map(tasks_topic, NEWBORN_DEPARTMENTS),
+                                            *map(decisions_topic, NEWBORN_DEPARTMENTS)))
+
+
+REAL = Topology()
+
+
+@pytest.fixture(scope="module")
+def topology(bootstrap):
+    topo = Topology(f"cvtest-{RUN}")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(t, 6, 1) for t in topo.topics])
+    yield topo
+    try:
+        admin.delete_topics(list(topo.topics))
+    finally:
+        admin.close()
+
+
+def scenario(case_id: str, policy=approve_all, *, withdraw_after: int | None = None) -> list[Event]:
+    """The log of one case in the order the system writes it: the applicant's and the
+    departments' facts, and what the dispatch fold derives from each."""
+    clock = Clock()
+    sub = submission(case_id, promised=("discharge_summary",))
+    sub = replace(sub, envelope=replace(sub.envelope, occurred_at=clock()))
+    state, out = case_state.start(sub, CAT)
+    log, queue, decided = [sub, *out], [e for e in out if e.type == "TaskDispatched"], 0
+
+    def fold(event: Event) -> None:
+        nonlocal state
+        state, derived = case_state.step(state, event, CAT)
+        log.extend([event, *derived])
+        queue.extend(e for e in derived if e.type == "TaskDispatched")
+
+    while queue and not state.done:
+        task = queue.pop(0)
+        for dec in policy(task, clock):
+            fold(dec)
+            decided += 1
+            if dec.payload["outcome"] == "correction_requested":
+                fold(new_event("MaterialsSupplemented", case_id,
+                               {"materials": [{"code": m, "source": "uploaded", "ref": f"doc-{m}"}
+                                              for m in dec.payload["missing_materials"]], "form": {}},
+                               actor=APPLICANT, region_code="440203", occurred_at=clock()))
+            if decided == withdraw_after:
+                fold(new_event("ApplicationWithdrawn", case_id, {"reason": "不再需要"}, actor=APPLICANT,
+                               region_code="440203", occurred_at=clock()))
+                if queue:  # a department decides a task after it was cancelled: the fold ignores it
+                    late = decision(queue[0], "approved", clock, outputs=outputs_of(queue[0]))
+                    fold(late)
+                break
+    return log
+
+
+SCENARIOS = {
+    "happy": lambda cid: scenario(cid),
+    "correction": lambda cid: scenario(cid, police_asks_for_correction),
+    "rejected": lambda cid: scenario(cid, birth_certificate_rejected),
+    "withdrawn": lambda cid: scenario(cid, withdraw_after=3),
+}
+
+
+def publish(bootstrap: str, topology: Topology, events: list[Event]) -> None:
+    producer = bus.make_producer(bootstrap)
+    try:
+        bus.publish_all(producer, [(topology.topic_of(e), e) for e in events])
+    finally:
+        producer.close()
+
+
+def timeline_entries(events: list[Event]) -> list[Event]:
+    """The events the timeline shows, once each (a fact by event id, a task by task id)."""
+    seen, out = set(), []
+    for e in events:
+        key = e.payload.get("task_id") if e.type in ("TaskDispatched", "TaskCancelled") else e.id
+        if (e.type, key) not in seen:
+            seen.add((e.type, key))
+            out.append(e)
+    return out
+
+
+def snapshot(conn: psycopg.Connection, schema: str, case_ids) -> dict[str, list[tuple]]:
+    """Every row of the view's tables for these cases."""
+    out = {}
+    for table in TABLES:
+        rows = conn.execute(sql.SQL("SELECT * FROM {} WHERE case_id = ANY(%s)").format(sql.Identifier(schema, table)),
+                            (list(case_ids),)).fetchall()
+        out[table] = sorted(rows, key=repr)
+    return out
+
+
+# -- views of the test's own ---------------------------------------------------------------------
+def seed_offsets(bootstrap: str, database_url: str, name: str, topics) -> dict[TopicPartition, int]:
+    """Start projection `name` at the topics' current end (instead of reading the whole log)."""
+    ends = end_offsets(bootstrap, topics)
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+            [(name, tp.topic, tp.partition, off) for tp, off in ends.items()])
+    return ends
+
+
+def end_offsets(bootstrap: str, topics) -> dict[TopicPartition, int]:
+    """Every partition of `topics` with its end offset. A topic whose metadata has not arrived
+    yet must not be left out silently: its projection would start at its beginning instead."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            consumer.topics()  # fetches the metadata of every topic
+            parts = {t: consumer.partitions_for_topic(t) for t in topics}
+            if all(parts.values()):
+                break
+            assert time.monotonic() < deadline, f"no partition metadata for {[t for t, p in parts.items() if not p]}"
+            time.sleep(0.2)
+        return consumer.end_offsets([TopicPartition(t, p) for t, ps in parts.items() for p in ps])
+    finally:
+        consumer.close()
+
+
+def caught_up(database_url: str, name: str, ends: dict[TopicPartition, int]) -> bool:
+    with psycopg.connect(database_url) as conn:
+        stored = stored_offsets(conn, name)
+    return all(stored.get(tp, 0) >= end for tp, end in ends.items() if end)
+
+
+def delete_groups(bootstrap: str, groups: list[str]) -> None:
+    """Leave no consumer group behind in `onething status` (best effort, one by one: a group
+    that never existed, or whose dead member's session has not expired, is skipped)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        existing = {g["group_id"] for g in admin.list_groups()}
+        for group in groups:
+            if group in existing:
+                try:
+                    admin.delete_groups([group])
+                except Exception:  # noqa: BLE001
+                    pass
+    finally:
+        admin.close()
+
+
+class OwnView:
+    """A case view under a name and in a schema of its own, seeded to start at the log's end."""
+
+    def __init__(self, bootstrap: str, database_url: str, label: str, topology: Topology, *, seed: bool = True):
+        self.bootstrap, self.database_url = bootstrap, database_url
+        self.prefix = f"cv-{RUN}-{label}"
+        self.name = f"case_view_test_{RUN}_{label}"
+        self.schema = f"cv_test_{RUN}_{label}"
+        self.conn = psycopg.connect(database_url, autocommit=True)
+        create_schema(self.conn, self.schema)
+        self.projection = CaseViewProjection(self.name, schema=self.schema, topics=topology.topics,
+                                             keep=lambda case_id: case_id.startswith(self.prefix))
+        self.start = seed_offsets(bootstrap, database_url, self.name, self.projection.topics) if seed else None
+        self.runner: ProjectionRunner | None = None
+        self.stats = [0, 0, 0]
+
+    def until(self, predicate, timeout_s: float = 45.0) -> bool:
+        if self.runner is None:
+            self.runner = ProjectionRunner(self.projection, self.bootstrap, self.database_url)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            r = self.runner.poll_once(timeout_ms=200)
+            self.stats[0] += r.applied
+            self.stats[1] += r.duplicates
+            self.stats[2] += r.dead_lettered
+            if predicate():
+                return True
+        ok = predicate()
+        if not ok:  # shown with the failure
+            print(f"{self.name} did not get there: applied={self.stats[0]} duplicates={self.stats[1]} "
+                  f"dead-lettered={self.stats[2]} partitions assigned={len(self.runner.consumer.assignment())}")
+        return ok
+
+    def case(self, case_id: str) -> dict | None:
+        return read_case(self.conn, case_id, today=TODAY, schema=self.schema)
+
+    def timeline_count(self, case_ids) -> int:
+        return self.conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE case_id = ANY(%s)").format(
+            sql.Identifier(self.schema, "case_timeline")), (list(case_ids),)).fetchone()[0]
+
+    def close(self, *group_prefixes: str) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        delete_groups(self.bootstrap, [f"{g}.{self.name}" for g in ("projection", "rebuild", *group_prefixes)])
+        drop_schema(self.conn, self.schema)
+        for table in ("consumer_offsets", "processed_events"):
+            self.conn.execute(sql.SQL("DELETE FROM {} WHERE consumer = %s").format(sql.Identifier(table)),
+                              (self.name,))
+        self.conn.close()
+
+
+@pytest.fixture(scope="module")
+def live(bootstrap, database_url, topology):
+    view = OwnView(bootstrap, database_url, "live", topology)
+    yield view
+    view.close()
+
+
+class Reference:
+    """The view built by applying a log in order, in one transaction, without Kafka."""
+
+    def __init__(self, database_url: str):
+        self.schema = f"cv_ref_{RUN}"
+        self.conn = psycopg.connect(database_url, autocommit=True)
+        create_schema(self.conn, self.schema)
+        self.projection = CaseViewProjection(f"case_view_ref_{RUN}", schema=self.schema)
+
+    def build(self, events: list[Event]) -> None:
+        with self.conn.transaction():
+            self.projection.reset(self.conn)
+            for e in events:
+                self.projection.apply(self.conn, e)
+
+    def case(self, case_id: str) -> dict | None:
+        return read_case(self.conn, case_id, today=TODAY, schema=self.schema)
+
+    def snapshot(self, case_ids) -> dict:
+        return snapshot(self.conn, self.schema, case_ids)
+
+
+@pytest.fixture(scope="module")
+def reference(database_url):
+    ref = Reference(database_url)
+    yield ref
+    drop_schema(ref.conn, ref.schema)
+    ref.conn.close()
+
+
+def is_done(view: dict | None, events: list[Event]) -> bool:
+    return bool(view) and view["status"] in ("completed", "withdrawn") \
+        and len(view["timeline"]) == len(timeline_entries(events)) \
+        and all(s["status"] in ("approved", "rejected", "blocked", "cancelled") for s in view["services"])
+
+
+# -- the tests ---------------------------------------------------------------------------------
+def test_happy_path_every_service_approved_with_outputs_and_a_readable_timeline(live, reference, bootstrap,
+                                                                               topology):
+    cid = f"{live.prefix}-happy"
+    events = SCENARIOS["happy"](cid)
+    publish(bootstrap, topology, events)
+    assert live.until(lambda: is_done(live.case(cid), events))
+    view = live.case(cid)
+
+    assert view["status"] == "completed" and view["status_label"] == {"zh": "已办结", "en": "Completed"}
+    assert view["bundle_code"] == "newborn" and view["bundle_label"] == {"zh": "新生儿出生", "en": "Birth of a child"}
+    assert view["receipt_no"] == f"R-{cid[-8:]}" and view["applicant_token"] == "p_test_applicant"
+    assert view["channel"] == "online" and view["region_code"] == "440203"
+    assert len(view["services"]) == 9 and {s["status"] for s in view["services"]} == {"approved"}
+    assert view["departments"] == ["disease_control", "health", "hrss", "medical_insurance", "police", "tax"]
+    police = next(s for s in view["services"] if s["service_id"] == "police.birth_registration")
+    assert police["outputs"] == {"child_resident_id": CHILD_ID}
+    assert police["department_label"]["zh"] == "公安机关" and police["label"]["zh"] == "出生登记（户口登记）"
+    assert police["due_date"] is not None and police["working_days_left"] is None  # decided
+    assert view["due_date"] == max(s["due_date"] for s in view["services"])
+    assert view["missing"] == [] and view["completed_at"] and view["submitted_at"] < view["completed_at"]
+
+    # the timeline: every event once, in causal order, as sentences
+    shown = timeline_entries(events)
+    assert [t["event_type"] for t in view["timeline"]] == [e.type for e in shown]
+    assert [(t["text_zh"], t["text_en"]) for t in view["timeline"]] == [describe(e, CAT) for e in shown]
+    first, last = view["timeline"][0], view["timeline"][-1]
+    assert first["text_zh"] == "申请已提交（新生儿出生一件事，9个事项；电子证照免提交2项；容缺后补1项）"
+    assert first["text_en"].startswith("Application submitted (Birth of a child, 9 services")
+    assert first["actor_role"] == "applicant" and first["channel"] == "online"
+    assert last["text_zh"] == "全部事项已办结（9项）" and last["text_en"] == "All services completed (9 approved)"
+    assert any(t["text_zh"] == "已分派至公安机关：出生登记（户口登记）" + f"，应于{police['due_date']}前办结"
+               for t in view["timeline"])
+    assert any(t["text_en"] == "Public security (police) approved: Household registration of a birth"
+               for t in view["timeline"])
+    texts = " ".join(t["text_zh"] + t["text_en"] for t in view["timeline"])
+    assert not [p for p in PERSONAL if p in texts]
+
+    reference.build(events)
+    assert reference.case(cid) == view
+    assert reference.snapshot([cid]) == snapshot(live.conn, live.schema, [cid])
+
+
+def test_out_of_order_delivery_across_topics_ends_in_the_right_state(live, reference, bootstrap, topology):
+    cid = f"{live.prefix}-correction"
+    events = SCENARIOS["correction"](cid)
+    decisions = [e for e in events if e.type == "DecisionRecorded"]
+    derived = [e for e in events if e.type in ("TaskDispatched", "CaseCompleted")]
+    facts = [e for e in events if real_topic_of(e) == APPLICATIONS]
+    assert len(decisions) + len(derived) + len(facts) == len(events)
+    services = f"SELECT service_id, status, attempt FROM {live.schema}.case_service_view WHERE case_id = %s"
+
+    # 1. every decision before any task, and the attempt-2 decision before the supplement
+    publish(bootstrap, topology, decisions)
+    assert live.until(lambda: len(live.conn.execute(services, (cid,)).fetchall()) == 9)
+    rows = {sid: (status, attempt) for sid, status, attempt in live.conn.execute(services, (cid,))}
+    assert rows["police.birth_registration"] == ("approved", 2)  # attempt 2 outranks the correction
+    assert live.case(cid) is None  # recorded, but not shown before the submission is seen
+
+    # 2. the tasks and the completion, still before the submission and the supplement
+    publish(bootstrap, topology, derived)
+    assert live.until(lambda: live.timeline_count([cid]) == len(decisions) + len(derived))
+    rows = {sid: (status, attempt) for sid, status, attempt in live.conn.execute(services, (cid,))}
+    assert set(rows.values()) == {("approved", 1), ("approved", 2)}  # TaskDispatched did not move them back
+
+    # 3. the submission and the supplement last
+    publish(bootstrap, topology, facts)
+    assert live.until(lambda: is_done(live.case(cid), events))
+    view = live.case(cid)
+    assert view["status"] == "completed" and view["missing"] == []
+    police = next(s for s in view["services"] if s["service_id"] == "police.birth_registration")
+    assert police["status"] == "approved" and police["attempt"] == 2 and police["outputs"] == {"child_resident_id": CHILD_ID}
+    zh = [t["text_zh"] for t in view["timeline"]]
+    correction = zh.index("需要补正：出生登记（户口登记）（公安机关），请补交：结婚证、居民户口簿")
+    assert zh[correction + 1] == "已补交材料：结婚证、居民户口簿"
+    assert zh[correction + 2].startswith("已分派至公安机关：出生登记（户口登记）（补正后第2次分派）")
+
+    reference.build(events)  # the same log applied in the order it was written
+    assert view == reference.case(cid)
+    assert snapshot(live.conn, live.schema, [cid]) == reference.snapshot([cid])
+
+
+def test_correction_shows_what_is_missing_and_the_worklist(reference):
+    cid = f"cv-{RUN}-partial"
+    events = SCENARIOS["correction"](cid)
+    asked = next(i for i, e in enumerate(events) if e.payload.get("outcome") == "correction_requested")
+    reference.build(events[:asked + 1])
+    view = reference.case(cid)
+    assert view["status"] == "awaiting_applicant" and view["status_label"]["zh"] == "待补正"
+    assert view["missing"] == [
+        {"code": "marriage_certificate", "label": {"zh": "结婚证", "en": "Marriage certificate"},
+         "services": ["police.birth_registration"]},
+        {"code": "household_register", "label": {"zh": "居民户口簿", "en": "Household register (hukou booklet)"},
+         "services": ["police.birth_registration"]}]
+    police = next(s for s in view["services"] if s["service_id"] == "police.birth_registration")
+    assert police["status"] == "correction_requested" and police["reason"] == "结婚证照片不清晰"
+    assert police["working_days_left"] is not None and view["working_days_left"] is not None
+    waiting = next(s for s in view["services"] if s["service_id"] == "tax.newborn_premium")
+    assert waiting["status"] == "waiting" and waiting["due_date"] is None
+    work = read_worklist(reference.conn, "police", today=TODAY, schema=reference.schema)
+    assert [(w["case_id"], w["service_id"], w["status"]) for w in work] == \
+        [(cid, "police.birth_registration", "correction_requested")]
+    assert work[0]["due_date"] == police["due_date"]
+    assert read_worklist(reference.conn, "police", "approved", schema=reference.schema) == []
+
+
+def test_the_same_events_twice_make_no_duplicate_timeline_row(live, reference, bootstrap, topology):
+    cid = f"{live.prefix}-withdrawn"
+    events = SCENARIOS["withdrawn"](cid)
+    first_task = next(e for e in events if e.type == "TaskDispatched")
+    # the same task derived a second time under another id (a dispatcher re-run from another cause)
+    rederived = replace(first_task, envelope=replace(first_task.envelope, event_id=str(uuid.uuid4())))
+    publish(bootstrap, topology, events)
+    publish(bootstrap, topology, [*events, rederived])
+    assert live.until(lambda: is_done(live.case(cid), events))
+    live.until(lambda: False, timeout_s=2)  # let the repeats arrive too
+    view = live.case(cid)
+
+    assert view["status"] == "withdrawn"
+    statuses = {s["service_id"]: (s["status"], s["attempt"]) for s in view["services"]}
+    assert statuses["disease_control.vaccination_record"] == ("approved", 1)
+    assert statuses["health.childbirth_registration"] == ("cancelled", 1)  # the late approval lost
+    assert statuses["police.birth_registration"] == ("cancelled", 0)  # never dispatched
+    assert live.timeline_count([cid]) == len(timeline_entries(events))
+    zh = [t["text_zh"] for t in view["timeline"]]
+    assert "申请已撤回" in zh and zh.index("申请已撤回") < zh.index("已取消卫生健康部门的事项：生育登记（生育登记凭证签发）")
+
+    reference.build(events)
+    assert view == reference.case(cid)
+    before = snapshot(live.conn, live.schema, [cid])
+    assert before == reference.snapshot([cid])
+    # and past the runner's processed_events guard: apply is idempotent on its own
+    with live.conn.transaction():
+        for e in [*events, rederived, *reversed(events)]:
+            live.projection.apply(live.conn, e)
+    assert snapshot(live.conn, live.schema, [cid]) == before
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(sorted(SCENARIOS)), seed=st.integers(0, 2**32 - 1))
+def test_any_interleaving_of_the_topics_gives_the_same_rows(reference, which, seed):
+    cid = f"cv-{RUN}-any-{which}"
+    events = _cached_scenario(which, cid)
+    reference.build(events)
+    expected = reference.snapshot([cid])
+    rnd = random.Random(seed)
+    streams = defaultdict(deque)
+    for e in events:  # Kafka keeps the order within a topic's partition, and no more
+        streams[real_topic_of(e)].append(e)
+    shuffled = []
+    while streams:
+        topic = rnd.choice(sorted(streams))
+        shuffled.append(streams[topic].popleft())
+        if not streams[topic]:
+            del streams[topic]
+        if rnd.random() < 0.1:  # a redelivery, even long after
+            shuffled.append(rnd.choice(shuffled))
+    reference.build(shuffled)
+    assert reference.snapshot([cid]) == expected
+
+
+_scenario_cache: dict[str, list[Event]] = {}
+
+
+def _cached_scenario(which: str, cid: str) -> list[Event]:
+    if which not in _scenario_cache:
+        _scenario_cache[which] = SCENARIOS[which](cid)
+    return _scenario_cache[which]
+
+
+def test_rebuild_from_the_log_gives_the_rows_of_the_incremental_run(bootstrap, database_url, topology):
+    view = OwnView(bootstrap, database_url, "rebuild", topology)
+    try:
+        logs = {f"{view.prefix}-{which}": SCENARIOS[which](f"{view.prefix}-{which}") for which in SCENARIOS}
+        publish(bootstrap, topology, [e for events in logs.values() for e in events])
+        assert view.until(lambda: all(is_done(view.case(cid), events) for cid, events in logs.items()))
+        incremental = snapshot(view.conn, view.schema, logs)
+        views = {cid: view.case(cid) for cid in logs}
+        view.runner.close()
+        view.runner = None
+
+        calls: list[tuple[int, int]] = []
+        total = rebuild(view.projection, bootstrap, database_url, progress=lambda done, tot: calls.append((done, tot)))
+        assert calls and calls[-1] == (total, total) and total >= sum(len(e) for e in logs.values())
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+        assert snapshot(view.conn, view.schema, logs) == incremental
+        assert {cid: view.case(cid) for cid in logs} == views
+    finally:
+        view.close()
+
+
+def read_since(bootstrap: str, start: dict[TopicPartition, int], keep) -> list[Event]:
+    """Every event on these partitions from `start` up to their current end that `keep` accepts."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = list(start)
+        consumer.assign(tps)
+        for tp, offset in start.items():
+            consumer.seek(tp, offset)
+        ends = consumer.end_offsets(tps)
+        out: list[Event] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, "could not read the topics to their end"
+            for msgs in consumer.poll(timeout_ms=500, max_records=5000).values():
+                for m in msgs:
+                    try:
+                        event = codec.decode(m.value)
+                    except ValueError:
+                        continue
+                    if keep(event):
+                        out.append(event)
+        return out
+    finally:
+        consumer.close()
+
+
+def test_on_the_real_topics_the_view_is_the_fold_of_what_the_log_holds(bootstrap, database_url, reference):
+    """The real topics, with whatever else runs on them: a dispatch processor may fold this case
+    too and add its own (mostly identical) events, department adapters may answer its tasks. The
+    view must then equal the fold of everything the log holds for the case."""
+    view = OwnView(bootstrap, database_url, "real", REAL)
+    try:
+        cid = f"{view.prefix}-real"
+        events = SCENARIOS["happy"](cid)
+        publish(bootstrap, REAL, events)
+
+        def converged() -> bool:
+            if view.timeline_count([cid]) < len(timeline_entries(events)):
+                return False
+            reference.build(read_since(bootstrap, view.start, lambda e: e.key == cid))
+            return snapshot(view.conn, view.schema, [cid]) == reference.snapshot([cid])
+
+        assert view.until(converged, 60)
+        shown = view.case(cid)
+        assert shown["bundle_code"] == "newborn" and shown["receipt_no"] == f"R-{cid[-8:]}"
+        texts = {(t["text_zh"], t["text_en"]) for t in shown["timeline"]}
+        facts = [e for e in events if e.type in ("ApplicationSubmitted", "DecisionRecorded")]
+        assert {describe(e, CAT) for e in facts} <= texts
+    finally:
+        view.close()
+
+
+def _start_projection(view: OwnView, group_prefix: str, slow_ms: int, log_path: Path) -> subprocess.Popen:
+    out = open(log_path, "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.run_case_view", view.name, view.schema, view.prefix, group_prefix,
+         str(slow_ms), ",".join(view.projection.topics)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "ONETHING_METRICS_PORT": "-1"})
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_kill_9_in_the_middle_ends_with_the_view_of_a_fresh_rebuild(bootstrap, database_url, topology, tmp_path):
+    view = OwnView(bootstrap, database_url, "kill", topology)
+    fresh = OwnView(bootstrap, database_url, "fresh", topology, seed=False)
+    fresh.prefix = view.prefix  # the same cases
+    proc = None
+    t0 = time.monotonic()
+    phase = lambda what: print(f"{time.monotonic() - t0:6.1f}s {what}")  # noqa: E731 (shown on failure)
+    try:
+        kinds = sorted(SCENARIOS)
+        logs = {f"{view.prefix}-{i:03d}": SCENARIOS[kinds[i % len(kinds)]](f"{view.prefix}-{i:03d}")
+                for i in range(100)}
+        events = [e for log in logs.values() for e in log]
+        publish(bootstrap, topology, events)
+        ends = end_offsets(bootstrap, view.projection.topics)
+        phase(f"published {len(events)} events")
+        processed = "SELECT count(*) FROM processed_events WHERE consumer = %s"
+
+        proc = _start_projection(view, "projection", 3, tmp_path / "run-1.log")
+        assert wait(lambda: view.conn.execute(processed, (view.name,)).fetchone()[0] >= 500, 60), \
+            (tmp_path / "run-1.log").read_text()[-3000:]
+        _stop(proc, signal.SIGKILL)  # no shutdown, in the middle of a batch's transaction
+        done_before = view.conn.execute(processed, (view.name,)).fetchone()[0]
+        phase(f"killed after {done_before} events")
+        assert done_before < len(events), "the kill should land in the middle; make the batch bigger"
+
+        # restarted in a new consumer group so it need not wait for the dead member's session to expire:
+        # where to resume comes from PostgreSQL, not from the group
+        proc = _start_projection(view, "projection-restarted", 0, tmp_path / "run-2.log")
+        assert wait(lambda: caught_up(database_url, view.name, ends), 60), (tmp_path / "run-2.log").read_text()[-3000:]
+        _stop(proc)
+        proc = None
+        phase("restarted process caught up")
+
+        # a fresh rebuild from the log, in a schema of its own
+        rebuild(fresh.projection, bootstrap, database_url)
+        phase("fresh rebuild done")
+        assert snapshot(view.conn, view.schema, logs) == snapshot(fresh.conn, fresh.schema, logs)
+        assert sum(map(len, (timeline_entries(log) for log in logs.values()))) == view.timeline_count(logs)
+        assert all(is_done(view.case(cid), log) for cid, log in logs.items())
+    finally:
+        if proc is not None:
+            _stop(proc, signal.SIGKILL)
+        view.close("projection-restarted")
+        fresh.close()
+
+
+def wait(predicate, timeout_s: float, interval: float = 0.3) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def test_default_topics_cover_every_department():
+    topics = default_topics(CAT)
+    assert topics[:2] == (APPLICATIONS, CASES)
+    assert set(topics[2:]) == {f(d) for d in CAT.departments for f in (tasks_topic, decisions_topic)}
