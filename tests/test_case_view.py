@@ -46,6 +46,7 @@ from projectors.case_view import (TABLES, CaseViewProjection, create_schema, def
 from projectors.postgres_projection import ProjectionRunner, rebuild, stored_offsets
 from projectors.timeline_text import describe
 
+from .support.offsets import end_offsets, seed_offsets
 from .support.newborn import newborn_form, resident_id, submission
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -226,33 +227,6 @@ def snapshot(conn: psycopg.Connection, schema: str, case_ids) -> dict[str, list[
 
 
 # -- views of the test's own ---------------------------------------------------------------------
-def seed_offsets(bootstrap: str, database_url: str, name: str, topics) -> dict[TopicPartition, int]:
-    """Start projection `name` at the topics' current end (instead of reading the whole log)."""
-    ends = end_offsets(bootstrap, topics)
-    with psycopg.connect(database_url) as conn:
-        conn.cursor().executemany(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-            [(name, tp.topic, tp.partition, off) for tp, off in ends.items()])
-    return ends
-
-
-def end_offsets(bootstrap: str, topics) -> dict[TopicPartition, int]:
-    """Every partition of `topics` with its end offset. A topic whose metadata has not arrived
-    yet must not be left out silently: its projection would start at its beginning instead."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            consumer.topics()  # fetches the metadata of every topic
-            parts = {t: consumer.partitions_for_topic(t) for t in topics}
-            if all(parts.values()):
-                break
-            assert time.monotonic() < deadline, f"no partition metadata for {[t for t, p in parts.items() if not p]}"
-            time.sleep(0.2)
-        return consumer.end_offsets([TopicPartition(t, p) for t, ps in parts.items() for p in ps])
-    finally:
-        consumer.close()
 
 
 def caught_up(database_url: str, name: str, ends: dict[TopicPartition, int]) -> bool:
