@@ -238,8 +238,11 @@ def replay_case_view() -> None:
 
 def _register_groups() -> None:
     from catalog.cli import catalog
+    from producers.register_cli import cascade, registers
 
     main.add_command(catalog)
+    main.add_command(registers)
+    main.add_command(cascade)
 
 
 _register_groups()

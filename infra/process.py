@@ -62,11 +62,19 @@ def run_api(settings: Settings, _arg: str | None) -> None:
     intake_api.serve(settings)  # serves /metrics itself
 
 
+def run_cascade(settings: Settings, _arg: str | None) -> None:
+    from projectors import cascade
+
+    _metrics(settings)
+    cascade.run(settings, stop=_stop_flag())
+
+
 COMPONENTS: dict[str, Callable[[Settings, str | None], None]] = {
     "api": run_api,
     "dispatch": run_dispatch,
     "case-view": run_case_view,
     "adapter": run_adapter,
+    "cascade": run_cascade,
 }
 
 

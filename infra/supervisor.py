@@ -102,19 +102,24 @@ class Supervisor:
         return {n: bool(c.proc and c.proc.poll() is None) for n, c in self.children.items()}
 
 
-def newborn_departments() -> list[str]:
+def demo_departments() -> list[str]:
+    """The newborn bundle's departments and every department that keeps a register copy."""
     from catalog.loader import load_catalog
+    from catalog.subscriptions import load_subscriptions
 
     catalog = load_catalog()
-    return sorted({catalog.service(s).department for s in catalog.bundle("newborn").services})
+    newborn = {catalog.service(s).department for s in catalog.bundle("newborn").services}
+    return sorted(newborn | set(load_subscriptions().departments()))
 
 
 def system(log_dir: Path, departments: list[str] | None = None, env: dict[str, str] | None = None) -> Supervisor:
-    """The whole system: intake API (with the status page), dispatch, case view, one adapter per department."""
+    """The whole system: intake API (with the status page and register API), dispatch, case view,
+    cascade, one adapter per department."""
     sup = Supervisor(log_dir, env)
     sup.add("api", "api")
     sup.add("dispatch", "dispatch")
     sup.add("case-view", "case-view")
-    for dept in departments or newborn_departments():
+    sup.add("cascade", "cascade")
+    for dept in departments or demo_departments():
         sup.add(f"adapter-{dept}", "adapter", dept)
     return sup

@@ -24,6 +24,7 @@ DEADLETTER = "deadletter"
 REGISTRY_COMPANY = "registry.company"
 REGISTRY_PERSON = "registry.person"
 SMOKE = "smoke"
+CASCADE = "cascade"
 
 
 def tasks_topic(department: str) -> str:
@@ -65,6 +66,7 @@ def declared_topics(departments: Iterable[str], partitions: int = 6, replication
         TopicSpec(CASES, "derived", doc="case state derived by dispatch: completed, overdue, escalated", **kw),
         TopicSpec(DEADLETTER, "deadletter", retention_ms=DEADLETTER_RETENTION_MS,
                   doc="messages a consumer could not process, with reason and origin", **kw),
+        TopicSpec(CASCADE, "derived", doc="cascade escalations (办不成事 for register syncs)", **kw),
         TopicSpec(SMOKE, "derived", retention_ms=24 * 3600 * 1000,
                   doc="round trips of `onething smoke`; nothing consumes it", **kw),
     ]

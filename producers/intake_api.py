@@ -313,7 +313,11 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
                         hint="set ONETHING_TOKEN_SECRET and ONETHING_PSEUDONYM_SECRET outside the demo")
         yield
         producer.close()
+        register_router.recorder.close()
 
+    from .register_api import create_router
+
+    register_router = create_router(settings)
     app = FastAPI(
         title="onething intake API — 高效办成一件事",
         version="1.0.0",
@@ -822,6 +826,9 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
             "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"})
+
+    # 一处变更: the master registers' API (register and department tokens only)
+    app.include_router(register_router)
 
     if Path(PORTAL_DIR).is_dir():
         app.mount("/portal", StaticFiles(directory=PORTAL_DIR), name="portal")

@@ -21,6 +21,7 @@ from infra.settings import Settings
 
 from .backend import SimulatedBackend
 from .config import BackendConfig
+from .register_copy import ByKind, RegisterCopyBackend
 
 log = structlog.get_logger(__name__)
 
@@ -31,10 +32,6 @@ def build_backend(department: str, config: BackendConfig | None = None, *, name:
     on the task's kind (a department has one adapter, one group, for both)."""
     case = SimulatedBackend(department, config if config is not None else BackendConfig.from_env(department),
                             name=name)
-    try:
-        from .register_copy import ByKind, RegisterCopyBackend
-    except ImportError:
-        return case
     return ByKind(case, RegisterCopyBackend(department, name=name))
 
 

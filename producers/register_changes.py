@@ -1,0 +1,453 @@
+"""Register changes, pure: what a change may say, how it is checked, and how a register folds.
+
+A register change is a fact from a master register (一处变更), keyed by the register key:
+the USCC for the company register, a pseudonymous person token for the person register.
+It is checked here BEFORE it becomes an event; every problem names the field and says why,
+and no message ever repeats the value (it may be a name or a resident ID).
+
+Change kinds (`KINDS`):
+
+| register | kind | 中文 | sets |
+|---|---|---|---|
+| company | registered | 设立登记 (or bringing an entity into the register) | every registration item, status=active |
+| company | changed | 变更登记 | name, address, legal representative (name and ID together), business scope, registered capital, type |
+| company | deregistered | 注销登记 | deregistered_on, status=deregistered |
+| company | converted_to_company | 个转企, on the individual business | successor_uscc, converted_on, status=converted |
+| company | registered_by_conversion | 个转企, on the new company | the new registration + the old one's business years (established_on) and credit record (credit_rating), predecessor_uscc |
+| person | household_moved | 户口迁移 | household address, region, date |
+| person | died | 死亡: the start of 公民身后 | date_of_death, certificate, status=deceased |
+
+`fold` is the master register itself: the register's copy is the fold of its topic, so it can
+be rebuilt from the log at any time (market regulation's copy of the company register).
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from catalog.subscriptions import RegisterField, Subscriptions, load_subscriptions
+from catalog.validators import check_region_code, check_resident_id, check_uscc
+from catalog.validators import message as validator_message
+from events.envelope import Actor, Event, new_event
+
+COMPANY, PERSON = "company", "person"
+EVENT_TYPE = "RegisterChanged"
+
+__all__ = ["COMPANY", "PERSON", "KINDS", "ChangeKind", "ChangeRefused", "Problem", "RegisterRecord",
+           "validate_change", "check_key", "conversion_changes", "change_event", "fold", "fold_all",
+           "region_of", "check_logged", "MESSAGES"]
+
+# (zh, en) per error code; never a placeholder for the submitted value
+MESSAGES: dict[str, tuple[str, str]] = {
+    "required": ("必填项未填写", "this field is required"),
+    "change.unknown_register": ("没有这个登记簿（应为 company 或 person）", "there is no such register (company or person)"),
+    "change.unknown_kind": ("该登记簿没有这种变更类型", "this register has no such kind of change"),
+    "change.unknown_field": ("不是该登记簿的登记事项", "not a field of this register"),
+    "change.not_allowed": ("此类变更不能修改该事项", "this kind of change cannot set this field"),
+    "change.cannot_clear": ("登记事项不能清空", "a registration item cannot be cleared"),
+    "change.empty": ("请至少填写一项变更内容", "give at least one field to change"),
+    "change.nothing_changed": ("填写的内容与登记簿一致，没有变更", "every value given equals the register; nothing changes"),
+    "change.together": ("法定代表人的姓名和公民身份号码须一并变更",
+                        "the legal representative's name and resident ID change together"),
+    "text.not_text": ("应为文字", "must be text"),
+    "text.too_long": ("内容过长", "the text is too long"),
+    "text.control": ("含有不可见的控制字符", "contains invisible control characters"),
+    "date.format": ("日期格式应为YYYY-MM-DD", "a date is written YYYY-MM-DD"),
+    "date.future": ("日期不能晚于今天", "the date cannot be in the future"),
+    "date.too_early": ("日期不能早于1900年", "the date cannot be before 1900"),
+    "date.before_established": ("日期早于成立日期", "the date is before the date of establishment"),
+    "amount.format": ("应为数字，最多6位小数（单位：万元）", "a number with at most 6 decimals (in 10,000 CNY)"),
+    "amount.range": ("应大于0且不超过1000亿元", "must be more than 0 and at most 10 billion (10,000 CNY)"),
+    "enum.option": ("不是允许的取值", "not one of the allowed values"),
+    "register.unknown_key": ("登记簿中没有该主体，请先办理设立登记", "not in the register; register it first"),
+    "register.already_registered": ("该主体已在登记簿中", "already in the register"),
+    "register.not_active": ("该主体已注销或已转型，不能再变更", "deregistered or converted: it cannot change any more"),
+    "person.deceased": ("该人员已登记死亡，不能再变更", "this person is registered as deceased: no further changes"),
+    "uscc.not_market_entity": ("不是市场监管部门登记的代码（首位应为9）",
+                               "not a code registered by market regulation (the first character is 9)"),
+    "uscc.entity_class": ("代码的主体类别（第2位）与类型不符",
+                          "the entity class (2nd character of the code) does not match the type"),
+    "conversion.not_individual_business": ("原主体不是个体工商户（代码第2位应为2）",
+                                           "the old entity is not an individual business (2nd character 2)"),
+    "conversion.not_company": ("新主体代码不是企业代码（第2位应为1）",
+                               "the new entity's code is not a company code (2nd character 1)"),
+    "conversion.same_code": ("新旧主体代码相同", "the old and the new code are the same"),
+    "change_id.reused": ("该变更编号已用于另一项变更", "this change id was used for a different change"),
+    "conversion.inherited": ("营业年限和信用记录由原个体工商户承继，不能另行填写",
+                             "business years and credit record are inherited from the individual business"),
+}
+# entity class: the 2nd character of a USCC registered by market regulation (GB 32100 table 2)
+_ENTITY_CLASS = {"1": "company", "2": "individual_business", "3": "cooperative"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_AMOUNT = re.compile(r"\d{1,9}(\.\d{1,6})?", re.ASCII)
+_EARLIEST = date(1900, 1, 1)
+_MAX_CAPITAL = Decimal("10000000")  # 万元: 1000亿元
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a change is refused: where (`path`), a stable `code`, and a sentence a person can act on."""
+    path: str
+    code: str
+    message_zh: str
+    message_en: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "code": self.code, "message_zh": self.message_zh, "message_en": self.message_en}
+
+
+class ChangeRefused(ValueError):
+    """The change was not recorded; `problems` says which field and why (never the value)."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = tuple(problems)
+        super().__init__("; ".join(f"{p.path}: {p.message_en}" for p in self.problems))
+
+
+def problem(path: str, code: str, label: tuple[str, str] | None = None) -> Problem:
+    zh, en = MESSAGES.get(code) or validator_message(code)
+    if label:
+        zh, en = f"{label[0]}：{zh}", f"{label[1]}: {en}"
+    return Problem(path, code, zh, en)
+
+
+@dataclass(frozen=True)
+class ChangeKind:
+    register: str
+    code: str
+    zh: str
+    en: str
+    allowed: frozenset[str]
+    required: frozenset[str] = frozenset()
+    implied: Mapping[str, str] = field(default_factory=dict)
+    new_record: bool = False          # the key must not be in the register yet
+    together: tuple[frozenset[str], ...] = ()
+
+
+_ITEMS = frozenset({"name", "address", "legal_representative_name", "legal_representative_resident_id",
+                    "business_scope", "registered_capital", "company_type"})
+_LEGAL_REP = frozenset({"legal_representative_name", "legal_representative_resident_id"})
+KINDS: dict[tuple[str, str], ChangeKind] = {(k.register, k.code): k for k in (
+    ChangeKind(COMPANY, "registered", "设立登记", "Registration",
+               _ITEMS | {"established_on", "credit_rating"}, _ITEMS | {"established_on"},
+               {"status": "active"}, new_record=True),
+    ChangeKind(COMPANY, "changed", "变更登记", "Change of registration", _ITEMS, together=(_LEGAL_REP,)),
+    ChangeKind(COMPANY, "deregistered", "注销登记", "Deregistration", frozenset({"deregistered_on"}),
+               frozenset({"deregistered_on"}), {"status": "deregistered"}),
+    ChangeKind(COMPANY, "converted_to_company", "个体工商户转型为企业（原主体）",
+               "Individual business converted into a company (old entity)",
+               frozenset({"successor_uscc", "converted_on"}), frozenset({"successor_uscc", "converted_on"}),
+               {"status": "converted"}),
+    ChangeKind(COMPANY, "registered_by_conversion", "个体工商户转型为企业（新企业）",
+               "Company registered by converting an individual business",
+               _ITEMS | {"predecessor_uscc", "converted_on", "established_on", "credit_rating"},
+               _ITEMS | {"predecessor_uscc", "converted_on", "established_on"},
+               {"status": "active"}, new_record=True),
+    ChangeKind(PERSON, "household_moved", "户口迁移", "Household registration moved",
+               frozenset({"household_address", "household_region_code", "household_moved_on"}),
+               frozenset({"household_address", "household_region_code", "household_moved_on"})),
+    ChangeKind(PERSON, "died", "死亡登记", "Death", frozenset({"date_of_death", "death_certificate_no"}),
+               frozenset({"date_of_death"}), {"status": "deceased"}),
+)}
+
+
+@dataclass(frozen=True)
+class RegisterRecord:
+    """One entry of a master register: its fields after the change numbered `sequence`."""
+    register: str
+    key: str
+    sequence: int = 0
+    fields: Mapping[str, str | None] = field(default_factory=dict)
+    last_event_id: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.sequence > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"register": self.register, "key": self.key, "sequence": self.sequence,
+                "fields": dict(self.fields), "last_event_id": self.last_event_id}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RegisterRecord":
+        return cls(data["register"], data["key"], int(data.get("sequence", 0)), dict(data.get("fields") or {}),
+                   data.get("last_event_id"))
+
+
+# --- values --------------------------------------------------------------------------------
+
+def check_value(f: RegisterField, value: Any, today: date) -> tuple[str | None, str | None]:
+    """(normalised value, None) or (None, error code). Never raises on bad input."""
+    if not isinstance(value, str):
+        return None, "text.not_text"
+    v = unicodedata.normalize("NFC", value).strip()
+    if not v:
+        return None, "required"
+    if f.type == "text":
+        if _CONTROL.search(v):
+            return None, "text.control"
+        if f.max_length and len(v) > f.max_length:
+            return None, "text.too_long"
+        return v, None
+    if f.type == "uscc":
+        code = check_uscc(v)
+        return (None, code) if code else (v, None)
+    if f.type == "resident_id":
+        code = check_resident_id(v, today=today)
+        return (None, code) if code else (v, None)
+    if f.type == "region_code":
+        code = check_region_code(v)
+        return (None, code) if code else (v, None)
+    if f.type == "enum":
+        return (v, None) if v in f.options else (None, "enum.option")
+    if f.type == "date":
+        if not _DATE.fullmatch(v):
+            return None, "date.format"
+        try:
+            d = date.fromisoformat(v)
+        except ValueError:
+            return None, "date.format"
+        if d > today:
+            return None, "date.future"
+        if d < _EARLIEST:
+            return None, "date.too_early"
+        return v, None
+    if f.type == "amount":
+        if not _AMOUNT.fullmatch(v):
+            return None, "amount.format"
+        try:
+            amount = Decimal(v)
+        except InvalidOperation:
+            return None, "amount.format"
+        if amount <= 0 or amount > _MAX_CAPITAL:
+            return None, "amount.range"
+        text = format(amount.normalize(), "f")
+        return text, None
+    return None, "text.not_text"  # pragma: no cover - FIELD_TYPES is closed
+
+
+def check_key(register: str, raw_key: Any, *, today: date | None = None) -> Problem | None:
+    """The register key as typed: a USCC of a market entity, or an 18-character resident ID."""
+    if raw_key is None or raw_key == "":
+        code = "required"
+    elif register == COMPANY:
+        code = check_uscc(raw_key)
+        if code is None and raw_key[0] != "9":
+            code = "uscc.not_market_entity"
+        if code is None and raw_key[1] not in _ENTITY_CLASS:
+            code = "uscc.entity_class"
+    elif register == PERSON:
+        code = check_resident_id(raw_key, today=today)
+    else:
+        return problem("register", "change.unknown_register")
+    label = ("统一社会信用代码", "USCC") if register == COMPANY else ("公民身份号码", "Resident ID")
+    return problem("key", code, label) if code else None
+
+
+def _entity_class_ok(uscc: str, company_type: str) -> bool:
+    cls = _ENTITY_CLASS.get(uscc[1])
+    if company_type in ("individual_business", "cooperative"):
+        return cls == company_type
+    return cls == "company"
+
+
+# --- the check -----------------------------------------------------------------------------
+
+def validate_change(register: str, change_kind: str, changes: Mapping[str, Any] | None, *, raw_key: str,
+                    current: RegisterRecord | None = None, subscriptions: Subscriptions | None = None,
+                    today: date | None = None) -> dict[str, str | None]:
+    """The changes to write (normalised, with the kind's implied fields), or ChangeRefused.
+
+    `current` is the register entry as it stands (None or not `exists` when unknown).
+    Every problem of the change is reported at once.
+    """
+    subs = subscriptions or load_subscriptions()
+    today = today or date.today()
+    problems: list[Problem] = []
+    if register not in subs.registers:
+        raise ChangeRefused([problem("register", "change.unknown_register")])
+    kind = KINDS.get((register, change_kind))
+    if kind is None:
+        raise ChangeRefused([problem("change_kind", "change.unknown_kind")])
+    reg = subs.register(register)
+    key_problem = check_key(register, raw_key, today=today)
+    if key_problem:
+        problems.append(key_problem)
+    if not isinstance(changes, Mapping):
+        raise ChangeRefused(problems + [problem("changes", "change.empty")])
+
+    out: dict[str, str | None] = {}
+    for fid, value in changes.items():
+        path = f"changes.{fid}" if isinstance(fid, str) and len(fid) <= 64 else "changes"
+        f = reg.fields.get(fid) if isinstance(fid, str) else None
+        if f is None:
+            problems.append(problem(path, "change.unknown_field"))
+            continue
+        label = (f.zh, f.en)
+        if fid not in kind.allowed:
+            problems.append(problem(path, "change.not_allowed", label))
+            continue
+        if value is None:
+            problems.append(problem(path, "required" if fid in kind.required else "change.cannot_clear", label))
+            continue
+        normalised, code = check_value(f, value, today)
+        if code:
+            problems.append(problem(path, code, label))
+            continue
+        out[fid] = normalised
+    given = {k for k in changes if isinstance(k, str)}
+    for fid in sorted(kind.required - given):
+        f = reg.fields[fid]
+        problems.append(problem(f"changes.{fid}", "required", (f.zh, f.en)))
+    for group in kind.together:
+        if group & given and not group <= given:
+            for fid in sorted(group - given):
+                problems.append(problem(f"changes.{fid}", "change.together"))
+    if not changes and not kind.required:
+        problems.append(problem("changes", "change.empty"))
+
+    exists = current is not None and current.exists
+    fields = current.fields if exists else {}
+    if not key_problem:
+        if kind.new_record and exists:
+            problems.append(problem("key", "register.already_registered"))
+        if not kind.new_record and register == COMPANY and not exists:
+            problems.append(problem("key", "register.unknown_key"))
+        if register == COMPANY and exists and not kind.new_record and fields.get("status") != "active":
+            problems.append(problem("key", "register.not_active"))
+        if register == PERSON and fields.get("status") == "deceased":
+            problems.append(problem("key", "person.deceased"))
+        if register == COMPANY and "company_type" in out and not _entity_class_ok(raw_key, out["company_type"]):
+            problems.append(problem("changes.company_type", "uscc.entity_class"))
+    for fid in ("deregistered_on", "converted_on"):
+        established = fields.get("established_on")
+        if fid in out and established and out[fid] < established:
+            problems.append(problem(f"changes.{fid}", "date.before_established"))
+    if problems:
+        raise ChangeRefused(problems)
+
+    if change_kind == "changed":
+        out = {k: v for k, v in out.items() if fields.get(k) != v}
+        if not out:
+            raise ChangeRefused([problem("changes", "change.nothing_changed")])
+    out.update(kind.implied)
+    return dict(sorted(out.items()))
+
+
+def conversion_changes(sole_trader: RegisterRecord | None, sole_trader_uscc: str, company_uscc: str,
+                       company_fields: Mapping[str, Any], converted_on: str, *,
+                       subscriptions: Subscriptions | None = None,
+                       today: date | None = None) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """个转企: the changes of the old individual business and of the new company.
+
+    The new company inherits the old one's business years (`established_on`) and credit
+    record (`credit_rating`) from the register, never from the caller, so every department
+    receives the same inherited values the register holds.
+    """
+    problems: list[Problem] = []
+    for path, raw, label in (("key", sole_trader_uscc, ("原个体工商户代码", "Individual business USCC")),
+                             ("company_uscc", company_uscc, ("新企业代码", "New company USCC"))):
+        p = check_key(COMPANY, raw)
+        if p:
+            problems.append(Problem(path, p.code, p.message_zh.replace("统一社会信用代码", label[0]),
+                                    p.message_en.replace("USCC", label[1])))
+    if problems:
+        raise ChangeRefused(problems)
+    if sole_trader_uscc == company_uscc:
+        raise ChangeRefused([problem("company_uscc", "conversion.same_code")])
+    if sole_trader_uscc[1] != "2":
+        problems.append(problem("key", "conversion.not_individual_business"))
+    if company_uscc[1] != "1":
+        problems.append(problem("company_uscc", "conversion.not_company"))
+    for fid in ("established_on", "credit_rating", "predecessor_uscc"):
+        if fid in company_fields:
+            problems.append(problem(f"changes.{fid}", "conversion.inherited"))
+    if problems:
+        raise ChangeRefused(problems)
+    old = validate_change(COMPANY, "converted_to_company",
+                          {"successor_uscc": company_uscc, "converted_on": converted_on},
+                          raw_key=sole_trader_uscc, current=sole_trader, subscriptions=subscriptions, today=today)
+    inherited = {"predecessor_uscc": sole_trader_uscc, "converted_on": converted_on,
+                 "established_on": sole_trader.fields.get("established_on")}
+    if sole_trader.fields.get("credit_rating"):
+        inherited["credit_rating"] = sole_trader.fields["credit_rating"]
+    new = validate_change(COMPANY, "registered_by_conversion", {**company_fields, **inherited},
+                          raw_key=company_uscc, current=None, subscriptions=subscriptions, today=today)
+    return old, new
+
+
+def region_of(register: str, raw_key: str, changes: Mapping[str, Any], current: RegisterRecord | None) -> str:
+    """The 行政区划代码 an event is routed by: the USCC's registration region (characters 3-8), or
+    the person's household region (else the region prefix of the resident ID)."""
+    if register == COMPANY:
+        return raw_key[2:8]
+    region = changes.get("household_region_code") or (current.fields.get("household_region_code")
+                                                     if current else None)
+    return region or raw_key[:6]
+
+
+def change_event(register: str, key: str, change_kind: str, changes: Mapping[str, str | None], *,
+                 sequence: int, actor: Actor, region_code: str, event_id: str | None = None,
+                 correlation_id: str | None = None) -> Event:
+    return new_event(EVENT_TYPE, key, {"register": register, "change_kind": change_kind, "changes": dict(changes)},
+                     actor=actor, region_code=region_code, sequence=sequence, event_id=event_id,
+                     correlation_id=correlation_id)
+
+
+# --- the master register -------------------------------------------------------------------
+
+_TOPICS = {COMPANY: "registry.company", PERSON: "registry.person"}
+
+
+def check_logged(event: Event, topic: str, subscriptions: Subscriptions | None = None) -> str | None:
+    """Why a message on a register topic is not a register change (a dead-letter reason), or None.
+    Only what passes counts: the cascade dead-letters the rest, and the master fold skips it.
+    Reasons name fields only by count and never quote values."""
+    subs = subscriptions or load_subscriptions()
+    if event.type != EVENT_TYPE:
+        return f"unexpected event type {event.type[:60]} on a register topic"
+    p = event.payload
+    register = p.get("register")
+    if register not in subs.registers:
+        return "unknown register"
+    if _TOPICS.get(register) != topic:
+        return f"a {register} change on the wrong topic"
+    changes = p.get("changes") or {}
+    if not changes:
+        return "a change without fields"
+    unknown = [f for f in changes if f not in subs.register(register).fields]
+    if unknown:
+        return f"{len(unknown)} field(s) not in the {register} register"
+    if event.envelope.sequence < 1:
+        return "a register change has a sequence of 1 or more"
+    return None
+
+
+def fold(record: RegisterRecord | None, event: Event) -> RegisterRecord:
+    """Apply one RegisterChanged to its entry. A repeat (same or older sequence) changes nothing."""
+    seq = event.envelope.sequence
+    if record is not None and seq <= record.sequence:
+        return record
+    fields = dict(record.fields) if record else {}
+    fields.update(event.payload["changes"])
+    return RegisterRecord(event.payload["register"], event.key, seq, fields, event.id)
+
+
+def fold_all(events: Iterable[Event], topic: str | None = None) -> dict[tuple[str, str], RegisterRecord]:
+    """A whole register (or several) from its log: (register, key) → entry. Messages that are not
+    valid register changes (`check_logged`; on `topic` when given) are skipped, as the cascade skips them."""
+    out: dict[tuple[str, str], RegisterRecord] = {}
+    subs = load_subscriptions()
+    for ev in events:
+        register = ev.payload.get("register") if ev.type == EVENT_TYPE else None
+        if check_logged(ev, topic or _TOPICS.get(register, ""), subs):
+            continue
+        k = (ev.payload["register"], ev.key)
+        out[k] = fold(out.get(k), ev)
+    return out
