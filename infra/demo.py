@@ -84,7 +84,7 @@ def _submit(client: httpx.Client, case: DemoCase, *, hospital: str, promise_disc
                               headers=auth | {"Content-Type": "application/pdf"}).json()["ref"]
         materials["discharge_summary"] = {"source": "uploaded", "ref": summary}
     r = client.post("/api/v1/applications", json={"bundle_code": "newborn", "form": values, "materials": materials},
-                    headers=auth | {"Idempotency-Key": f"demo-{case.title}-{time.time_ns()}"})
+                    headers=auth | {"Idempotency-Key": f"demo-{case.person}-{time.time_ns()}"})
     if r.status_code != 202:
         raise RuntimeError(f"submission refused ({r.status_code}): {r.text[:500]}")
     body = r.json()
@@ -132,7 +132,9 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
         stack.up(settings)
     sup: Supervisor = system(settings.home / "logs", env=demo_env())
     sup.start()
-    base = "http://127.0.0.1:8000"
+    import os
+
+    base = f"http://{os.environ.get('ONETHING_API_HOST', '127.0.0.1')}:{os.environ.get('ONETHING_API_PORT', '8000')}"
     ok = False
     try:
         with console.status("starting the intake API, dispatch, case view and six department adapters…"):

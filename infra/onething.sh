@@ -45,7 +45,7 @@ case "$job" in
     exec .venv/bin/onething demo "$@" ;;
   test)
     shift || true
-    .venv/bin/onething up
+    # tests/conftest.py brings up a stack of the suite's own (broker 19092, database onething_test)
     set +e
     .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
     rc=$?

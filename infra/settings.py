@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_BOOTSTRAP = "127.0.0.1:9092"
-LOCAL_DATABASE_URL = "postgresql://onething:onething@127.0.0.1:5432/onething"
+LOCAL_DATABASE_URL = "postgresql://onething:onething@127.0.0.1:5432/{db}"
 
 
 def _int(name: str, default: int) -> int:
@@ -28,7 +28,7 @@ def _int(name: str, default: int) -> int:
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = LOCAL_BOOTSTRAP
-    database_url: str = LOCAL_DATABASE_URL
+    database_url: str = LOCAL_DATABASE_URL.format(db="onething")
     #: start and stop a broker of our own (true unless KAFKA_BOOTSTRAP_SERVERS names one)
     local_kafka: bool = True
     #: install/start Debian's PostgreSQL (true unless DATABASE_URL names a server)
@@ -52,7 +52,7 @@ class Settings:
         home = Path(env.get("ONETHING_HOME") or REPO_ROOT / ".onething").resolve()
         return cls(
             bootstrap_servers=bootstrap or f"127.0.0.1:{port}",
-            database_url=db or LOCAL_DATABASE_URL,
+            database_url=db or LOCAL_DATABASE_URL.format(db=env.get("ONETHING_DB_NAME") or "onething"),
             local_kafka=not bootstrap or env.get("ONETHING_LOCAL_KAFKA") == "1",
             local_postgres=not db,
             home=home,

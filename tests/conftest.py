@@ -5,7 +5,19 @@ The session brings the local stack up once (idempotent: it reuses what already r
 """
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
+
+# The suite runs on a stack of its own (broker on 19092, database onething_test), so tests
+# never leave events in the stack the demo and developers use, and the other way round.
+# Set KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL to run it against servers of your choosing.
+if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    os.environ.setdefault("ONETHING_HOME", str(Path(__file__).resolve().parent.parent / ".onething" / "test"))
+    os.environ.setdefault("ONETHING_KAFKA_PORT", "19092")
+if not os.environ.get("DATABASE_URL"):
+    os.environ.setdefault("ONETHING_DB_NAME", "onething_test")
+os.environ.setdefault("ONETHING_METRICS_BASE_PORT", "19400")
 
 import pytest
 from kafka import KafkaAdminClient
