@@ -31,7 +31,7 @@ from infra.topics import REGISTRY_COMPANY, tasks_topic
 from producers.register_changes import fold_all
 from producers.registers import RegisterRecorder
 from projectors import cascade_status
-from projectors.cascade import CASCADE_TOPIC, ensure_cascade_topic
+from projectors.cascade import CASCADE_TOPIC
 
 from .support.cascade_harness import (cascade_env, company_fields, end_offsets, new_resident_id, new_uscc,
                                       open_changes, read_since, skip_if_foreign_adapters, start_process,
@@ -85,7 +85,6 @@ def test_1000_changes_with_a_department_down_and_the_cascade_killed_end_in_equal
         bootstrap, database_url, tmp_path):
     skip_if_foreign_adapters(bootstrap, DEPARTMENTS)
     settings = Settings.from_env()
-    ensure_cascade_topic(settings)
     run = uuid.uuid4().hex[:8]
     name = f"cascade.burst-{run}"
     rng = random.Random(run)
