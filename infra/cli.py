@@ -194,7 +194,8 @@ def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
 
     ctx.invoke(up)
     ctx.invoke(smoke, count=1000)
-    if not run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout):
+    ok, _cases = run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout)
+    if not ok:
         sys.exit(1)
 
 

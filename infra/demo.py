@@ -125,7 +125,7 @@ def _table(cases: list[DemoCase], base: str) -> Table:
     return table
 
 
-def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600) -> bool:
+def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600) -> tuple[bool, list[DemoCase]]:
     from . import stack
 
     with console.status("bringing the stack up (Kafka, PostgreSQL, topics)…"):
@@ -136,10 +136,11 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
 
     base = f"http://{os.environ.get('ONETHING_API_HOST', '127.0.0.1')}:{os.environ.get('ONETHING_API_PORT', '8000')}"
     ok = False
+    cases: list[DemoCase] = []
     try:
         with console.status("starting the intake API, dispatch, case view and six department adapters…"):
             _wait_api(base)
-        cases = [DemoCase("complete 齐全", "wang_fang"), DemoCase("容缺→补正 correction", "chen_jing"),
+        cases += [DemoCase("complete 齐全", "wang_fang"), DemoCase("容缺→补正 correction", "chen_jing"),
                  DemoCase("rejected 不予受理", "liu_li"), DemoCase("withdrawn 撤回", "wang_fang")]
         with httpx.Client(base_url=base, timeout=30) as client:
             _submit(client, cases[0], hospital="韶关市妇幼保健院", promise_discharge=False)
@@ -180,4 +181,4 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
     finally:
         with console.status("stopping every process…"):
             sup.stop()
-    return ok
+    return ok, cases

@@ -64,6 +64,7 @@ def up(settings: Settings) -> UpReport:
     admin = admin_client(settings)
     try:
         report = apply_topics(admin, topic_specs(settings))
+        wait_for_group_coordinator(admin)
     finally:
         admin.close()
     return UpReport(
@@ -74,6 +75,25 @@ def up(settings: Settings) -> UpReport:
         topics=report,
         notes=notes,
     )
+
+
+def wait_for_group_coordinator(admin: KafkaAdminClient, timeout: float = 60.0) -> None:
+    """A new broker creates __consumer_offsets on the first group request and answers
+    COORDINATOR_NOT_AVAILABLE until it is ready: wait here, so no consumer or admin call
+    made right after `up` trips over it."""
+    import time
+
+    from kafka.errors import CoordinatorNotAvailableError, NodeNotReadyError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.describe_groups(["onething-readiness-probe"])
+            return
+        except (CoordinatorNotAvailableError, NodeNotReadyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def down(settings: Settings) -> list[str]:

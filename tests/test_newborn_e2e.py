@@ -1,0 +1,140 @@
+"""The newborn bundle end to end, every process real: intake API → dispatch (faust) → six
+department adapters → case view → status API, on the real broker and PostgreSQL.
+
+Two scenarios: the demo's four paths (complete, 容缺→补正, rejected, withdrawn), and 1,000
+applications with the dispatch processor and the case-view projector each killed with
+SIGKILL in the middle — every case must still complete, no department may process a task
+twice, and the case view must equal a fresh rebuild from the log.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from catalog.loader import load_catalog
+from catalog.validators import check_resident_id
+from events import bus
+from infra.demo import run_demo
+from infra.supervisor import system
+from projectors import case_view
+from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
+from projectors.postgres_projection import rebuild
+
+from .support.newborn import submission
+from .support.topics import wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
+CATALOG = load_catalog()
+NEWBORN = set(CATALOG.select(bundle_code="newborn").services)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def api_port(monkeypatch) -> int:
+    port = _free_port()
+    monkeypatch.setenv("ONETHING_API_PORT", str(port))
+    return port
+
+
+def test_the_four_demo_paths_through_every_process(settings, running_stack, api_port, database_url):
+    ok, cases = run_demo(settings, exit_when_done=True, timeout_s=240)
+    assert ok, [(c.title, (c.view or {}).get("status")) for c in cases]
+    complete, corrected, rejected, withdrawn = (c.view for c in cases)
+
+    services = {s["service_id"]: s for s in complete["services"]}
+    assert set(services) == NEWBORN and all(s["status"] == "approved" for s in services.values())
+    child_id = services["police.birth_registration"]["outputs"]["child_resident_id"]
+    assert check_resident_id(child_id) is None  # a valid GB 11643 number, issued by the police
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM police_household_register WHERE case_id = %s AND record_no = %s",
+                           (complete["case_id"], child_id)).fetchone()
+        assert row[0] == 1, "the child is in the police household register"
+        hrss = conn.execute("SELECT count(*) FROM hrss_social_security_cards WHERE case_id = %s",
+                            (complete["case_id"],)).fetchone()[0]
+        assert hrss == 1
+
+    fixed = {s["service_id"]: s for s in corrected["services"]}
+    assert corrected["status"] == "completed" and all(s["status"] == "approved" for s in fixed.values())
+    assert max(s["attempt"] for s in fixed.values()) == 2  # re-dispatched after the supplement
+    assert any("补正" in t["text_zh"] for t in corrected["timeline"])
+
+    refused = {s["service_id"]: s["status"] for s in rejected["services"]}
+    assert rejected["status"] == "completed" and refused["health.birth_certificate"] == "rejected"
+    assert refused["police.birth_registration"] == "blocked" and refused["hrss.social_security_card"] == "blocked"
+
+    assert withdrawn["status"] == "withdrawn"
+    assert all(s["status"] in ("cancelled", "approved", "rejected") for s in withdrawn["services"])
+
+
+def _completed(database_url: str, case_ids: set[str]) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT count(*) FROM case_view WHERE case_id = ANY(%s) AND status = 'completed'",
+                            (list(case_ids),)).fetchone()[0]
+
+
+def test_1000_applications_survive_kill_9_of_dispatch_and_case_view(settings, running_stack, api_port,
+                                                                    database_url, bootstrap, tmp_path):
+    run = uuid.uuid4().hex[:6]
+    cases = [submission(f"case-e2e-{run}-{i:04d}") for i in range(1000)]
+    case_ids = {c.key for c in cases}
+    sup = system(tmp_path / "logs", env={"ONETHING_SIM_PROCESSING_S": "0", "ONETHING_CASCADE_START": "latest"})
+    sup.start()
+    started = time.monotonic()
+    try:
+        producer = bus.make_producer(bootstrap)
+        bus.publish_all(producer, [("applications", c) for c in cases], timeout=120)
+        producer.close()
+
+        assert wait_for(lambda: _completed(database_url, case_ids) >= 50, 300, 2), "nothing completes"
+        sup.kill("dispatch", signal.SIGKILL)
+        sup.kill("case-view", signal.SIGKILL)
+        killed_at = _completed(database_url, case_ids)
+
+        def progress() -> bool:
+            sup.check()  # the supervisor restarts what was killed
+            return _completed(database_url, case_ids) == len(cases)
+
+        assert wait_for(progress, 900, 2), f"{_completed(database_url, case_ids)} of 1000 completed"
+        elapsed = time.monotonic() - started
+    finally:
+        sup.stop()
+    print(f"\n1000 newborn cases completed in {elapsed:.0f}s; dispatch and case view killed at {killed_at}")
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # no department processed a task twice: one work item per task, one register record per approval
+        per_task = conn.execute(
+            "SELECT count(*), count(DISTINCT (department, task_id)) FROM department_work_items WHERE case_id = ANY(%s)",
+            (list(case_ids),)).fetchone()
+        assert per_task[0] == per_task[1] == len(cases) * len(NEWBORN)
+        children = conn.execute("SELECT count(*), count(DISTINCT case_id) FROM police_household_register "
+                                "WHERE case_id = ANY(%s)", (list(case_ids),)).fetchone()
+        assert children == (1000, 1000)
+        dup = conn.execute("SELECT count(*) FROM (SELECT case_id, entry_key FROM case_timeline WHERE case_id = ANY(%s)"
+                           " GROUP BY 1, 2 HAVING count(*) > 1) d", (list(case_ids),)).fetchone()[0]
+        assert dup == 0, "duplicate timeline rows"
+
+        # the incremental view equals a fresh rebuild from the log
+        schema = f"e2e_rebuild_{run}"
+        create_schema(conn, schema)
+    try:
+        fresh = CaseViewProjection(schema, schema=schema, keep=lambda key: key in case_ids)
+        rebuild(fresh, bootstrap, database_url)
+        with psycopg.connect(database_url) as conn:
+            for cid in sorted(case_ids)[::10]:  # every tenth case, all fields
+                assert read_case(conn, cid, schema=schema) == read_case(conn, cid), cid
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            drop_schema(conn, schema)
+            conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (schema,))
+            conn.execute("DELETE FROM processed_events WHERE consumer = %s", (schema,))
