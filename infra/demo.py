@@ -36,10 +36,10 @@ class DemoCase:
     supplemented: bool = False
 
 
-def demo_env() -> dict[str, str]:
+def demo_env(processing_s: float = 0.8) -> dict[str, str]:
     """Simulated departments slow enough to watch, and the health department's rejection rule."""
     return {
-        "ONETHING_SIM_PROCESSING_S": "0.8",
+        "ONETHING_SIM_PROCESSING_S": str(processing_s),
         "ONETHING_SIM_HEALTH_REJECT": f"health.birth_certificate:birth_hospital={REJECTING_HOSPITAL}",
     }
 
@@ -125,12 +125,16 @@ def _table(cases: list[DemoCase], base: str) -> Table:
     return table
 
 
-def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600) -> tuple[bool, list[DemoCase]]:
+def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600, processing_s: float = 0.8,
+             before_start=None) -> tuple[bool, list[DemoCase]]:
+    """`before_start(settings)` runs once the stack is up, before any process starts (tests use it)."""
     from . import stack
 
     with console.status("bringing the stack up (Kafka, PostgreSQL, topics)…"):
         stack.up(settings)
-    sup: Supervisor = system(settings.home / "logs", env=demo_env())
+    if before_start:
+        before_start(settings)
+    sup: Supervisor = system(settings.home / "logs", env=demo_env(processing_s))
     sup.start()
     import os
 
