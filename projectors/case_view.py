@@ -238,6 +238,9 @@ class CaseViewProjection:
     def reset(self, conn: psycopg.Connection) -> None:
         conn.execute(self.q.reset)
 
+    def wants(self, event: Event) -> bool:
+        return self.keep is None or self.keep(event.key)
+
     def apply(self, conn: psycopg.Connection, event: Event) -> None:
         if event.type not in HANDLED or is_register_sync(event):
             return  # register syncs share the department topics; they are the cascade's read model

@@ -80,6 +80,12 @@ class ProjectionRunner:
         self.producer = bus.make_producer(bootstrap)  # for dead letters only
         self.conn = psycopg.connect(database_url)
 
+    def _wants(self, event: Event) -> bool:
+        """A projection may say cheaply which events it ignores (`wants(event)`), e.g. a rebuild of
+        a few cases: those skip the per-event idempotence bookkeeping."""
+        wants = getattr(self.projection, "wants", None)
+        return wants(event) if wants else True
+
     def close(self) -> None:
         self.consumer.close()
         self.producer.close()
@@ -111,6 +117,8 @@ class ProjectionRunner:
                     dead_letter(self.producer, self.group, msg, f"DecodeError: {exc}")
                     result.dead_lettered += 1
                     continue
+                if not self._wants(event):
+                    continue  # not this read model's business: no bookkeeping, the offset still moves
                 fresh = self.conn.execute(
                     "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
                     "ON CONFLICT DO NOTHING", (name, event.id)).rowcount
