@@ -39,6 +39,7 @@ case_timeline. A projection built with `schema="x"` uses the same tables in sche
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -47,6 +48,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import structlog
+from prometheus_client import Gauge
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -444,11 +446,28 @@ def run(settings, stop: Callable[[], bool] = lambda: False, projection: CaseView
     from .postgres_projection import ProjectionRunner
 
     migrations.migrate(settings.database_url)
-    runner = ProjectionRunner(projection or CaseViewProjection(), settings.bootstrap_servers, settings.database_url)
+    view = projection or CaseViewProjection()
+    runner = ProjectionRunner(view, settings.bootstrap_servers, settings.database_url)
+    next_count = 0.0
     try:
-        runner.run(stop)
+        while not stop():
+            runner.poll_once()
+            if time.monotonic() >= next_count:  # cases by state, for the SRE's dashboard
+                next_count = time.monotonic() + 5
+                count_cases(runner.conn, view.schema)
     finally:
         runner.close()
+
+
+CASES_BY_STATE = Gauge("onething_cases", "Cases in the case view by bundle and state", ["bundle", "status"])
+
+
+def count_cases(conn: psycopg.Connection, schema: str = "public") -> None:
+    rows = conn.execute(sql.SQL("SELECT coalesce(bundle_code, 'unknown'), status, count(*) FROM {}.case_view "
+                                "GROUP BY 1, 2").format(sql.Identifier(schema))).fetchall()
+    conn.commit()
+    for bundle, status, n in rows:
+        CASES_BY_STATE.labels(bundle, status).set(n)
 
 
 def replay(settings, projection: CaseViewProjection | None = None, console=None) -> int:
