@@ -36,7 +36,7 @@ def _scrape(port: int) -> str:
 
 def test_dispatch_adapter_and_case_view_expose_their_series(bootstrap, tmp_path):
     procs = {"dispatch": _start("dispatch", port=19481, log=tmp_path / "d.log"),
-             "police": _start("adapter", "health", port=19482, log=tmp_path / "a.log"),
+             "health": _start("adapter", "health", port=19482, log=tmp_path / "a.log"),
              "case-view": _start("case-view", port=19483, log=tmp_path / "v.log")}
     try:
         producer = bus.make_producer(bootstrap)
