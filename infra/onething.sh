@@ -19,7 +19,7 @@ apt_install() {
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn  >/dev/null || apt_install maven
 # the status-page tests drive Debian's Chromium (never a downloaded browser); CJK fonts to render 中文
-if [ "${1:-demo}" = test ] && { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "noto.*cjk"; }; then
+if [ "${1:-demo}" = test ] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; }; then
   apt_install chromium fonts-noto-cjk
 fi
 if [ -z "${DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
