@@ -22,13 +22,14 @@ from catalog.validators import check_resident_id
 from events import bus
 from infra.demo import run_demo
 from infra.supervisor import system
+from infra.topics import tasks_topic
 from projectors import case_view
 from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
 from projectors.postgres_projection import rebuild
 
 from .support.fast_forward import skip_history
 from .support.newborn import submission
-from .support.topics import wait_for
+from .support.topics import read_all, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 CATALOG = load_catalog()
@@ -115,6 +116,19 @@ def test_1000_applications_survive_kill_9_of_dispatch_and_case_view(settings, ru
     finally:
         sup.stop()
     print(f"\n1000 newborn cases completed in {elapsed:.0f}s; dispatch and case view killed at {killed_at}")
+
+    # data minimisation, read off the task topics themselves: no department received a field,
+    # material or input its service does not declare
+    departments = sorted({CATALOG.service(s).department for s in NEWBORN})
+    tasks = read_all(bootstrap, [tasks_topic(d) for d in departments],
+                     keep=lambda e: e.type == "TaskDispatched" and e.key in case_ids, timeout_s=180)
+    assert len({t.payload["task_id"] for t in tasks}) == len(cases) * len(NEWBORN)
+    for t in tasks:
+        svc = CATALOG.service(t.payload["service_id"])
+        assert t.payload["department"] == svc.department
+        assert set(t.payload["fields"]) <= {n.id for n in svc.fields}, svc.id
+        assert {m["code"] for m in t.payload["materials"]} <= {n.id for n in svc.materials}, svc.id
+        assert set(t.payload["inputs"]) <= set(svc.needs), svc.id
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         # no department processed a task twice: one work item per task, one register record per approval
