@@ -72,6 +72,16 @@ def _ready(state: CaseState, catalog: Catalog, sid: str) -> bool:
     return all(o in state.outputs for o in awaited_outputs(catalog, sid, state.services))
 
 
+def blocked_at_completion(catalog: Catalog, services: Iterable[str], not_approved: Iterable[str]) -> list[str]:
+    """Which of a completed case's not-approved services the dispatch blocked (never sent to a
+    department) rather than saw rejected: those that wait for another not-approved service.
+    CaseCompleted lists both together; a reader that sees it before the rejecting decision
+    must not take the rejected service for a blocked one."""
+    failed = set(not_approved)
+    deps = prerequisites(catalog, services)
+    return sorted(s for s in failed if deps.get(s, set()) & failed)
+
+
 def _upstream_failed(state: CaseState, catalog: Catalog, sid: str) -> bool:
     deps = prerequisites(catalog, state.services)[sid]
     return any(state.services[d].status in (REJECTED, BLOCKED, CANCELLED) for d in deps)

@@ -23,8 +23,10 @@ it. Every change is therefore monotonic:
 - the case status is recomputed after every event: withdrawn if ApplicationWithdrawn was
   seen, completed if CaseCompleted was seen, awaiting_applicant if any service is
   correction_requested, else open. Services a withdrawal leaves open become cancelled and
-  services CaseCompleted lists as not approved but still open become blocked (the dispatch
-  fold does both without an event);
+  services CaseCompleted lists as not approved, still open and waiting for another
+  not-approved service become blocked (the dispatch fold does both without an event); the
+  case shows completed only once every service shows a final state, since CaseCompleted can
+  arrive before the decision that completed the case;
 - every stored time is an event's occurred_at, never now(), so a rebuild from the log gives
   exactly the rows the incremental run gave, in whatever order the topics interleave.
 
@@ -58,7 +60,7 @@ from catalog.working_days import working_days_between
 from events.envelope import Event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 
-from .case_state import is_register_sync
+from .case_state import blocked_at_completion, is_register_sync
 from .timeline_text import (attempt_of, bundle_label, department_label, describe, material_label, service_label,
                             status_label)
 
@@ -178,10 +180,17 @@ class _Sql:
             "  AND s.status = 'correction_requested') THEN 'awaiting_applicant' ELSE 'open' END,"
             " (SELECT max(s.due_date) FROM {sv} s WHERE s.case_id = %(case_id)s)) "
             "ON CONFLICT (case_id) DO UPDATE SET updated_at = greatest(c.updated_at, EXCLUDED.updated_at),"
-            " status = CASE WHEN c.withdrawn_at IS NOT NULL THEN 'withdrawn'"
-            "  WHEN c.completed_at IS NOT NULL THEN 'completed' ELSE EXCLUDED.status END,"
             " due_date = EXCLUDED.due_date "
             "RETURNING c.withdrawn_at, c.completed_at")
+        # completed only once every service shows its final state: CaseCompleted (on `cases`) can
+        # overtake the decision it follows (on `decisions.<dept>`), and a case shown 办结 with a
+        # service still 办理中 would be a contradiction on the status page
+        self.case_status = f(
+            "UPDATE {cv} c SET status = CASE WHEN c.withdrawn_at IS NOT NULL THEN 'withdrawn'"
+            " WHEN c.completed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {sv} s WHERE s.case_id = c.case_id"
+            "  AND s.rank < %(rank)s) THEN 'completed'"
+            " WHEN EXISTS (SELECT 1 FROM {sv} s WHERE s.case_id = c.case_id AND s.status = 'correction_requested')"
+            "  THEN 'awaiting_applicant' ELSE 'open' END WHERE c.case_id = %(case_id)s")
         self.cancel_open = f(
             "UPDATE {sv} SET status = 'cancelled', rank = %(rank)s, reason = %(reason)s, missing = '{{}}',"
             " outputs = '{{}}', updated_at = %(at)s WHERE case_id = %(case_id)s AND rank < %(rank)s")
@@ -279,7 +288,10 @@ class CaseViewProjection:
         return None, None
 
     def _on_CaseCompleted(self, conn, event: Event, base: dict) -> tuple[None, None]:
-        conn.execute(self.q.completed, {**base, "rejected": list(event.payload.get("rejected") or ())})
+        p = event.payload
+        services = [*(p.get("approved") or ()), *(p.get("rejected") or ())]
+        conn.execute(self.q.completed, {**base, "rejected": blocked_at_completion(self.catalog, services,
+                                                                                  p.get("rejected") or ())})
         return None, None
 
     def _on_TaskDispatched(self, conn, event: Event, base: dict) -> tuple[str, str]:
@@ -330,6 +342,7 @@ class CaseViewProjection:
         elif completed_at is not None:
             conn.execute(self.q.block_open, {**base, "at": completed_at, "rank": RANK_INFERRED_FINAL,
                                              "reason": BLOCKED_REASON})
+        conn.execute(self.q.case_status, {**base, "rank": RANK_INFERRED_FINAL})
 
     def _timeline(self, conn, event: Event, base: dict, department: str | None, service_id: str | None) -> None:
         text = describe(event, self.catalog)

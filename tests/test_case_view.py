@@ -427,6 +427,26 @@ def test_out_of_order_delivery_across_topics_ends_in_the_right_state(live, refer
     assert snapshot(live.conn, live.schema, [cid]) == reference.snapshot([cid])
 
 
+def test_a_completion_seen_before_the_rejection_shows_neither_blocked_nor_completed_too_early(reference):
+    """CI caught this: CaseCompleted (topic `cases`) overtook health's rejection (topic
+    `decisions.health`) and the status page said 办结 with the birth certificate 'blocked'."""
+    cid = f"cv-{RUN}-early-completion"
+    events = SCENARIOS["rejected"](cid)
+    rejection = next(e for e in events if e.payload.get("outcome") == "rejected")
+    early = [e for e in events if e is not rejection]
+    reference.build(early)
+    view = reference.case(cid)
+    services = {s["service_id"]: s["status"] for s in view["services"]}
+    assert services["health.birth_certificate"] == "dispatched"  # not taken for a blocked one
+    assert {s for s, status in services.items() if status == "blocked"}  # its dependants are
+    assert view["status"] == "open"  # not 办结 while a service still shows 办理中
+
+    reference.build([*early, rejection])
+    view = reference.case(cid)
+    assert view["status"] == "completed"
+    assert {s["service_id"]: s["status"] for s in view["services"]}["health.birth_certificate"] == "rejected"
+
+
 def test_correction_shows_what_is_missing_and_the_worklist(reference):
     cid = f"cv-{RUN}-partial"
     events = SCENARIOS["correction"](cid)
