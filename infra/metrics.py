@@ -35,3 +35,17 @@ def record_lag(consumer, group: str) -> None:
         except Exception:  # partition being revoked: nothing sensible to report
             continue
         CONSUMER_LAG.labels(group=group, topic=tp.topic, partition=str(tp.partition)).set(max(0, ends[tp] - pos))
+
+
+# -- deadlines, 办不成事 and 好差评 (issue 6); labels: scope, bundle, department, reason, grade ----
+DEADLINES_APPROACHING = Counter("onething_deadlines_approaching_total",
+                                "Deadlines with few working days left, as the deadline clock noticed them",
+                                ["scope", "bundle", "department"])
+DEADLINES_BREACHED = Counter("onething_deadlines_breached_total",
+                             "Deadlines passed with the subject still open, as the deadline clock noticed them",
+                             ["scope", "bundle", "department"])
+ESCALATIONS_OPEN = Gauge("onething_escalations_open", "Escalations (办不成事) in the supervisor queue not yet resolved",
+                         ["reason", "overdue"])
+RECTIFICATIONS_OPEN = Gauge("onething_rectifications_open", "Rectifications (差评整改) not yet replied to",
+                            ["department", "overdue"])
+RATINGS = Counter("onething_ratings_total", "Ratings (好差评) received, by grade of the case", ["bundle", "grade"])

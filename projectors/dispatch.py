@@ -142,7 +142,7 @@ def make_app(settings: Settings, departments: list[str] | None = None) -> faust.
 
 
 def _sink_for(event) -> str:
-    if event.type in ("TaskDispatched", "TaskCancelled"):
+    if event.type in ("TaskDispatched", "TaskCancelled", "RectificationOpened"):
         return event.payload["department"]
     return CASES
 
