@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import date
 from typing import Any
 
 from catalog.model import Catalog
-from events.envelope import Event, derive
+from events.envelope import Event, derive, derived_event_id
+
+from . import deadline_clock
 
 WAITING, DISPATCHED, ACCEPTED, CORRECTION, APPROVED, REJECTED, BLOCKED, CANCELLED = (
     "waiting", "dispatched", "accepted", "correction_requested", "approved", "rejected", "blocked", "cancelled")
@@ -30,6 +33,8 @@ class ServiceState:
     reason: str | None = None
     missing: tuple[str, ...] = ()
     outputs: dict[str, str] = field(default_factory=dict)
+    due: date | None = None         # of the current attempt (TaskDispatched.due_date)
+    paused_on: date | None = None   # the day a correction was asked for: the clock stands still
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class CaseState:
     outputs: dict[str, str] = field(default_factory=dict)
     seen: frozenset[str] = frozenset()
     sequence: int = 0                            # of the derived events this case emitted
+    rating_id: str | None = None                 # 好差评: a case is rated once
 
     @property
     def done(self) -> bool:
@@ -105,22 +111,16 @@ def task_payload(state: CaseState, catalog: Catalog, sid: str, task_id: str, due
     }
 
 
-def _promised_days(catalog: Catalog, bundle_code: str, sid: str) -> float | None:
-    bundle = catalog.bundles.get(bundle_code)
-    member = bundle.member(sid) if bundle else None
-    if member and member.promised:
-        return member.promised.value
-    svc = catalog.service(sid)
-    return svc.statutory.value if svc.statutory else None
-
-
-def _due(catalog: Catalog, bundle_code: str, sid: str, cause: Event):
-    from catalog.working_days import add_working_days
-
-    days = _promised_days(catalog, bundle_code, sid)
-    if days is None:
-        return None
-    return add_working_days(cause.envelope.occurred_at.date(), int(round(days)))
+def _due(state: CaseState, catalog: Catalog, sid: str, cause: Event) -> date | None:
+    """A first dispatch gets the full limit from today; a re-dispatch after 补正 keeps the
+    first due date, pushed back by the working days the case waited for the applicant."""
+    svc = state.services[sid]
+    if svc.due is not None and svc.paused_on is not None:
+        return deadline_clock.resumed_due(svc.due, svc.paused_on, cause.envelope.occurred_at)
+    if svc.due is not None:
+        return svc.due
+    days = deadline_clock.promised_days(catalog, state.bundle_code, sid)
+    return None if days is None else deadline_clock.due_after(cause.envelope.occurred_at, days)
 
 
 # -- the fold -----------------------------------------------------------------------------
@@ -143,9 +143,11 @@ def _dispatch_ready(state: CaseState, catalog: Catalog, cause: Event) -> tuple[C
             continue
         attempt = svc_state.attempt + 1
         task_id = f"{state.case_id}:{sid}:{attempt}"
-        payload = task_payload(state, catalog, sid, task_id, _due(catalog, state.bundle_code, sid, cause))
+        due = _due(state, catalog, sid, cause)
+        payload = task_payload(state, catalog, sid, task_id, due)
         state, ev = _emit(state, cause, "TaskDispatched", payload, sid, str(attempt))
-        state = _set(state, sid, status=DISPATCHED, attempt=attempt, task_id=task_id, missing=())
+        state = _set(state, sid, status=DISPATCHED, attempt=attempt, task_id=task_id, missing=(), due=due,
+                     paused_on=None)
         out.append(ev)
     return state, out
 
@@ -215,6 +217,8 @@ def step(state: CaseState | None, event: Event, catalog: Catalog) -> tuple[CaseS
     if state is None:
         raise CaseError(f"{event.type} for a case that was never submitted")
     state = replace(state, seen=state.seen | {event.id})
+    if event.type == "CaseRated":
+        return _on_rating(state, event, catalog)
     if state.done:
         return state, []
     if event.type == "DecisionRecorded":
@@ -239,7 +243,8 @@ def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[Case
         state = _set(state, sid, status=ACCEPTED)
     elif outcome == "correction_requested":
         state = _set(state, sid, status=CORRECTION, reason=p.get("reason"),
-                     missing=tuple(p.get("missing_materials") or ()))
+                     missing=tuple(p.get("missing_materials") or ()),
+                     paused_on=deadline_clock.china_date(event.envelope.occurred_at))
     elif outcome == "approved":
         outputs = dict(p.get("outputs") or {})
         state = _set(state, sid, status=APPROVED, outputs=outputs, reason=None, missing=())
@@ -259,6 +264,48 @@ def _on_supplement(state: CaseState, event: Event, catalog: Catalog) -> tuple[Ca
         if svc.status == CORRECTION:  # 补正 resumes: dispatched again with the new materials
             state = _set(state, sid, status=WAITING)
     return _settle(state, catalog, event)
+
+
+BAD_GRADES = frozenset({"dissatisfied", "very_dissatisfied"})   # 不满意, 非常不满意
+
+
+def rectification_targets(state: CaseState, catalog: Catalog, rating: dict[str, Any]
+                          ) -> list[tuple[str, str | None, str, str | None]]:
+    """(department, service_id or None, grade, comment) for each bad grade of a rating: a
+    service's bad grade goes to its department; a bad grade of the case as a whole goes to the
+    bundle's lead department (牵头部门), or, where the catalog names none, to every department
+    of the case. One rectification per (department, service)."""
+    out: dict[tuple[str, str | None], tuple[str, str | None, str, str | None]] = {}
+    for r in rating.get("services") or ():
+        svc = state.services.get(r["service_id"])
+        if svc is not None and r["grade"] in BAD_GRADES:
+            out.setdefault((svc.department, svc.service_id), (svc.department, svc.service_id, r["grade"],
+                                                               r.get("comment")))
+    if rating["grade"] in BAD_GRADES:
+        bundle = catalog.bundles.get(state.bundle_code)
+        lead = bundle.lead if bundle else None
+        departments = [lead] if lead else sorted({s.department for s in state.services.values()})
+        for dept in departments:
+            out.setdefault((dept, None), (dept, None, rating["grade"], rating.get("comment")))
+    return [out[k] for k in sorted(out, key=lambda k: (k[0], k[1] or ""))]
+
+
+def _on_rating(state: CaseState, event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
+    """好差评: only a completed case is rated, once; a bad grade opens a rectification task."""
+    if state.status != COMPLETED or state.rating_id is not None:
+        return state, []
+    p = event.payload
+    state = replace(state, rating_id=p["rating_id"])
+    emitted = []
+    due = deadline_clock.rectification_due(event.envelope.occurred_at)
+    for dept, sid, grade, comment in rectification_targets(state, catalog, p):
+        rid = "rect-" + derived_event_id(event.id, "rectification", dept, sid or "case")[:18]
+        state, ev = _emit(state, event, "RectificationOpened",
+                          {"rectification_id": rid, "rating_id": p["rating_id"], "department": dept,
+                           "service_id": sid, "grade": grade, "comment": comment, "due_date": due},
+                          "rectification", dept, sid or "case")
+        emitted.append(ev)
+    return state, emitted
 
 
 def _on_withdrawal(state: CaseState, event: Event) -> tuple[CaseState, list[Event]]:
@@ -283,14 +330,22 @@ def to_json(state: CaseState) -> dict[str, Any]:
         "status": state.status, "form": state.form, "materials": state.materials,
         "services": {sid: {"department": s.department, "status": s.status, "attempt": s.attempt,
                            "task_id": s.task_id, "reason": s.reason, "missing": list(s.missing),
-                           "outputs": s.outputs} for sid, s in state.services.items()},
+                           "outputs": s.outputs, "due": s.due.isoformat() if s.due else None,
+                           "paused_on": s.paused_on.isoformat() if s.paused_on else None}
+                     for sid, s in state.services.items()},
         "outputs": state.outputs, "seen": sorted(state.seen), "sequence": state.sequence,
+        "rating_id": state.rating_id,
     }
 
 
 def from_json(data: dict[str, Any]) -> CaseState:
     services = {sid: ServiceState(sid, s["department"], s["status"], s["attempt"], s["task_id"], s["reason"],
-                                  tuple(s["missing"]), dict(s["outputs"])) for sid, s in data["services"].items()}
+                                  tuple(s["missing"]), dict(s["outputs"]), _day(s.get("due")),
+                                  _day(s.get("paused_on"))) for sid, s in data["services"].items()}
     return CaseState(data["case_id"], data["bundle_code"], data["region_code"], data["status"], dict(data["form"]),
                      {k: dict(v) for k, v in data["materials"].items()}, services, dict(data["outputs"]),
-                     frozenset(data["seen"]), data["sequence"])
+                     frozenset(data["seen"]), data["sequence"], data.get("rating_id"))
+
+
+def _day(text: str | None) -> date | None:
+    return date.fromisoformat(text) if text else None  # states stored before issue 6 have neither

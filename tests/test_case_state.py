@@ -2,12 +2,18 @@
 withdrawals, repeats, and determinism of derived event ids."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from datetime import date, datetime
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from catalog.loader import load_catalog
 from events.envelope import Actor, Event, new_event
-from projectors import case_state
+from catalog.working_days import add_working_days
+from projectors import case_state, deadline_clock
+from projectors.deadline_clock import CHINA
 from projectors.case_state import APPROVED, AWAITING_APPLICANT, BLOCKED, CANCELLED, COMPLETED, WITHDRAWN
 
 from .support.newborn import submission
@@ -169,3 +175,74 @@ def test_state_survives_its_persistence_form():
     import json
 
     assert case_state.from_json(json.loads(json.dumps(case_state.to_json(state), default=str))) == state
+
+
+# -- the 补正 pause and 好差评 rectifications (issue 6) ----------------------------------------------
+def _at(day: date, hour: int = 10) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=CHINA)
+
+
+def _timed(event: Event, when: datetime) -> Event:
+    return replace(event, envelope=replace(event.envelope, occurred_at=when))
+
+
+def test_the_clock_stops_while_the_applicant_corrects_and_the_redispatch_keeps_its_first_due_date():
+    sub = _timed(submission("case-pause", promised=("medical_invoice",)), _at(date(2026, 9, 28)))
+    state, _ = case_state.step(None, sub, CATALOG)
+    cert = "health.birth_certificate"
+    approve = _timed(decision(state, cert, "approved", outputs_of(cert)), _at(date(2026, 9, 28), 15))
+    state, emitted = case_state.step(state, approve, CATALOG)
+    task = next(e for e in tasks(emitted) for m in e.payload["materials"] if m["source"] == "promised")
+    sid, first_due = task.payload["service_id"], task.payload["due_date"]
+    limit = deadline_clock.promised_days(CATALOG, "newborn", sid)
+    assert first_due == add_working_days(date(2026, 9, 28), limit)
+    # asked on Tuesday 29 September; the applicant supplies on Friday 9 October, after 国庆 (1–7
+    # October): the clock stood still for 3 working days (Wed 30 Sep, Thu 8 and Fri 9 Oct)
+    ask = _timed(decision(state, sid, "correction_requested", missing=["medical_invoice"]), _at(date(2026, 9, 29)))
+    state, _ = case_state.step(state, ask, CATALOG)
+    assert state.services[sid].paused_on == date(2026, 9, 29)
+    supplement = _timed(new_event("MaterialsSupplemented", state.case_id,
+                                  {"materials": [{"code": "medical_invoice", "source": "uploaded", "ref": "d"}],
+                                   "form": {}}, actor=Actor("p_test_applicant", "applicant", "online"),
+                                  region_code="440203"), _at(date(2026, 10, 9)))
+    state, out = case_state.step(state, supplement, CATALOG)
+    (retask,) = tasks(out)
+    assert retask.payload["due_date"] == add_working_days(first_due, 3)
+    assert retask.payload["due_date"] == deadline_clock.resumed_due(first_due, date(2026, 9, 29), date(2026, 10, 9))
+    assert state.services[sid].paused_on is None
+
+
+def rating(state, grade: str, services: dict[str, str] | None = None, when: datetime | None = None) -> Event:
+    ev = new_event("CaseRated", state.case_id,
+                   {"rating_id": f"rating-{state.case_id}", "grade": grade, "comment": "等了很久",
+                    "services": [{"service_id": s, "grade": g, "comment": None} for s, g in (services or {}).items()]},
+                   actor=Actor("p_test_applicant", "applicant", "online"), region_code="440203")
+    return _timed(ev, when) if when else ev
+
+
+def test_a_bad_rating_opens_rectifications_for_the_responsible_departments_once():
+    state, _ = run_to_completion(5)
+    assert state.status == COMPLETED
+    bad = rating(state, "very_dissatisfied", {"tax.newborn_premium": "dissatisfied",
+                                              "police.birth_registration": "satisfied"},
+                 when=_at(date(2026, 9, 30)))
+    after, out = case_state.step(state, bad, CATALOG)
+    opened = {(e.payload["department"], e.payload["service_id"]) for e in out}
+    lead = CATALOG.bundle("newborn").lead
+    assert opened == {(lead, None), ("tax", "tax.newborn_premium")}  # the satisfied grade opens nothing
+    assert all(e.type == "RectificationOpened" for e in out)
+    # 15 working days from 30 September: 国庆 1–7 October off, the 调休 Saturday 10 October worked
+    # (8, 9, 10, 12–16, 19–23, 26, 27 October)
+    assert {e.payload["due_date"] for e in out} == {add_working_days(date(2026, 9, 30), 15)} \
+        == {date(2026, 10, 27)}
+    assert case_state.step(state, bad, CATALOG)[1] == out  # the same rating folded again: the same ids
+    assert case_state.step(after, rating(after, "very_dissatisfied"), CATALOG)[1] == []  # rated once
+    assert case_state.from_json(json.loads(json.dumps(case_state.to_json(after), default=str))) == after
+
+
+def test_a_good_rating_opens_nothing_and_an_open_case_cannot_be_rated():
+    state, _ = run_to_completion(6)
+    assert case_state.step(state, rating(state, "satisfied"), CATALOG)[1] == []
+    open_state, _ = case_state.step(None, submission("case-open-rated"), CATALOG)
+    after, out = case_state.step(open_state, rating(open_state, "very_dissatisfied"), CATALOG)
+    assert out == [] and after.rating_id is None
