@@ -199,7 +199,8 @@ def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
         sys.exit(1)
 
 
-@main.command(help="Run the whole system (no NAME) or one process: api, dispatch, case-view, adapter DEPT.")
+@main.command(help="Run the whole system (no NAME) or one process: api, dispatch, case-view, cascade, deadlines, "
+                   "oversight, adapter DEPT.")
 @click.argument("name", required=False)
 @click.argument("arg", required=False)
 def run(name: str | None, arg: str | None) -> None:
@@ -234,7 +235,25 @@ def replay() -> None:
 def replay_case_view() -> None:
     from projectors import case_view
 
-    case_view.replay(_settings())
+    case_view.replay(_settings(), console=console)
+
+
+@replay.command("oversight", help="Drop the supervisor queue and the ratings/rectifications and rebuild them.")
+def replay_oversight() -> None:
+    from projectors import oversight
+
+    total = oversight.replay(_settings(), console=console)
+    console.print(f"oversight: {total} events replayed")
+
+
+@replay.command("deadlines", help="Drop the deadline clocks and rebuild them (stop `run deadlines` first). "
+                                  "Alarms already raised are raised again with the same ids: consumers drop them.")
+def replay_deadlines() -> None:
+    from projectors import deadlines
+    from projectors.postgres_projection import replay_with_progress
+
+    total = replay_with_progress(_settings(), deadlines.DeadlineClockProjection(), console)
+    console.print(f"deadlines: {total} events replayed")
 
 
 def _register_groups() -> None:

@@ -69,12 +69,28 @@ def run_cascade(settings: Settings, _arg: str | None) -> None:
     cascade.run(settings, stop=_stop_flag())
 
 
+def run_deadlines(settings: Settings, _arg: str | None) -> None:
+    from projectors import deadlines
+
+    _metrics(settings)
+    deadlines.run(settings, stop=_stop_flag())
+
+
+def run_oversight(settings: Settings, _arg: str | None) -> None:
+    from projectors import oversight
+
+    _metrics(settings)
+    oversight.run(settings, stop=_stop_flag())
+
+
 COMPONENTS: dict[str, Callable[[Settings, str | None], None]] = {
     "api": run_api,
     "dispatch": run_dispatch,
     "case-view": run_case_view,
     "adapter": run_adapter,
     "cascade": run_cascade,
+    "deadlines": run_deadlines,
+    "oversight": run_oversight,
 }
 
 

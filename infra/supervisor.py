@@ -114,12 +114,15 @@ def demo_departments() -> list[str]:
 
 def system(log_dir: Path, departments: list[str] | None = None, env: dict[str, str] | None = None) -> Supervisor:
     """The whole system: intake API (with the status page and register API), dispatch, case view,
-    cascade, one adapter per department."""
+    cascade, the deadline clock, the oversight read models (supervisor queue, ratings), one
+    adapter per department."""
     sup = Supervisor(log_dir, env)
     sup.add("api", "api")
     sup.add("dispatch", "dispatch")
     sup.add("case-view", "case-view")
     sup.add("cascade", "cascade")
+    sup.add("deadlines", "deadlines")
+    sup.add("oversight", "oversight")
     for dept in departments or demo_departments():
         sup.add(f"adapter-{dept}", "adapter", dept)
     return sup

@@ -487,28 +487,13 @@ def replay(settings, projection: CaseViewProjection | None = None, console=None)
     """`onething replay case-view`: empty the view and rebuild it from the log, with a progress
     bar of events done / total. Stop `run case-view` first: two writers would race. Returns
     the number of events read."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from .postgres_projection import replay_with_progress
 
-    from infra import migrations
-
-    from .postgres_projection import rebuild
-
-    migrations.migrate(settings.database_url)
     projection = projection or CaseViewProjection()
-    console = console or Console(stderr=True)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task(f"rebuilding {projection.name}", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        total = rebuild(projection, settings.bootstrap_servers, settings.database_url, progress=report)
-        progress.update(task, completed=total, total=total)
+    total = replay_with_progress(settings, projection, console)
     with psycopg.connect(settings.database_url) as conn:
         cases = conn.execute(projection.q.count_cases).fetchone()[0]
-    console.print(f"{projection.name}: {total} events replayed, {cases} cases in the view")
+    if console is not None:
+        console.print(f"{projection.name}: {total} events replayed, {cases} cases in the view")
     log.info("case_view.replayed", projection=projection.name, events=total, cases=cases)
     return total

@@ -184,3 +184,26 @@ def rebuild(projection: Projection, bootstrap: str, database_url: str,
                 return total
     finally:
         runner.close()
+
+
+def replay_with_progress(settings, projection: Projection, console=None) -> int:
+    """Rebuild `projection` from the log with a progress bar of events done / total (on stderr).
+    Stop the projection's own process first: two writers would race. Returns events read."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from infra import migrations
+
+    migrations.migrate(settings.database_url)
+    console = console or Console(stderr=True)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task(f"rebuilding {projection.name}", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        total = rebuild(projection, settings.bootstrap_servers, settings.database_url, progress=report)
+        progress.update(task, completed=total, total=total)
+    return total

@@ -1,0 +1,364 @@
+"""The deadline processor: every running deadline of every case, and the events its clock raises.
+
+Two halves in one process:
+- a PostgreSQL projection (`DeadlineClockProjection`, run by ProjectionRunner: rows and offsets
+  in one transaction, every event once) keeps `deadline_clocks`: one row per case deadline,
+  service deadline, escalation reply / resolution and rectification, with its due date, whether
+  it is paused (补正) and whether it is closed;
+- a tick (`tick`) reads the running rows as of a day and emits `DeadlineApproaching` and
+  `DeadlineBreached` on `cases`, and for a breached service a `CaseEscalated` (origin deadline,
+  reason overdue): 办不成事 by itself.
+
+Why the ids are derived: an emitted event's id is a name-based UUID of the clock's cause (the
+event that set the due date), the scope, the subject and the due date. The tick produces first
+and marks the row after; a crash between the two re-emits the same ids, which every consumer
+drops. A due date that moves (a 补正 pause, an extension) is a new deadline and may warn again.
+
+Why a day and not a timestamp: limits are in working days, the clock's question is "is today
+past the due date", asked in Beijing time. `ONETHING_TODAY` (ISO date) pins the day for a demo
+or a test of a case left undecided for weeks.
+
+Order. The projection reads `applications`, `cases`, every `tasks.<dept>` and
+`decisions.<dept>`; a decision may arrive before its task. Per row, (attempt, closed) only
+moves forward: a TaskDispatched of attempt n sets the due date of attempt n and never reopens
+attempt n once a decision on it closed it; a later attempt reopens it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from catalog.loader import load_catalog
+from catalog.model import Catalog
+from catalog.working_days import add_working_days
+from events import bus
+from events.envelope import SYSTEM, Event, derived_event_id, new_event, now_utc
+from infra import metrics
+from infra.topics import CASES
+
+from . import deadline_clock as clock
+from .case_state import is_register_sync
+from .case_view import _check_schema, default_topics
+from .timeline_text import attempt_of
+
+log = structlog.get_logger(__name__)
+
+NAME = "deadlines"
+MIGRATION = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0008_deadlines.sql"
+FINAL_OUTCOMES = ("approved", "rejected")
+TODAY_ENV = "ONETHING_TODAY"
+
+
+def today_in_china(env: dict[str, str] | None = None) -> date:
+    """The clock's day: ONETHING_TODAY if set (a demo, a test), else today in Beijing."""
+    pinned = (env if env is not None else os.environ).get(TODAY_ENV)
+    if pinned:
+        try:
+            return date.fromisoformat(pinned)
+        except ValueError:
+            raise ValueError(f"{TODAY_ENV} must be an ISO date like 2026-12-31, got {pinned!r}") from None
+    return clock.china_date(now_utc())
+
+
+def create_schema(conn: psycopg.Connection, schema: str) -> None:
+    """The clock's tables in `schema` (a test's own instance); public comes from the migrations."""
+    _check_schema(schema)
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        if conn.execute("SELECT to_regclass(%s)", (f"{schema}.deadline_clocks",)).fetchone()[0] is None:
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            conn.execute(MIGRATION.read_text())
+
+
+class DeadlineClockProjection:
+    """The running deadlines. `keep(case_id)` lets a test follow only its own cases."""
+
+    def __init__(self, name: str = NAME, *, schema: str = "public", topics: tuple[str, ...] | None = None,
+                 catalog: Catalog | None = None, keep: Callable[[str], bool] | None = None):
+        self.name = name
+        self.schema = _check_schema(schema)
+        self.catalog = catalog or load_catalog()
+        self.topics = tuple(topics) if topics else default_topics(self.catalog)
+        self.keep = keep
+        t = sql.Identifier(self.schema, "deadline_clocks")
+        c = sql.Identifier(self.schema, "deadline_cases")
+        self._clocks, self._cases = t, c
+        self._open = sql.SQL(
+            "INSERT INTO {t} AS k (case_id, scope, subject_id, department, task_id, attempt, due_date,"
+            " cause_event_id, correlation_id, region_code) VALUES (%(case_id)s, %(scope)s, %(subject)s,"
+            " %(department)s, %(task_id)s, %(attempt)s, %(due)s, %(cause)s, %(correlation)s, %(region)s) "
+            "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
+            " department = coalesce(EXCLUDED.department, k.department),"
+            " task_id = CASE WHEN EXCLUDED.attempt >= k.attempt THEN EXCLUDED.task_id ELSE k.task_id END,"
+            " due_date = CASE WHEN EXCLUDED.attempt >= k.attempt THEN EXCLUDED.due_date ELSE k.due_date END,"
+            " cause_event_id = CASE WHEN EXCLUDED.attempt >= k.attempt THEN EXCLUDED.cause_event_id"
+            "  ELSE k.cause_event_id END,"
+            " correlation_id = coalesce(k.correlation_id, EXCLUDED.correlation_id),"
+            " region_code = coalesce(k.region_code, EXCLUDED.region_code),"
+            " paused_on = CASE WHEN EXCLUDED.attempt > k.attempt THEN NULL ELSE k.paused_on END,"
+            " closed_at = CASE WHEN EXCLUDED.attempt > k.attempt THEN NULL ELSE k.closed_at END,"
+            " attempt = greatest(k.attempt, EXCLUDED.attempt)").format(t=t)
+        self._close = sql.SQL(
+            "INSERT INTO {t} AS k (case_id, scope, subject_id, department, attempt, closed_at)"
+            " VALUES (%(case_id)s, %(scope)s, %(subject)s, %(department)s, %(attempt)s, %(at)s) "
+            "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
+            " closed_at = CASE WHEN EXCLUDED.attempt >= k.attempt THEN coalesce(k.closed_at, EXCLUDED.closed_at)"
+            "  ELSE k.closed_at END, attempt = greatest(k.attempt, EXCLUDED.attempt),"
+            " department = coalesce(k.department, EXCLUDED.department)").format(t=t)
+        self._pause = sql.SQL(
+            "INSERT INTO {t} AS k (case_id, scope, subject_id, department, attempt, paused_on)"
+            " VALUES (%(case_id)s, %(scope)s, %(subject)s, %(department)s, %(attempt)s, %(day)s) "
+            "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
+            " paused_on = CASE WHEN EXCLUDED.attempt >= k.attempt AND k.closed_at IS NULL"
+            "  THEN coalesce(k.paused_on, EXCLUDED.paused_on) ELSE k.paused_on END,"
+            " attempt = greatest(k.attempt, EXCLUDED.attempt)").format(t=t)
+        self._close_case = sql.SQL(
+            "UPDATE {t} SET closed_at = coalesce(closed_at, %(at)s) WHERE case_id = %(case_id)s"
+            " AND scope IN ('case', 'service')").format(t=t)
+
+    # -- the Projection protocol --------------------------------------------------------------
+    def reset(self, conn: psycopg.Connection) -> None:
+        conn.execute(sql.SQL("TRUNCATE {}, {}").format(self._clocks, self._cases))
+
+    def wants(self, event: Event) -> bool:
+        return self.keep is None or self.keep(event.key)
+
+    def apply(self, conn: psycopg.Connection, event: Event) -> None:
+        if is_register_sync(event) or (self.keep is not None and not self.keep(event.key)):
+            return
+        handler = getattr(self, f"_on_{event.type}", None)
+        if handler is not None:
+            handler(conn, event, event.payload)
+
+    # -- per event type -------------------------------------------------------------------------
+    def _row(self, event: Event, scope: str, subject: str = "", **kw: Any) -> dict[str, Any]:
+        env = event.envelope
+        return {"case_id": event.key, "scope": scope, "subject": subject, "department": kw.get("department"),
+                "task_id": kw.get("task_id"), "attempt": kw.get("attempt", 0), "due": kw.get("due"),
+                "cause": event.id, "correlation": env.correlation_id, "region": env.region_code,
+                "at": env.occurred_at, "day": clock.china_date(env.occurred_at)}
+
+    def _on_ApplicationSubmitted(self, conn, event: Event, p: dict) -> None:
+        submitted = clock.china_date(event.envelope.occurred_at)
+        conn.execute(sql.SQL("INSERT INTO {} (case_id, bundle_code, submitted_on) VALUES (%s, %s, %s) "
+                             "ON CONFLICT (case_id) DO NOTHING").format(self._cases),
+                     (event.key, p["bundle_code"], submitted))
+        days = clock.case_promised_days(self.catalog, p["bundle_code"])
+        if days is not None:
+            conn.execute(self._open, self._row(event, "case", due=clock.due_after(submitted, days)))
+
+    def _on_TaskDispatched(self, conn, event: Event, p: dict) -> None:
+        if p.get("due_date") is None:
+            return
+        conn.execute(self._open, self._row(event, "service", p["service_id"], department=p["department"],
+                                           task_id=p["task_id"], attempt=attempt_of(p["task_id"]),
+                                           due=p["due_date"]))
+
+    def _on_TaskCancelled(self, conn, event: Event, p: dict) -> None:
+        conn.execute(self._close, self._row(event, "service", p["service_id"], department=p["department"],
+                                            attempt=attempt_of(p["task_id"])))
+
+    def _on_DecisionRecorded(self, conn, event: Event, p: dict) -> None:
+        row = self._row(event, "service", p["service_id"], department=p["department"],
+                        attempt=attempt_of(p["task_id"]))
+        if p["outcome"] in FINAL_OUTCOMES:
+            conn.execute(self._close, row)
+        elif p["outcome"] == "correction_requested":
+            conn.execute(self._pause, row)
+            # the case's own clock stands still too, from the first request of this round
+            conn.execute(sql.SQL("UPDATE {} SET paused_on = coalesce(paused_on, %(day)s) WHERE case_id = %(case_id)s"
+                                 " AND scope = 'case' AND closed_at IS NULL").format(self._clocks), row)
+
+    def _on_MaterialsSupplemented(self, conn, event: Event, p: dict) -> None:
+        """补正 done: the case's clock resumes, its due date pushed back by the days it waited (the
+        services' new due dates come with their re-dispatch)."""
+        row = conn.execute(sql.SQL("SELECT due_date, paused_on FROM {} WHERE case_id = %s AND scope = 'case' "
+                                   "AND paused_on IS NOT NULL FOR UPDATE").format(self._clocks),
+                           (event.key,)).fetchone()
+        if row is None:
+            return
+        due, paused_on = row
+        conn.execute(sql.SQL("UPDATE {} SET due_date = %s, paused_on = NULL, cause_event_id = %s "
+                             "WHERE case_id = %s AND scope = 'case'").format(self._clocks),
+                     (clock.resumed_due(due, paused_on, event.envelope.occurred_at), event.id, event.key))
+
+    def _on_CaseCompleted(self, conn, event: Event, p: dict) -> None:
+        conn.execute(self._close_case, self._row(event, "case"))
+
+    def _on_ApplicationWithdrawn(self, conn, event: Event, p: dict) -> None:
+        conn.execute(self._close_case, self._row(event, "case"))
+
+    def _on_CaseEscalated(self, conn, event: Event, p: dict) -> None:
+        d = clock.escalation_deadlines(event.envelope.occurred_at)
+        eid = p["escalation_id"]
+        conn.execute(self._open, self._row(event, "escalation_reply", eid, department=p.get("department"),
+                                           due=d.reply_due))
+        conn.execute(self._open, self._row(event, "escalation_resolution", eid, department=p.get("department"),
+                                           due=d.resolve_due))
+
+    def _on_EscalationReplied(self, conn, event: Event, p: dict) -> None:
+        conn.execute(self._close, self._row(event, "escalation_reply", p["escalation_id"]))
+
+    def _on_EscalationExtended(self, conn, event: Event, p: dict) -> None:
+        """The resolution limit counts from the escalation's day: REPLY_WITHIN working days before
+        its reply deadline. An extension seen before its escalation (they travel on different
+        topics) does not move this clock; the supervisor queue still records it."""
+        row = conn.execute(sql.SQL("SELECT due_date FROM {} WHERE case_id = %s AND scope = 'escalation_reply'"
+                                   " AND subject_id = %s").format(self._clocks),
+                           (event.key, p["escalation_id"])).fetchone()
+        if row is None or row[0] is None:
+            return
+        opened = add_working_days(row[0], -clock.REPLY_WITHIN)
+        due = clock.escalation_deadlines(opened, int(p["resolve_within_working_days"])).resolve_due
+        conn.execute(sql.SQL("UPDATE {} SET due_date = %s, cause_event_id = %s WHERE case_id = %s"
+                             " AND scope = 'escalation_resolution' AND subject_id = %s").format(self._clocks),
+                     (due, event.id, event.key, p["escalation_id"]))
+
+    def _on_EscalationResolved(self, conn, event: Event, p: dict) -> None:
+        for scope in ("escalation_reply", "escalation_resolution"):
+            conn.execute(self._close, self._row(event, scope, p["escalation_id"]))
+
+    def _on_RectificationOpened(self, conn, event: Event, p: dict) -> None:
+        conn.execute(self._open, self._row(event, "rectification", p["rectification_id"],
+                                           department=p["department"], due=p["due_date"]))
+
+    def _on_RectificationReplied(self, conn, event: Event, p: dict) -> None:
+        conn.execute(self._close, self._row(event, "rectification", p["rectification_id"],
+                                            department=p["department"]))
+
+
+# -- the tick ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Alarm:
+    """One event the clock raises, with the row it marks once produced."""
+    event: Event
+    case_id: str
+    scope: str
+    subject_id: str
+    column: str          # warned_due | breached_due
+    due: date
+    bundle: str
+    department: str
+
+
+def alarms(rows: Iterable[tuple], today: date) -> list[Alarm]:
+    """What the running deadlines call for today: pure, given the rows the tick read."""
+    out: list[Alarm] = []
+    for (case_id, scope, subject, department, task_id, due, cause, correlation, region, warned, breached,
+         bundle) in rows:
+        st = clock.stage(due, today)
+        if st is clock.Stage.OK:
+            continue
+        breached_now = st is clock.Stage.BREACHED
+        if breached_now and breached == due or not breached_now and warned == due:
+            continue
+        kind = "DeadlineBreached" if breached_now else "DeadlineApproaching"
+        left = clock.working_days_left(today, due)
+        payload = {"scope": scope, "subject_id": subject or None, "department": department, "task_id": task_id,
+                   "due_date": due}
+        payload |= {"working_days_overdue": max(1, -left)} if breached_now else {"working_days_left": max(0, left)}
+        parts = (scope, subject, due.isoformat())
+        ev = new_event(kind, case_id, payload, actor=SYSTEM, region_code=region or "000000",
+                       correlation_id=correlation or case_id,
+                       event_id=derived_event_id(cause or case_id, kind, *parts))
+        ev = _caused_by(ev, cause)
+        out.append(Alarm(ev, case_id, scope, subject, "breached_due" if breached_now else "warned_due", due,
+                         bundle or "unknown", department or "none"))
+        if breached_now and scope == "service":  # 办不成事 by itself: an overdue service escalates
+            eid = "esc-" + derived_event_id(cause or case_id, "CaseEscalated", *parts)[:18]
+            esc = new_event("CaseEscalated", case_id,
+                            {"escalation_id": eid, "origin": "deadline", "reason": "overdue", "service_id": subject,
+                             "department": department, "comment": None},
+                            actor=SYSTEM, region_code=region or "000000", correlation_id=correlation or case_id,
+                            event_id=derived_event_id(cause or case_id, "CaseEscalated", *parts))
+            out.append(Alarm(_caused_by(esc, cause), case_id, scope, subject, "", due, bundle or "unknown",
+                             department or "none"))
+    return out
+
+
+def _caused_by(event: Event, cause: str | None) -> Event:
+    from dataclasses import replace
+
+    return replace(event, envelope=replace(event.envelope, causation_id=cause)) if cause else event
+
+
+class DeadlineTicker:
+    """Reads the running deadlines and produces what they call for. Produce, then mark."""
+
+    def __init__(self, conn: psycopg.Connection, producer, schema: str = "public",
+                 keep: Callable[[str], bool] | None = None, horizon_days: int = 30):
+        self.conn, self.producer, self.keep = conn, producer, keep
+        t = sql.Identifier(schema, "deadline_clocks")
+        c = sql.Identifier(schema, "deadline_cases")
+        self.clocks = t
+        # calendar days ahead worth reading: any deadline with <= WARN_WITHIN working days left is
+        # within a fortnight even across 春节
+        self.horizon = horizon_days
+        self.select = sql.SQL(
+            "SELECT k.case_id, k.scope, k.subject_id, k.department, k.task_id, k.due_date, k.cause_event_id,"
+            " k.correlation_id, k.region_code, k.warned_due, k.breached_due, c.bundle_code"
+            " FROM {t} k LEFT JOIN {c} c USING (case_id)"
+            " WHERE k.closed_at IS NULL AND k.paused_on IS NULL AND k.due_date IS NOT NULL"
+            " AND k.due_date <= %(until)s::date AND (k.breached_due IS DISTINCT FROM k.due_date)"
+            " ORDER BY k.due_date").format(t=t, c=c)
+
+    def tick(self, today: date) -> list[Alarm]:
+        from datetime import timedelta
+
+        with self.conn.transaction():
+            rows = self.conn.execute(self.select, {"until": today + timedelta(days=self.horizon)}).fetchall()
+        if self.keep is not None:
+            rows = [r for r in rows if self.keep(r[0])]
+        raised = alarms(rows, today)
+        if not raised:
+            return []
+        bus.publish_all(self.producer, [(CASES, a.event) for a in raised])  # durable before the marks
+        with self.conn.transaction():
+            for a in raised:
+                if a.column:
+                    self.conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE case_id = %s AND scope = %s AND "
+                                              "subject_id = %s").format(self.clocks, sql.Identifier(a.column)),
+                                      (a.due, a.case_id, a.scope, a.subject_id))
+        for a in raised:
+            metrics.EVENTS_PRODUCED.labels(topic=CASES, event_type=a.event.type).inc()
+            if a.event.type == "DeadlineBreached":
+                metrics.DEADLINES_BREACHED.labels(a.scope, a.bundle, a.department).inc()
+            elif a.event.type == "DeadlineApproaching":
+                metrics.DEADLINES_APPROACHING.labels(a.scope, a.bundle, a.department).inc()
+            log.info("deadlines.raised", event_type=a.event.type, scope=a.scope, department=a.department,
+                     correlation_id=a.event.envelope.correlation_id, due_date=a.due.isoformat())
+        return raised
+
+
+def run(settings, stop: Callable[[], bool] = lambda: False, projection: DeadlineClockProjection | None = None,
+        tick_s: float | None = None) -> None:
+    """`onething run deadlines`: follow the log into the clocks and tick every `tick_s` seconds
+    (ONETHING_DEADLINE_TICK_S, default 30)."""
+    from infra import migrations
+
+    from .postgres_projection import ProjectionRunner
+
+    migrations.migrate(settings.database_url)
+    projection = projection or DeadlineClockProjection()
+    tick_s = tick_s if tick_s is not None else float(os.environ.get("ONETHING_DEADLINE_TICK_S") or 30)
+    runner = ProjectionRunner(projection, settings.bootstrap_servers, settings.database_url)
+    ticker = DeadlineTicker(runner.conn, runner.producer, projection.schema, projection.keep)
+    next_tick = 0.0
+    log.info("deadlines.start", tick_s=tick_s, today=today_in_china().isoformat())
+    try:
+        while not stop():
+            runner.poll_once(timeout_ms=200)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + tick_s
+                ticker.tick(today_in_china())
+    finally:
+        runner.close()
