@@ -133,6 +133,8 @@ class Adapter:
                                       "ON CONFLICT DO NOTHING", (self.department, task.payload["task_id"]))
                     self.backend.cancel(task, self.conn)
                 return True
+            if task.type == "RectificationOpened":
+                return self._rectification(task)
             if task.type != "TaskDispatched":
                 dead_letter(self.producer, self.group, msg, f"unexpected event type {task.type}")
                 self.stats.dead_lettered += 1
@@ -150,6 +152,29 @@ class Adapter:
             BACKEND_UP.labels(self.department).set(1)
             bus.publish_all(self.producer, [(decisions_topic(self.department), d) for d in decisions])
             return True
+
+    def _rectification(self, task: Event) -> bool:
+        """差评整改: a backend that can answer by itself implements `rectify(task, conn) -> reply or
+        None`; otherwise the department's staff reply through the API (their worklist of
+        rectifications), and the adapter only acknowledges the task. The reply's id is derived
+        from the task, so a re-read task replies once."""
+        rectify = getattr(self.backend, "rectify", None)
+        if rectify is None:
+            return True
+        try:
+            reply = rectify(task, self.conn)
+        except BackendUnavailable:
+            BACKEND_UP.labels(self.department).set(0)
+            return False
+        if reply:
+            p = task.payload
+            event = new_event("RectificationReplied", task.key,
+                              {"rectification_id": p["rectification_id"], "department": self.department,
+                               "reply": reply}, actor=Actor(self.department, "department", "department"),
+                              region_code=task.envelope.region_code, cause=task,
+                              event_id=derived_event_id(task.id, "RectificationReplied"))
+            bus.publish_all(self.producer, [(decisions_topic(self.department), event)])
+        return True
 
     def _decide(self, task: Event) -> list[Event]:
         task_id = task.payload["task_id"]
