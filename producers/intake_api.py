@@ -697,7 +697,27 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
                 raise _not_found()
         view = dict(view)
         view["output_labels"] = output_labels(view)
+        view |= oversight_of(case_id, view)
         return JSONResponse(_jsonable(view), headers={"Cache-Control": "no-store"})
+
+    def oversight_of(case_id: str, view: dict[str, Any]) -> dict[str, Any]:
+        """办不成事 and 好差评 for the status page: this case's escalations, its rating and what
+        became of the bad grades. Empty while those read models are not installed."""
+        try:
+            from projectors.deadlines import today_in_china
+            from projectors.escalation_queue import read_case_escalations
+            from projectors.ratings import read_case_rating
+
+            with intake_store.connect(db_url) as conn:
+                today = today_in_china()
+                escalations = read_case_escalations(conn, case_id, today=today)
+                rating = read_case_rating(conn, case_id, today=today)
+                rated = rating is not None or conn.execute(
+                    "SELECT 1 FROM intake_ratings WHERE case_id = %s", (case_id,)).fetchone() is not None
+        except (ImportError, psycopg.errors.UndefinedTable):
+            return {"escalations": [], "rating": None, "can_rate": False}
+        return {"escalations": escalations, "rating": rating,
+                "can_rate": view.get("status") == "completed" and not rated}
 
     def provisional_view(row: intake_store.IntakeCase) -> dict[str, Any]:
         """Before the case view projection has caught up: what the intake itself knows."""
@@ -731,7 +751,10 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         return labels
 
     def case_for_write(conn: psycopg.Connection, case_id: str, ident: identity.Identity,
-                       applicant: Applicant | None) -> tuple[intake_store.IntakeCase, _Caller]:
+                       applicant: Applicant | None, *, done_ok: bool = False
+                       ) -> tuple[intake_store.IntakeCase, _Caller]:
+        """The caller's own case, locked; `done_ok` for what follows a case's end (a rating, an
+        escalation of a rejection)."""
         if ident.role not in ("applicant", "clerk") or (ident.case_id and ident.case_id != case_id):
             raise _not_found()
         row = intake_store.get_case(conn, case_id, for_update=True)
@@ -746,7 +769,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         if row.status == "withdrawn":
             raise ApiError(409, [err("case_id", "case.withdrawn")])
         view = case_reader(conn, case_id)
-        if view is not None and view.get("status") in ("completed", "withdrawn"):
+        if not done_ok and view is not None and view.get("status") in ("completed", "withdrawn"):
             raise ApiError(409, [err("case_id", f"case.{view['status']}")])
         return row, caller
 
@@ -826,6 +849,13 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
             "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"})
+
+    # 办不成事 and 好差评: escalations, the supervisor queue, ratings and rectifications
+    from . import oversight_api
+
+    oversight_api.register(app, oversight_api.IntakeContext(
+        db_url=db_url, catalog=cat, authenticate=authenticate, case_for_write=case_for_write,
+        case_reader=case_reader, publish=producer.publish, api_error=ApiError, err=err))
 
     # 一处变更: the master registers' API (register and department tokens only)
     app.include_router(register_router)

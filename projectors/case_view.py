@@ -84,6 +84,10 @@ BLOCKED_REASON = "a service it depends on was not approved"
 # timeline: cause before effect when two entries share occurred_at (derived events carry their cause's time)
 PHASE = {"ApplicationSubmitted": 0, "MaterialsSupplemented": 0, "ApplicationWithdrawn": 0, "DecisionRecorded": 0,
          "TaskDispatched": 1, "TaskCancelled": 1, "CaseCompleted": 2}
+# deadlines, 办不成事 and 好差评: timeline entries only (their own read models hold their state)
+OVERSIGHT = ("DeadlineApproaching", "DeadlineBreached", "CaseEscalated", "EscalationReplied", "EscalationExtended",
+             "EscalationResolved", "CaseRated", "RectificationOpened", "RectificationReplied")
+PHASE |= {t: 3 for t in OVERSIGHT}
 HANDLED = frozenset(PHASE)
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -259,6 +263,11 @@ class CaseViewProjection:
         if self.keep is not None and not self.keep(case_id):
             return
         base = {"case_id": case_id, "at": event.envelope.occurred_at}
+        if event.type in OVERSIGHT:
+            p = event.payload
+            sid = p.get("service_id") or (p.get("subject_id") if p.get("scope") == "service" else None)
+            self._timeline(conn, event, base, p.get("department"), sid)
+            return
         department, service_id = getattr(self, f"_on_{event.type}")(conn, event, base)
         self._settle(conn, base)
         self._timeline(conn, event, base, department, service_id)
@@ -360,8 +369,11 @@ class CaseViewProjection:
 
 # -- reading ----------------------------------------------------------------------------------
 def china_today() -> date:
-    """Today where the applicants and departments are (working days are China's)."""
-    return datetime.now(CHINA).date()
+    """Today where the applicants and departments are (working days are China's); the deadline
+    clock's ONETHING_TODAY, when set, so the page and the clock agree on what is overdue."""
+    from .deadlines import today_in_china
+
+    return today_in_china()
 
 
 def _label(lb: Label) -> dict[str, str]:

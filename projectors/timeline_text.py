@@ -142,6 +142,65 @@ def describe(event: Event, catalog: Catalog) -> tuple[str, str] | None:
                     f"All services completed ({approved} approved)")
         return (f"全部事项已办结（办成{approved}项，未办成{rejected}项）",
                 f"All services decided ({approved} approved, {rejected} not approved)")
+    return _oversight(event, catalog)
+
+
+_SCOPE = {"case": ("本件", "The case"), "escalation_reply": ("办不成事反映的答复", "The reply to the escalation"),
+          "escalation_resolution": ("办不成事反映的办理", "The resolution of the escalation"),
+          "rectification": ("差评整改", "The rectification")}
+_REASON = {"stuck": ("办件停滞", "stuck"), "overdue": ("超过时限", "overdue"), "rejected": ("事项未办成", "not approved"),
+           "other": ("其他问题", "other")}
+_GRADE = {"very_satisfied": ("非常满意", "very satisfied"), "satisfied": ("满意", "satisfied"),
+          "basically_satisfied": ("基本满意", "basically satisfied"), "dissatisfied": ("不满意", "dissatisfied"),
+          "very_dissatisfied": ("非常不满意", "very dissatisfied")}
+
+
+def _subject(event: Event, catalog: Catalog) -> tuple[str, str]:
+    p = event.payload
+    if p.get("scope") == "service":
+        s = service_label(catalog, p.get("subject_id"))
+        d = department_label(catalog, p.get("department"))
+        return f"{s.zh}（{d.zh}）", f"{s.en} ({d.en})"
+    return _SCOPE.get(p.get("scope"), ("本件", "The case"))
+
+
+def _oversight(event: Event, catalog: Catalog) -> tuple[str, str] | None:
+    """Deadlines, 办不成事 and 好差评 on the timeline; never the words a person typed."""
+    p, t = event.payload, event.type
+    if t == "DeadlineApproaching":
+        zh, en = _subject(event, catalog)
+        due = p["due_date"].isoformat()
+        return f"{zh}临近办理时限（{due}）", f"{en}: deadline approaching ({due})"
+    if t == "DeadlineBreached":
+        zh, en = _subject(event, catalog)
+        due = p["due_date"].isoformat()
+        return f"{zh}已超过办理时限（{due}）", f"{en}: past its deadline ({due})"
+    if t == "CaseEscalated":
+        r = _REASON.get(p.get("reason"), _REASON["other"])
+        what = ""
+        if p.get("service_id"):
+            what = service_label(catalog, p["service_id"])
+        if p.get("origin") == "deadline":
+            return (f"已自动转办不成事反映窗口：{what.zh if what else ''}{r[0]}",
+                    f"Escalated automatically ({r[1]}){': ' + what.en if what else ''}")
+        return (f"已提交办不成事反映（{r[0]}）" + (f"：{what.zh}" if what else ""),
+                f"Escalation filed ({r[1]})" + (f": {what.en}" if what else ""))
+    if t == "EscalationReplied":
+        return "办不成事反映已答复", "The escalation was answered"
+    if t == "EscalationExtended":
+        n = p.get("resolve_within_working_days")
+        return f"办不成事反映办理时限延长至{n}个工作日", f"The escalation's limit was extended to {n} working days"
+    if t == "EscalationResolved":
+        return "办不成事反映已办结", "The escalation was resolved"
+    if t == "CaseRated":
+        g = _GRADE.get(p.get("grade"), ("已评价", "rated"))
+        return f"已评价：{g[0]}", f"Rated: {g[1]}"
+    if t == "RectificationOpened":
+        d = department_label(catalog, p.get("department"))
+        return f"差评已转{d.zh}整改", f"Sent to {d.en} for rectification"
+    if t == "RectificationReplied":
+        d = department_label(catalog, p.get("department"))
+        return f"{d.zh}已反馈整改情况", f"{d.en} replied on the rectification"
     return None
 
 
