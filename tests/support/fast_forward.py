@@ -49,5 +49,6 @@ def skip_history(bootstrap: str, database_url: str) -> None:
     _commit_at_end(bootstrap, "dispatch", [APPLICATIONS, *decisions])
     for dept in demo_departments():
         _commit_at_end(bootstrap, f"adapter.{dept}", [tasks_topic(dept)])
-    _store_at_end(bootstrap, database_url, "case_view",
-                  [APPLICATIONS, CASES, *(tasks_topic(d) for d in departments), *decisions])
+    every = [APPLICATIONS, CASES, *(tasks_topic(d) for d in departments), *decisions]
+    for projection in ("case_view", "deadlines", "escalation_queue", "ratings"):  # stored in PostgreSQL
+        _store_at_end(bootstrap, database_url, projection, every)
