@@ -113,6 +113,7 @@ class DeadlineClockProjection:
             "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
             " closed_at = CASE WHEN EXCLUDED.attempt >= k.attempt THEN coalesce(k.closed_at, EXCLUDED.closed_at)"
             "  ELSE k.closed_at END, attempt = greatest(k.attempt, EXCLUDED.attempt),"
+            " paused_on = CASE WHEN EXCLUDED.attempt >= k.attempt THEN NULL ELSE k.paused_on END,"
             " department = coalesce(k.department, EXCLUDED.department)").format(t=t)
         self._pause = sql.SQL(
             "INSERT INTO {t} AS k (case_id, scope, subject_id, department, attempt, paused_on)"
