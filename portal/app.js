@@ -31,7 +31,20 @@
       awaiting: "有部门需要您补充材料，补齐后将继续办理。",
       completed: "本件已全部办结。", withdrawn: "本件已撤回。",
       title: "办件进度 · 高效办成一件事",
-      show_all: function (n) { return "查看全部" + n + "条记录"; }
+      show_all: function (n) { return "查看全部" + n + "条记录"; },
+      rating_title: "办事评价（好差评）", rating_case: "整体评价", comment: "意见建议（选填）", rate_submit: "提交评价",
+      rating_hint: "请对本次办理作出评价；“不满意”或“非常不满意”的评价将转责任部门整改，并在15个工作日内答复您。",
+      not_rated: "不评价", rated: "您的评价：", rating_thanks: "感谢您的评价。", pick_grade: "请选择整体评价",
+      rect_open: function (d, due) { return d + "正在整改，应于" + due + "前答复"; },
+      rect_replied: function (d) { return d + "整改答复："; },
+      escalation_title: "办不成事反映", escalate_open: "遇到办不成的事？向督办窗口反映", escalate_reason: "反映类型",
+      reason_stuck: "办件停滞、无人处理", reason_overdue: "超过承诺时限", reason_rejected: "事项未办成", reason_other: "其他问题",
+      escalate_service: "涉及事项（选填）", whole_case: "整个办件", escalate_submit: "提交反映",
+      escalated: "已提交，督办人员将在3个工作日内答复。", sending: "正在提交…", failed: "提交失败：",
+      esc_auto: "超期自动督办", esc_mine: "您的反映",
+      esc_status: { open: "待答复", replied: "已答复，办理中", resolved: "已办结" },
+      esc_due: function (reply, resolve) { return "答复时限 " + reply + " · 办结时限 " + resolve; },
+      esc_reply: "答复：", esc_resolution: "办理结果："
     },
     en: {
       brand: "Get one thing done", page_title: "Case status", lang_button: "中文", lang_aria: "切换到中文",
@@ -54,10 +67,29 @@
       awaiting: "A department needs a document from you; the case goes on once it is supplied.",
       completed: "Every service of this case has been decided.", withdrawn: "This case was withdrawn.",
       title: "Case status · Get one thing done",
-      show_all: function (n) { return "Show all " + n + " entries"; }
+      show_all: function (n) { return "Show all " + n + " entries"; },
+      rating_title: "Rate this case", rating_case: "Overall", comment: "Comments (optional)", rate_submit: "Submit rating",
+      rating_hint: "Rate how your case was handled; a “dissatisfied” or “very dissatisfied” goes to the department responsible, which must answer within 15 working days.",
+      not_rated: "no rating", rated: "Your rating: ", rating_thanks: "Thank you for your rating.", pick_grade: "Choose an overall grade",
+      rect_open: function (d, due) { return d + " is rectifying; answer due by " + due; },
+      rect_replied: function (d) { return d + " answered: "; },
+      escalation_title: "Can't get it done?", escalate_open: "Report a problem to the supervisors (办不成事)",
+      escalate_reason: "What went wrong", reason_stuck: "Nothing is happening", reason_overdue: "Past the promised date",
+      reason_rejected: "A service was not approved", reason_other: "Something else",
+      escalate_service: "Which service (optional)", whole_case: "The whole case", escalate_submit: "Send",
+      escalated: "Sent; a supervisor will answer within 3 working days.", sending: "Sending…", failed: "Not sent: ",
+      esc_auto: "Escalated automatically (overdue)", esc_mine: "Your report",
+      esc_status: { open: "awaiting an answer", replied: "answered, being resolved", resolved: "resolved" },
+      esc_due: function (reply, resolve) { return "answer by " + reply + " · resolve by " + resolve; },
+      esc_reply: "Answer: ", esc_resolution: "Resolution: "
     }
   };
   var FINAL = { approved: 1, rejected: 1, blocked: 1, cancelled: 1 };
+  var GRADES = [["very_satisfied", "非常满意", "Very satisfied"], ["satisfied", "满意", "Satisfied"],
+                ["basically_satisfied", "基本满意", "Basically satisfied"], ["dissatisfied", "不满意", "Dissatisfied"],
+                ["very_dissatisfied", "非常不满意", "Very dissatisfied"]];
+  var oversightSignature = null;
+  var sendingForm = 0;
 
   var caseId = decodeURIComponent((location.pathname.split("/status/")[1] || "").split("/")[0]);
   var tokenKey = "onething.token." + caseId;
@@ -188,8 +220,152 @@
 
     renderMissing(view.missing || []);
     renderServices(services);
+    renderOversight();
     renderTimeline(view.timeline || []);
   }
+
+  function gradeLabel(code) {
+    for (var i = 0; i < GRADES.length; i++) if (GRADES[i][0] === code) return lang === "zh" ? GRADES[i][1] : GRADES[i][2];
+    return code;
+  }
+
+  function departmentName(code) {
+    var s = (view.services || []).filter(function (x) { return x.department === code; })[0];
+    return s ? pick(s.department_label) : code;
+  }
+
+  // 好差评 and 办不成事: the forms are built once per language and state, never while in use
+  function renderOversight() {
+    var canEscalate = !view.provisional && view.status !== "withdrawn";
+    var rating = view.rating;
+    var signature = lang + "|" + view.status + "|" + !!view.can_rate + "|" + !!rating + "|" + canEscalate;
+    if (!sendingForm && signature !== oversightSignature) {
+      oversightSignature = signature;
+      buildRatingForm();
+      buildEscalationForm();
+    }
+    $("rating-card").hidden = !(view.can_rate || rating);
+    $("rating-form").hidden = !view.can_rate;
+    $("rating-result").hidden = !rating;
+    if (rating) {
+      text($("rating-grade"), t("rated") + gradeLabel(rating.grade));
+      var list = $("rectifications");
+      list.textContent = "";
+      (rating.rectifications || []).forEach(function (r) {
+        var li = el("li", "oversight-item " + (r.status === "replied" ? "st-approved" : "st-accepted"));
+        var who = departmentName(r.department);
+        if (r.status === "replied") {
+          li.appendChild(el("div", null, t("rect_replied")(who)));
+          li.appendChild(el("p", "oversight-text", r.reply));
+        } else {
+          li.appendChild(el("div", null, t("rect_open")(who, r.due_date)));
+        }
+        list.appendChild(li);
+      });
+    }
+    var escalations = view.escalations || [];
+    $("escalation-card").hidden = !(canEscalate || escalations.length);
+    $("escalate").hidden = !canEscalate;
+    var ul = $("escalations");
+    ul.textContent = "";
+    escalations.slice().reverse().forEach(function (e) {
+      var li = el("li", "oversight-item " + (e.status === "resolved" ? "st-approved" : e.overdue ? "st-rejected" : "st-accepted"));
+      li.setAttribute("data-escalation", e.escalation_id);
+      var what = e.origin === "deadline" ? t("esc_auto") : t("esc_mine");
+      if (e.service_id) {
+        var s = (view.services || []).filter(function (x) { return x.service_id === e.service_id; })[0];
+        if (s) what += lang === "zh" ? "：" + pick(s.label) : ": " + pick(s.label);
+      }
+      li.appendChild(el("div", "oversight-head", what));
+      li.appendChild(el("span", "badge " + (e.status === "resolved" ? "st-approved" : "st-accepted"), t("esc_status")[e.status] || e.status));
+      if (e.status !== "resolved") li.appendChild(el("div", "oversight-meta", t("esc_due")(e.reply_due, e.resolve_due)));
+      if (e.reply) li.appendChild(el("p", "oversight-text", t("esc_reply") + e.reply));
+      if (e.resolution) li.appendChild(el("p", "oversight-text", t("esc_resolution") + e.resolution));
+      ul.appendChild(li);
+    });
+  }
+
+  function gradeSelect(name) {
+    var select = el("select");
+    select.name = name;
+    select.appendChild(el("option", null, t("not_rated"))).value = "";
+    GRADES.forEach(function (g) { select.appendChild(el("option", null, lang === "zh" ? g[1] : g[2])).value = g[0]; });
+    return select;
+  }
+
+  function buildRatingForm() {
+    var box = $("grades");
+    while (box.children.length > 1) box.removeChild(box.lastChild);
+    GRADES.forEach(function (g) {
+      var label = el("label", "grade");
+      var input = el("input");
+      input.type = "radio"; input.name = "grade"; input.value = g[0];
+      label.appendChild(input);
+      label.appendChild(el("span", null, lang === "zh" ? g[1] : g[2]));
+      box.appendChild(label);
+    });
+    var per = $("service-grades");
+    per.textContent = "";
+    (view.services || []).forEach(function (s) {
+      if (s.status !== "approved" && s.status !== "rejected") return;
+      var label = el("label", "field service-grade");
+      label.appendChild(el("span", null, pick(s.label) + " · " + pick(s.department_label)));
+      var select = gradeSelect("service:" + s.service_id);
+      label.appendChild(select);
+      per.appendChild(label);
+    });
+    text($("rating-form").querySelector(".form-state"), "");
+  }
+
+  function buildEscalationForm() {
+    var form = $("escalation-form");
+    var select = form.querySelector("select[name=service_id]");
+    while (select.options.length > 1) select.remove(1);
+    (view.services || []).forEach(function (s) {
+      var o = el("option", null, pick(s.label));
+      o.value = s.service_id;
+      select.appendChild(o);
+    });
+    text(form.querySelector(".form-state"), "");
+  }
+
+  function send(form, path, body, done) {
+    var state = form.querySelector(".form-state");
+    var button = form.querySelector("button[type=submit]");
+    sendingForm++;
+    button.disabled = true;
+    state.className = "form-state";
+    text(state, t("sending"));
+    fetch(path, { method: "POST", headers: authHeaders({ "Content-Type": "application/json" }), body: JSON.stringify(body) })
+      .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw b; return b; }); })
+      .then(function () { state.className = "form-state ok"; text(state, done); form.reset(); })
+      .catch(function (b) { state.className = "form-state error"; text(state, t("failed") + (errorText(b) || "")); })
+      .then(function () { button.disabled = false; sendingForm = Math.max(0, sendingForm - 1); setTimeout(refresh, 500); });
+  }
+
+  $("rating-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var form = ev.target;
+    var picked = form.querySelector("input[name=grade]:checked");
+    if (!picked) { var st = form.querySelector(".form-state"); st.className = "form-state error"; text(st, t("pick_grade")); return; }
+    var services = [];
+    form.querySelectorAll("select[name^='service:']").forEach(function (sel) {
+      if (sel.value) services.push({ service_id: sel.name.slice(8), grade: sel.value });
+    });
+    var comment = form.querySelector("textarea[name=comment]").value.trim();
+    send(form, "/api/v1/cases/" + encodeURIComponent(caseId) + "/rating",
+         { grade: picked.value, comment: comment || null, services: services }, t("rating_thanks"));
+  });
+
+  $("escalation-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var form = ev.target;
+    var comment = form.querySelector("textarea[name=comment]").value.trim();
+    var service = form.querySelector("select[name=service_id]").value;
+    send(form, "/api/v1/cases/" + encodeURIComponent(caseId) + "/escalations",
+         { reason: form.querySelector("select[name=reason]").value, service_id: service || null, comment: comment || null },
+         t("escalated"));
+  });
 
   function renderMissing(missing) {
     var card = $("missing");

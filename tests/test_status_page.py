@@ -9,7 +9,8 @@ fills the read model the page shows. Nothing is inserted by hand.
 Chromium is Debian's package (/usr/bin/chromium), driven by the `playwright` Python package;
 `playwright install` is never run. The page is checked on a phone-size viewport, in Chinese,
 then in English; the applicant uploads the missing document through the page's own form, and
-the page follows the case live as it moves on. Screenshots: /tmp/status_page.png (Chinese)
+the page follows the case live as it moves on, and the applicant files a 办不成事 report from
+it. Screenshots: /tmp/status_page.png (Chinese)
 and /tmp/status_page_en.png (English).
 """
 from __future__ import annotations
@@ -292,6 +293,21 @@ def test_status_page_on_a_phone(settings, bootstrap, database_url):
                     assert "440203202611200021" in page.inner_text('[data-service="police.birth_registration"]')
                     page.click("#lang")
                     assert page.inner_text("#case-status") == "办理中"
+
+                    # 7. 办不成事: the applicant reports the case as stuck from the page
+                    before = end_offsets(bootstrap)
+                    page.click("#escalate summary")
+                    page.select_option("#escalation-form select[name=reason]", "stuck")
+                    page.select_option("#escalation-form select[name=service_id]", "police.birth_registration")
+                    page.fill("#escalation-form textarea[name=comment]", "等了很久没有进展")
+                    page.click("#escalation-form button[type=submit]")
+                    page.wait_for_selector("#escalation-form .form-state.ok", timeout=15000)
+                    assert "3个工作日" in page.inner_text("#escalation-form .form-state")
+                    (escalated,) = [e for e in events_since(bootstrap, before) if e.key == case_id]
+                    assert escalated.type == "CaseEscalated" and escalated.payload["origin"] == "applicant"
+                    assert escalated.payload["reason"] == "stuck"
+                    assert escalated.payload["service_id"] == "police.birth_registration"
+                    assert escalated.payload["comment"] == "等了很久没有进展"
                     assert page_errors == []
                 finally:
                     browser.close()
