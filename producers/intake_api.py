@@ -843,12 +843,20 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/status/{case_id}", include_in_schema=False)
-    def status_page(case_id: str) -> FileResponse:
-        return FileResponse(PORTAL_DIR / "index.html", media_type="text/html; charset=utf-8", headers={
+    def page(name: str) -> FileResponse:
+        return FileResponse(PORTAL_DIR / name, media_type="text/html; charset=utf-8", headers={
             "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"})
+
+    @app.get("/status/{case_id}", include_in_schema=False)
+    def status_page(case_id: str) -> FileResponse:
+        return page("index.html")
+
+    @app.get("/supervisor", include_in_schema=False)
+    def supervisor_page() -> FileResponse:
+        """办不成事督办台: the supervisor queue (a supervisor's token in the #token= fragment)."""
+        return page("supervisor.html")
 
     # 办不成事 and 好差评: escalations, the supervisor queue, ratings and rectifications
     from . import oversight_api
