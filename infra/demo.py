@@ -4,7 +4,9 @@ The four cases show the paths the reform is about: one complete application (eve
 approved, outputs flowing from the hospital to the police to social security); one accepted
 with a promised material (容缺) whose correction request (补正) is answered through the API;
 one rejected by a department (its dependants are blocked, the rest completes); one withdrawn
-(its pending tasks cancelled at the departments).
+(its pending tasks cancelled at the departments). Then 一办即评 and 办不成事: the complete case is
+rated, the applicant of the rejected one reports it to the supervisor queue and rates it 不满意,
+which opens rectification tasks for the health department.
 """
 from __future__ import annotations
 
@@ -107,6 +109,44 @@ def _supplement(client: httpx.Client, case: DemoCase) -> None:
     case.supplemented = True
 
 
+def _oversight(client: httpx.Client, cases: list[DemoCase], timeout_s: float = 30) -> None:
+    """一办即评 and 办不成事 on the finished cases: the complete one is rated 非常满意; the applicant
+    whose birth certificate was refused reports it (办不成事) and rates 不满意, which sends a
+    rectification task to the health department (the 牵头部门 of 新生儿出生)."""
+    complete, _, rejected, _ = cases
+    for case, body in ((complete, {"grade": "very_satisfied"}),
+                       (rejected, {"grade": "dissatisfied", "comment": "出生医学证明被退回，原因不清楚",
+                                   "services": [{"service_id": "health.birth_certificate",
+                                                 "grade": "very_dissatisfied"}]})):
+        client.post(f"/api/v1/cases/{case.case_id}/rating", json=body,
+                    headers={"Authorization": f"Bearer {case.token}"})
+    client.post(f"/api/v1/cases/{rejected.case_id}/escalations",
+                json={"reason": "rejected", "service_id": "health.birth_certificate",
+                      "comment": "医院已备案，请核实"}, headers={"Authorization": f"Bearer {rejected.token}"})
+    deadline = time.monotonic() + timeout_s
+    with console.status("好差评 and 办不成事: rating two cases, reporting the refused certificate…"):
+        while time.monotonic() < deadline:
+            for c in (complete, rejected):
+                _refresh(client, c)
+            v = rejected.view or {}
+            if (complete.view or {}).get("rating") and v.get("escalations") and \
+                    len((v.get("rating") or {}).get("rectifications") or ()) >= 2:
+                break
+            time.sleep(1)
+    table = Table(title="好差评 · 办不成事 (ratings and escalations)", expand=True)
+    table.add_column("case")
+    table.add_column("评价 rating")
+    table.add_column("整改 rectifications")
+    table.add_column("办不成事 escalations")
+    for c in (complete, rejected):
+        v = c.view or {}
+        rating = v.get("rating") or {}
+        rects = ", ".join(f"{r['department']}: {r['status']} (due {r['due_date']})" for r in rating.get("rectifications") or ())
+        escs = ", ".join(f"{e['reason']}: {e['status']} (reply by {e['reply_due']})" for e in v.get("escalations") or ())
+        table.add_row(c.title, (rating.get("grade_label") or {}).get("zh", "—"), rects or "—", escs or "—")
+    console.print(table)
+
+
 def _table(cases: list[DemoCase], base: str) -> Table:
     table = Table(title="新生儿出生一件事 — live status (每个事项的进度)", expand=True)
     table.add_column("case")
@@ -170,9 +210,16 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
                         break
                     sup.check()
                     time.sleep(1)
+            if ok:
+                _oversight(client, cases)
         console.print("\n[bold]Status pages[/bold] (open in a browser while the demo runs):")
         for c in cases:
             console.print(f"  {c.title}: {base}{c.status_url}")
+        from producers import identity
+
+        supervisor = identity.issue_token("demo-supervisor", "supervisor", "online", staff_id="demo-supervisor",
+                                          ttl_s=identity.STATUS_LINK_TTL_S)
+        console.print(f"  办不成事督办台 (supervisor queue): {base}/supervisor#token={supervisor}")
         console.print(f"\nlogs: {settings.home / 'logs'}   metrics: /metrics on the API and ports 9400+")
         console.print("[green]every case reached its end[/green]" if ok else "[red]timed out before every case ended[/red]")
         if not exit_when_done:

@@ -81,6 +81,16 @@ def test_the_four_demo_paths_through_every_process(settings, running_stack, api_
     assert withdrawn["status"] == "withdrawn"
     assert all(s["status"] in ("cancelled", "approved", "rejected") for s in withdrawn["services"])
 
+    # 一办即评 and 办不成事 after the end: the refused certificate is reported and rated 不满意
+    assert complete["rating"]["grade"] == "very_satisfied" and complete["rating"]["rectifications"] == []
+    assert rejected["rating"]["grade"] == "dissatisfied" and rejected["can_rate"] is False
+    rects = rejected["rating"]["rectifications"]
+    assert {(r["department"], r["service_id"]) for r in rects} == {("health", None),
+                                                                  ("health", "health.birth_certificate")}
+    (reported,) = rejected["escalations"]
+    assert reported["reason"] == "rejected" and reported["service_id"] == "health.birth_certificate"
+    assert reported["status"] == "open" and reported["origin"] == "applicant"
+
 
 def _completed(database_url: str, case_ids: set[str]) -> int:
     with psycopg.connect(database_url) as conn:
