@@ -60,7 +60,7 @@ def declared_topics(departments: Iterable[str], partitions: int = 6, replication
     """The whole topology. Case topics share one partition count so they are co-partitioned."""
     kw = dict(partitions=partitions, replication=replication, min_insync_replicas=min_insync_replicas)
     specs = [
-        TopicSpec(APPLICATIONS, "fact", doc="applicant actions: submitted, supplemented, withdrawn", **kw),
+        TopicSpec(APPLICATIONS, "fact", doc="facts from people: submitted, supplemented, withdrawn, escalated, rated; supervisors' actions", **kw),
         TopicSpec(REGISTRY_COMPANY, "fact", doc="market-regulation register changes, keyed by USCC", **kw),
         TopicSpec(REGISTRY_PERSON, "fact", doc="person register changes, keyed by a person token", **kw),
         TopicSpec(CASES, "derived", doc="case state derived by dispatch: completed, overdue, escalated", **kw),
