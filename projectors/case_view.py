@@ -392,6 +392,13 @@ def _days_left(today: date, due: date | None) -> int | None:
     return None if due is None else working_days_between(today, due)
 
 
+def _stage(today: date, due: date | None) -> str | None:
+    """ok | approaching | breached, by the deadline clock's rule (a correction pauses it: None)."""
+    from .deadline_clock import stage
+
+    return None if due is None else stage(due, today).value
+
+
 def read_case(conn: psycopg.Connection, case_id: str, today: date | None = None, *,
               schema: str = "public", catalog: Catalog | None = None) -> dict[str, Any] | None:
     """The case as the status page shows it, JSON-able (dates as ISO text), or None when the
@@ -423,6 +430,7 @@ def read_case(conn: psycopg.Connection, case_id: str, today: date | None = None,
             "due_date": _iso(s_due),
             "working_days_left": _days_left(today, s_due) if case_open and s_status in (WAITING, *OPEN_STATUSES)
             else None,
+            "deadline": _stage(today, s_due) if case_open and s_status in (DISPATCHED, ACCEPTED) else None,
             "reason": reason,
             "missing": [{"code": c, "label": _label(material_label(catalog, c))} for c in missing]
             if s_status == CORRECTION else [],
@@ -458,6 +466,7 @@ def read_worklist(conn: psycopg.Connection, department: str, status: str | None 
     rows = conn.execute(q.worklist, {"department": department, "statuses": statuses, "limit": limit}).fetchall()
     return [{"case_id": case_id, "service_id": sid, "task_id": task_id, "status": s, "attempt": attempt,
              "due_date": _iso(due), "working_days_left": _days_left(today, due) if s in OPEN_STATUSES else None,
+             "deadline": _stage(today, due) if s in (DISPATCHED, ACCEPTED) else None,
              "bundle_code": bundle_code}
             for case_id, sid, task_id, s, attempt, due, bundle_code in rows]
 

@@ -99,6 +99,11 @@ def test_undecided_services_breach_escalate_and_are_worked_then_a_bad_rating_is_
         assert any("已超过办理时限" in t["text_zh"] for t in page["timeline"])
         assert any(e["escalation_id"] == auto["escalation_id"] for e in page["escalations"])
         assert "comment" not in page["escalations"][0]
+        assert taxed["deadline"] == "breached"
+        # and on the tax department's worklist, most overdue first
+        work = _get(client, "/api/v1/departments/tax/worklist", tax)["items"]
+        mine_work = [w for w in work if w["case_id"] == cid]
+        assert mine_work and all(w["deadline"] == "breached" and w["working_days_left"] < 0 for w in mine_work)
 
         # 3. the applicant cannot open the same escalation twice, but can report the case as stuck
         again = _post(client, f"/api/v1/cases/{cid}/escalations", me, {"reason": "overdue", "service_id": TAX[0]})
