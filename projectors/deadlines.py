@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -323,12 +323,7 @@ class DeadlineTicker:
         if not raised:
             return []
         bus.publish_all(self.producer, [(CASES, a.event) for a in raised])  # durable before the marks
-        with self.conn.transaction():
-            for a in raised:
-                if a.column:
-                    self.conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE case_id = %s AND scope = %s AND "
-                                              "subject_id = %s").format(self.clocks, sql.Identifier(a.column)),
-                                      (a.due, a.case_id, a.scope, a.subject_id))
+        self._mark(raised)
         for a in raised:
             metrics.EVENTS_PRODUCED.labels(topic=CASES, event_type=a.event.type).inc()
             if a.event.type == "DeadlineBreached":
@@ -338,6 +333,16 @@ class DeadlineTicker:
             log.info("deadlines.raised", event_type=a.event.type, scope=a.scope, department=a.department,
                      correlation_id=a.event.envelope.correlation_id, due_date=a.due.isoformat())
         return raised
+
+
+    def _mark(self, raised: list[Alarm]) -> None:
+        """Remember what was raised. A crash before this commits raises the same ids again."""
+        with self.conn.transaction():
+            for a in raised:
+                if a.column:
+                    self.conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE case_id = %s AND scope = %s AND "
+                                              "subject_id = %s").format(self.clocks, sql.Identifier(a.column)),
+                                      (a.due, a.case_id, a.scope, a.subject_id))
 
 
 def run(settings, stop: Callable[[], bool] = lambda: False, projection: DeadlineClockProjection | None = None,

@@ -14,9 +14,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from kafka import KafkaConsumer
 
-from events import codec
 from infra.demo import DemoCase, _submit, _wait_api, demo_env
 from infra.supervisor import system
 from infra.topics import CASES
@@ -26,7 +24,7 @@ from projectors.deadline_clock import rectification_due
 from projectors.deadlines import today_in_china
 
 from .support.fast_forward import skip_history
-from .support.topics import wait_for
+from .support.topics import read_all, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -185,21 +183,7 @@ def test_undecided_services_breach_escalate_and_are_worked_then_a_bad_rating_is_
 
     # 8. the clock raised each deadline once: ids are derived, so however often it ticked
     #    (every second here), the `cases` topic holds no two alarms for the same deadline
-    alarms = _alarms_of(bootstrap, cid)
+    alarms = read_all(bootstrap, [CASES], keep=lambda e: e.key == cid
+                      and e.type in ("DeadlineApproaching", "DeadlineBreached"))
     keys = [(e.type, e.payload["scope"], e.payload.get("subject_id"), e.payload["due_date"]) for e in alarms]
     assert keys and len(keys) == len(set(keys)), keys
-
-
-def _alarms_of(bootstrap: str, case_id: str) -> list:
-    consumer = KafkaConsumer(CASES, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=3000)
-    try:
-        out = []
-        for msg in consumer:
-            if msg.key and msg.key.decode() == case_id:
-                event = codec.decode(msg.value)
-                if event.type in ("DeadlineApproaching", "DeadlineBreached"):
-                    out.append(event)
-        return out
-    finally:
-        consumer.close()
