@@ -83,6 +83,13 @@ def run_oversight(settings: Settings, _arg: str | None) -> None:
     oversight.run(settings, stop=_stop_flag())
 
 
+def run_kpis(settings: Settings, _arg: str | None) -> None:
+    from projectors import kpis
+
+    _metrics(settings)
+    kpis.run(settings, stop=_stop_flag())
+
+
 COMPONENTS: dict[str, Callable[[Settings, str | None], None]] = {
     "api": run_api,
     "dispatch": run_dispatch,
@@ -91,6 +98,7 @@ COMPONENTS: dict[str, Callable[[Settings, str | None], None]] = {
     "cascade": run_cascade,
     "deadlines": run_deadlines,
     "oversight": run_oversight,
+    "kpis": run_kpis,
 }
 
 

@@ -114,7 +114,7 @@ def demo_departments() -> list[str]:
 
 def system(log_dir: Path, departments: list[str] | None = None, env: dict[str, str] | None = None) -> Supervisor:
     """The whole system: intake API (with the status page and register API), dispatch, case view,
-    cascade, the deadline clock, the oversight read models (supervisor queue, ratings), one
+    cascade, the deadline clock, the oversight read models (supervisor queue, ratings), the KPIs (晴雨表), one
     adapter per department."""
     sup = Supervisor(log_dir, env)
     sup.add("api", "api")
@@ -123,6 +123,7 @@ def system(log_dir: Path, departments: list[str] | None = None, env: dict[str, s
     sup.add("cascade", "cascade")
     sup.add("deadlines", "deadlines")
     sup.add("oversight", "oversight")
+    sup.add("kpis", "kpis")
     for dept in departments or demo_departments():
         sup.add(f"adapter-{dept}", "adapter", dept)
     return sup

@@ -868,6 +868,11 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     # 一处变更: the master registers' API (register and department tokens only)
     app.include_router(register_router)
 
+    # 晴雨表: the KPIs (supervisors; a department sees its own services), API and page at /kpis
+    from .kpi_api import create_router as kpi_router
+
+    app.include_router(kpi_router(settings))
+
     if Path(PORTAL_DIR).is_dir():
         app.mount("/portal", StaticFiles(directory=PORTAL_DIR), name="portal")
     return app

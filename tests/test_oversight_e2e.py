@@ -20,7 +20,7 @@ from infra.supervisor import system
 from infra.topics import CASES
 from producers import identity
 from events.envelope import now_utc
-from projectors.deadline_clock import rectification_due
+from projectors.deadline_clock import china_date, rectification_due
 from projectors.deadlines import today_in_china
 
 from .support.fast_forward import skip_history
@@ -74,6 +74,12 @@ def test_undecided_services_breach_escalate_and_are_worked_then_a_bad_rating_is_
     supervisor = identity.issue_token("sup-1", "supervisor", "online", staff_id="sup-1")
     tax = identity.department_token("tax", staff_id="tax-clerk-7")
     with httpx.Client(base_url=base, timeout=30) as client:
+        received_on = china_date(now_utc()).isoformat()
+
+        def kpis() -> dict:
+            return _get(client, f"/api/v1/kpis?group_by=bundle&bundle=newborn&date_from={received_on}",
+                        supervisor)["total"]
+        kpis_before = kpis()
         case = DemoCase("late", "wang_fang")
         _submit(client, case, hospital="韶关市妇幼保健院", promise_discharge=False)
         cid, me = case.case_id, case.token
@@ -181,9 +187,51 @@ def test_undecided_services_breach_escalate_and_are_worked_then_a_bad_rating_is_
         assert any(x["department"] == "tax" and x["status"] == "replied" for x in page["rating"]["rectifications"])
         assert any(t["text_zh"] == "已评价：非常不满意" for t in page["timeline"])
 
-    # 8. the clock raised each deadline once: ids are derived, so however often it ticked
+        # 8. the manager's 晴雨表 counts the case, its breaches, its escalations and its rating
+        def counted() -> bool:
+            now = kpis()
+            return (now["received"] - kpis_before["received"] == 1
+                    and now["ratings"]["very_dissatisfied"] - kpis_before["ratings"]["very_dissatisfied"] == 1
+                    and now["escalations"] - kpis_before["escalations"] == 2
+                    and now["deadlines_breached"] > kpis_before["deadlines_breached"])
+        assert wait_for(counted, 30, 1), (kpis_before, kpis())
+
+        # 9. the supervisor's and the manager's pages in a real browser
+        _pages(base, supervisor, page["receipt_no"])
+
+    # 10. the clock raised each deadline once: ids are derived, so however often it ticked
     #    (every second here), the `cases` topic holds no two alarms for the same deadline
     alarms = read_all(bootstrap, [CASES], keep=lambda e: e.key == cid
                       and e.type in ("DeadlineApproaching", "DeadlineBreached"))
     keys = [(e.type, e.payload["scope"], e.payload.get("subject_id"), e.payload["due_date"]) for e in alarms]
     assert keys and len(keys) == len(set(keys)), keys
+
+
+def _pages(base: str, supervisor: str, receipt_no: str) -> None:
+    import os
+
+    from playwright import sync_api as playwright_api
+
+    from .test_status_page import CHROMIUM, CHROMIUM_ARGS
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is missing: the bootstrap must `apt-get install -y chromium`")
+    with playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(locale="zh-CN").new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{base}/supervisor#token={supervisor}")
+            page.select_option("#filter", "all")
+            page.wait_for_selector(f"#queue li:has-text('{receipt_no}'):has-text('已办结')", timeout=15000)
+            assert "token=" not in page.url
+            assert "税务系统恢复，已办结" in page.inner_text("#queue")  # the resolution, as the supervisor wrote it
+            page.screenshot(path="/tmp/supervisor_page.png", full_page=True)
+            page.goto(f"{base}/kpis#token={supervisor}")
+            page.wait_for_selector("#timeliness tbody tr", timeout=15000)
+            assert "新生儿出生" in page.inner_text("#timeliness")
+            page.screenshot(path="/tmp/kpis_page.png", full_page=True)
+            assert errors == []
+        finally:
+            browser.close()

@@ -50,5 +50,5 @@ def skip_history(bootstrap: str, database_url: str) -> None:
     for dept in demo_departments():
         _commit_at_end(bootstrap, f"adapter.{dept}", [tasks_topic(dept)])
     every = [APPLICATIONS, CASES, *(tasks_topic(d) for d in departments), *decisions]
-    for projection in ("case_view", "deadlines", "escalation_queue", "ratings"):  # stored in PostgreSQL
+    for projection in ("case_view", "deadlines", "escalation_queue", "ratings", "kpis"):  # stored in PostgreSQL
         _store_at_end(bootstrap, database_url, projection, every)
