@@ -256,6 +256,35 @@ def replay_deadlines() -> None:
     console.print(f"deadlines: {total} events replayed")
 
 
+@main.group(help="The SRE view: a local Prometheus scraping every process, with the alert rules.")
+def prometheus() -> None:
+    pass
+
+
+@prometheus.command("up", help="Start (or reuse) Prometheus on ONETHING_PROMETHEUS_PORT (9090), scraping every "
+                               "process `onething run` starts.")
+def prometheus_up() -> None:
+    from . import prometheus_local, supervisor
+
+    s = _settings()
+    prom = prometheus_local.LocalPrometheus(s.home)
+    try:
+        started = prom.up(prometheus_local.targets_of(supervisor.system(s.home / "logs")))
+    except prometheus_local.PrometheusError as exc:
+        raise StackFailure(str(exc)) from None
+    console.print(f"prometheus {'started' if started else 'already running'}: {prom.url}  "
+                  f"(alerts: {prom.url}/alerts; data in {prom.dir})")
+    console.print(f"Grafana dashboard to import: {prometheus_local.DASHBOARD}")
+
+
+@prometheus.command("down", help="Stop the local Prometheus.")
+def prometheus_down() -> None:
+    from . import prometheus_local
+
+    prom = prometheus_local.LocalPrometheus(_settings().home)
+    console.print("prometheus stopped" if prom.down() else "prometheus was not running")
+
+
 def _register_groups() -> None:
     from catalog.cli import catalog
     from producers.register_cli import cascade, registers

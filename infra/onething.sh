@@ -22,6 +22,8 @@ command -v mvn  >/dev/null || apt_install maven
 if [ "${1:-demo}" = test ] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; }; then
   apt_install chromium fonts-noto-cjk
 fi
+# the SRE view: Debian's Prometheus server and promtool (alert rules checked in the tests, `onething prometheus up`)
+command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_install prometheus
 if [ -z "${DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   apt_install postgresql
 fi

@@ -150,6 +150,7 @@ def _sink_for(event) -> str:
 def run(settings: Settings) -> None:
     """Run the worker in the foreground (`onething run dispatch`)."""
     app = make_app(settings)
+    metrics.watch_group_lag(settings.bootstrap_servers, GROUP)  # faust hides its consumer: lag from the broker
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.execute_from_commandline()
 
