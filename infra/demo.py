@@ -176,6 +176,11 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
         before_start(settings)
     sup: Supervisor = system(settings.home / "logs", env=demo_env(processing_s))
     sup.start()
+    prom = None
+    if not exit_when_done:  # the SRE's view of the running demo, stopped with it
+        from . import prometheus_local
+
+        prom = prometheus_local.for_system(settings, sup)
     import os
 
     base = f"http://{os.environ.get('ONETHING_API_HOST', '127.0.0.1')}:{os.environ.get('ONETHING_API_PORT', '8000')}"
@@ -220,7 +225,11 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
         supervisor = identity.issue_token("demo-supervisor", "supervisor", "online", staff_id="demo-supervisor",
                                           ttl_s=identity.STATUS_LINK_TTL_S)
         console.print(f"  办不成事督办台 (supervisor queue): {base}/supervisor#token={supervisor}")
+        console.print(f"  晴雨表 (KPIs): {base}/kpis#token={supervisor}")
         console.print(f"\nlogs: {settings.home / 'logs'}   metrics: /metrics on the API and ports 9400+")
+        if prom is not None:
+            console.print(f"Prometheus: {prom.url} (alerts: {prom.url}/alerts); Grafana dashboard to import: "
+                          "infra/grafana/onething-dashboard.json")
         console.print("[green]every case reached its end[/green]" if ok else "[red]timed out before every case ended[/red]")
         if not exit_when_done:
             console.print("serving until Ctrl-C …")
@@ -232,4 +241,6 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
     finally:
         with console.status("stopping every process…"):
             sup.stop()
+            if prom is not None:
+                prom.down()
     return ok, cases

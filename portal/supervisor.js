@@ -27,9 +27,9 @@
     catch (e) { return ""; }
   }
 
-  function render(items) {
+  function render(items, total) {
     var list = $("queue");
-    text($("count"), "（" + items.length + "）");
+    text($("count"), "（" + items.length + (total > items.length && !$("search").value.trim() ? " / " + total : "") + "）");
     list.textContent = "";
     items.forEach(function (q) {
       var li = $("item-tpl").content.firstElementChild.cloneNode(true);
@@ -78,13 +78,17 @@
       timer = setTimeout(load, 5000);
       return;
     }
-    fetch("/api/v1/escalations?status=" + $("filter").value, { headers: headers(), cache: "no-store" })
+    var query = "status=" + $("filter").value;
+    var receipt = $("search").value.trim();
+    if (receipt) query += "&receipt_no=" + encodeURIComponent(receipt);
+    fetch("/api/v1/escalations?" + query, { headers: headers(), cache: "no-store" })
       .then(function (r) { return r.json().then(function (b) { if (!r.ok) throw b; return b; }); })
-      .then(function (b) { notice(null); render(b.items || []); })
+      .then(function (b) { notice(null); render(b.items || [], b.total); })
       .catch(function (b) { notice("无法读取督办队列：" + (errors(b) || "网络错误")); })
       .then(function () { timer = setTimeout(load, 5000); });
   }
 
   $("filter").addEventListener("change", load);
+  $("search").addEventListener("change", load);
   load();
 })();

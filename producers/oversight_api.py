@@ -212,13 +212,21 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
         return ident
 
     @app.get("/api/v1/escalations", tags=["办不成事 escalations"], summary="The supervisor queue, most urgent first")
-    def queue(status: Literal["open", "resolved", "all"] = Query("open"), authorization: str | None = Header(None)):
-        from projectors.escalation_queue import read_queue
+    def queue(status: Literal["open", "resolved", "all"] = Query("open"),
+              case_id: str | None = Query(None, max_length=64), department: str | None = Query(None, max_length=64),
+              receipt_no: str | None = Query(None, max_length=64, description="受理编号 of the case"),
+              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+              authorization: str | None = Header(None)):
+        from projectors.escalation_queue import count_queue, read_queue
 
         supervisor(authorization)
+        if department is not None and department not in ctx.catalog.departments:
+            raise ApiError(422, [err("department", "not_found")])
         with intake_store.connect(ctx.db_url) as conn:
-            items = read_queue(conn, status=status, today=today())
-        return _json({"status": status, "today": today(), "items": items})
+            items = read_queue(conn, status=status, today=today(), case_id=case_id, department=department,
+                               receipt_no=receipt_no, limit=limit, offset=offset)
+            total = count_queue(conn, status=status)
+        return _json({"status": status, "today": today(), "total": total, "offset": offset, "items": items})
 
     @app.get("/api/v1/escalations/{escalation_id}", tags=["办不成事 escalations"], summary="One escalation")
     def one(escalation_id: str, authorization: str | None = Header(None)):

@@ -108,15 +108,30 @@ _SELECT = ("SELECT q.*, c.bundle_code, c.receipt_no, c.region_code FROM escalati
            "LEFT JOIN case_view c USING (case_id) ")
 
 
-def read_queue(conn: psycopg.Connection, *, status: str = "open", today: date, limit: int = 200
+def read_queue(conn: psycopg.Connection, *, status: str = "open", today: date, case_id: str | None = None,
+               department: str | None = None, receipt_no: str | None = None, limit: int = 200, offset: int = 0
                ) -> list[dict[str, Any]]:
-    """The queue, most urgent first. status: open (not resolved) | resolved | all."""
+    """The queue, most urgent first (a page of it). status: open (not resolved) | resolved | all."""
     where = {"open": "WHERE q.resolved_at IS NULL AND q.opened_at IS NOT NULL ",
-             "resolved": "WHERE q.resolved_at IS NOT NULL ", "all": "WHERE q.opened_at IS NOT NULL "}[status]
+             "resolved": "WHERE q.resolved_at IS NOT NULL AND q.opened_at IS NOT NULL ",
+             "all": "WHERE q.opened_at IS NOT NULL "}[status]
+    if case_id is not None:
+        where += "AND q.case_id = %(case_id)s "
+    if department is not None:
+        where += "AND q.department = %(department)s "
+    if receipt_no is not None:
+        where += "AND c.receipt_no = %(receipt_no)s "
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(_SELECT + where + "ORDER BY q.resolve_due NULLS LAST, q.opened_at LIMIT %s",
-                           (limit,)).fetchall()
+        rows = cur.execute(_SELECT + where + "ORDER BY q.resolve_due NULLS LAST, q.opened_at, q.escalation_id "
+                           "LIMIT %(limit)s OFFSET %(offset)s",
+                           {"case_id": case_id, "department": department, "receipt_no": receipt_no, "limit": limit,
+                            "offset": offset}).fetchall()
     return [_state(r, today) for r in rows]
+
+
+def count_queue(conn: psycopg.Connection, *, status: str = "open") -> int:
+    where = {"open": "resolved_at IS NULL", "resolved": "resolved_at IS NOT NULL", "all": "TRUE"}[status]
+    return conn.execute(f"SELECT count(*) FROM escalation_queue WHERE opened_at IS NOT NULL AND {where}").fetchone()[0]
 
 
 def read_escalation(conn: psycopg.Connection, escalation_id: str, *, today: date) -> dict[str, Any] | None:
