@@ -246,6 +246,14 @@ def replay_oversight() -> None:
     console.print(f"oversight: {total} events replayed")
 
 
+@replay.command("kpis", help="Drop the KPIs (晴雨表) and rebuild them from the log, with a progress bar "
+                             "(needed after the catalog's limits change: they are stored in the rows).")
+def replay_kpis() -> None:
+    from projectors import kpis
+
+    kpis.replay(_settings(), console=console)
+
+
 @replay.command("deadlines", help="Drop the deadline clocks and rebuild them (stop `run deadlines` first). "
                                   "Alarms already raised are raised again with the same ids: consumers drop them.")
 def replay_deadlines() -> None:
