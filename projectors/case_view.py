@@ -40,7 +40,6 @@ case_timeline. A projection built with `schema="x"` uses the same tables in sche
 """
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timezone
@@ -61,6 +60,8 @@ from events.envelope import Event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 
 from .case_state import blocked_at_completion, is_register_sync
+from .postgres_projection import check_schema, drop_schema  # noqa: F401 (drop_schema: part of this module's API)
+from .postgres_projection import create_schema as _create_schema
 from .timeline_text import (attempt_of, bundle_label, department_label, describe, material_label, service_label,
                             status_label)
 
@@ -89,13 +90,7 @@ OVERSIGHT = ("DeadlineApproaching", "DeadlineBreached", "CaseEscalated", "Escala
              "EscalationResolved", "CaseRated", "RectificationOpened", "RectificationReplied")
 PHASE |= {t: 3 for t in OVERSIGHT}
 HANDLED = frozenset(PHASE)
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def _check_schema(schema: str) -> str:
-    if not _SCHEMA_NAME.match(schema):
-        raise ValueError(f"schema name must match {_SCHEMA_NAME.pattern}, got {schema!r}")
-    return schema
+_check_schema = check_schema  # the read models' schema-name rule (postgres_projection.py)
 
 
 def default_topics(catalog: Catalog | None = None) -> tuple[str, ...]:
@@ -106,20 +101,7 @@ def default_topics(catalog: Catalog | None = None) -> tuple[str, ...]:
 def create_schema(conn: psycopg.Connection, schema: str) -> None:
     """Create `schema` with the case view's tables (the migration, run inside it). The public
     schema's tables come from `onething up`'s migrations, not from here."""
-    _check_schema(schema)
-    with conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        exists = conn.execute("SELECT to_regclass(%s)", (f"{schema}.case_view",)).fetchone()[0]
-        if exists is None:
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            conn.execute(MIGRATION.read_text())
-
-
-def drop_schema(conn: psycopg.Connection, schema: str) -> None:
-    if _check_schema(schema) == "public":
-        raise ValueError("refusing to drop the public schema")
-    with conn.transaction():
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    _create_schema(conn, schema, MIGRATION, "case_view")
 
 
 class _Sql:

@@ -47,7 +47,9 @@ from infra.topics import CASES
 
 from . import deadline_clock as clock
 from .case_state import is_register_sync
-from .case_view import _check_schema, default_topics
+from .case_view import default_topics
+from .postgres_projection import check_schema as _check_schema
+from .postgres_projection import create_schema as _create_schema
 from .timeline_text import attempt_of
 
 log = structlog.get_logger(__name__)
@@ -71,12 +73,7 @@ def today_in_china(env: dict[str, str] | None = None) -> date:
 
 def create_schema(conn: psycopg.Connection, schema: str) -> None:
     """The clock's tables in `schema` (a test's own instance); public comes from the migrations."""
-    _check_schema(schema)
-    with conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        if conn.execute("SELECT to_regclass(%s)", (f"{schema}.deadline_clocks",)).fetchone()[0] is None:
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            conn.execute(MIGRATION.read_text())
+    _create_schema(conn, schema, MIGRATION, "deadline_clocks")
 
 
 class DeadlineClockProjection:

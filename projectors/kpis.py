@@ -65,7 +65,10 @@ from events.envelope import Event
 
 from . import deadline_clock as clock
 from .case_state import is_register_sync
-from .case_view import _check_schema, default_topics
+from .case_view import default_topics
+from .postgres_projection import check_schema as _check_schema
+from .postgres_projection import create_schema as _create_schema
+from .postgres_projection import drop_schema  # noqa: F401 (part of this module's API)
 from .timeline_text import attempt_of
 
 log = structlog.get_logger(__name__)
@@ -293,19 +296,7 @@ def reform_figures(catalog: Catalog, bundle_code: str) -> dict[str, Any]:
 # -- schema ----------------------------------------------------------------------------------------
 def create_schema(conn: psycopg.Connection, schema: str) -> None:
     """The model's tables in `schema` (a test's or a shadow rebuild's own); public comes from the migrations."""
-    _check_schema(schema)
-    with conn.transaction():
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        if conn.execute("SELECT to_regclass(%s)", (f"{schema}.kpi_cases",)).fetchone()[0] is None:
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            conn.execute(MIGRATION.read_text())
-
-
-def drop_schema(conn: psycopg.Connection, schema: str) -> None:
-    if _check_schema(schema) == "public":
-        raise ValueError("refusing to drop the public schema")
-    with conn.transaction():
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    _create_schema(conn, schema, MIGRATION, "kpi_cases")
 
 
 class _Sql:

@@ -10,13 +10,16 @@ nothing and applies nothing twice. Kafka offsets are committed too, but only so
 """
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import psycopg
 import structlog
+from psycopg import sql
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 
 from events import bus, codec
@@ -61,6 +64,9 @@ class _SeekFromDatabase(ConsumerRebalanceListener):
                 self.runner.consumer.seek_to_beginning(tp)
 
 
+LAG_EVERY_S = 5.0
+
+
 @dataclass
 class BatchResult:
     applied: int = 0
@@ -79,6 +85,7 @@ class ProjectionRunner:
         self.consumer.subscribe(list(projection.topics), listener=_SeekFromDatabase(self))
         self.producer = bus.make_producer(bootstrap)  # for dead letters only
         self.conn = psycopg.connect(database_url)
+        self._lag_due = 0.0
 
     def _wants(self, event: Event) -> bool:
         """A projection may say cheaply which events it ignores (`wants(event)`), e.g. a rebuild of
@@ -92,22 +99,28 @@ class ProjectionRunner:
         self.conn.close()
 
     def poll_once(self, timeout_ms: int = 500) -> BatchResult:
+        """One poll, applied in one transaction with the offsets of every partition it touched: a
+        commit per poll rather than per partition (commits are what a live projection waits on)."""
         result = BatchResult()
         batches = self.consumer.poll(timeout_ms=timeout_ms)
-        for tp, messages in batches.items():
-            r = self._apply_batch(tp, messages)
-            result.applied += r.applied
-            result.duplicates += r.duplicates
-            result.dead_lettered += r.dead_lettered
         if batches:
+            with self.conn.transaction():
+                for tp, messages in batches.items():
+                    r = self._apply_batch(tp, messages)
+                    result.applied += r.applied
+                    result.duplicates += r.duplicates
+                    result.dead_lettered += r.dead_lettered
             self.consumer.commit_async()  # for lag reporting only; the database is the truth
+        now = time.monotonic()
+        if now >= self._lag_due:  # a round trip to the broker: every few seconds, not every poll
+            self._lag_due = now + LAG_EVERY_S
             metrics.record_lag(self.consumer, self.group)
         return result
 
     def _apply_batch(self, tp: TopicPartition, messages) -> BatchResult:
         result = BatchResult()
         name = self.projection.name
-        with self.conn.transaction():
+        with self.conn.transaction():  # inside poll_once's transaction: a savepoint
             for msg in messages:
                 started = time.perf_counter()
                 try:
@@ -207,3 +220,31 @@ def replay_with_progress(settings, projection: Projection, console=None) -> int:
         total = rebuild(projection, settings.bootstrap_servers, settings.database_url, progress=report)
         progress.update(task, completed=total, total=total)
     return total
+
+
+# -- a read model in a schema of its own (a test's instance, a shadow rebuild) -----------------------
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema(schema: str) -> str:
+    if not SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema name must match {SCHEMA_NAME.pattern}, got {schema!r}")
+    return schema
+
+
+def create_schema(conn: psycopg.Connection, schema: str, migration: Path, probe_table: str) -> None:
+    """Create `schema` with a read model's tables by running its migration inside it (the migration
+    names its tables unqualified). The public schema's tables come from `onething up`'s migrations."""
+    check_schema(schema)
+    with conn.transaction():
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        if conn.execute("SELECT to_regclass(%s)", (f"{schema}.{probe_table}",)).fetchone()[0] is None:
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+            conn.execute(migration.read_text())
+
+
+def drop_schema(conn: psycopg.Connection, schema: str) -> None:
+    if check_schema(schema) == "public":
+        raise ValueError("refusing to drop the public schema")
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
