@@ -5,7 +5,7 @@ Two halves in one process:
   in one transaction, every event once) keeps `deadline_clocks`: one row per case deadline,
   service deadline, escalation reply / resolution and rectification, with its due date, whether
   it is paused (补正) and whether it is closed;
-- a tick (`tick`) reads the running rows as of a day and emits `DeadlineApproaching` and
+- a tick (`tick`) reads the running rows of the cases on its partitions as of a day and emits `DeadlineApproaching` and
   `DeadlineBreached` on `cases`, and for a breached service a `CaseEscalated` (origin deadline,
   reason overdue): 办不成事 by itself.
 
@@ -43,7 +43,7 @@ from catalog.working_days import add_working_days
 from events import bus
 from events.envelope import SYSTEM, Event, derived_event_id, new_event, now_utc
 from infra import metrics
-from infra.topics import CASES
+from infra.topics import APPLICATIONS, CASES
 
 from . import deadline_clock as clock
 from .case_state import is_register_sync
@@ -342,6 +342,25 @@ class DeadlineTicker:
                                       (a.due, a.case_id, a.scope, a.subject_id))
 
 
+def partition_of(case_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in the Java client) puts a case on."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(case_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def owned_cases(consumer, topic: str = APPLICATIONS) -> Callable[[str], bool]:
+    """Which cases this member's tick answers for: those on the partitions of `topic` it is
+    assigned (the case topics are co-partitioned), so several `deadlines` processes share the
+    clock instead of each raising every alarm. Asked afresh at every tick: a rebalance moves
+    cases; during one, two members may raise the same ids, which consumers drop."""
+    def owns(case_id: str) -> bool:
+        count = len(consumer.partitions_for_topic(topic) or ())
+        assigned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        return bool(count) and partition_of(case_id, count) in assigned
+    return owns
+
+
 def run(settings, stop: Callable[[], bool] = lambda: False, projection: DeadlineClockProjection | None = None,
         tick_s: float | None = None) -> None:
     """`onething run deadlines`: follow the log into the clocks and tick every `tick_s` seconds
@@ -354,7 +373,9 @@ def run(settings, stop: Callable[[], bool] = lambda: False, projection: Deadline
     projection = projection or DeadlineClockProjection()
     tick_s = tick_s if tick_s is not None else float(os.environ.get("ONETHING_DEADLINE_TICK_S") or 30)
     runner = ProjectionRunner(projection, settings.bootstrap_servers, settings.database_url)
-    ticker = DeadlineTicker(runner.conn, runner.producer, projection.schema, projection.keep)
+    owns, keep = owned_cases(runner.consumer), projection.keep
+    ticker = DeadlineTicker(runner.conn, runner.producer, projection.schema,
+                            lambda cid: owns(cid) and (keep is None or keep(cid)))
     next_tick = 0.0
     log.info("deadlines.start", tick_s=tick_s, today=today_in_china().isoformat())
     try:

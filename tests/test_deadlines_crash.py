@@ -125,3 +125,32 @@ def test_the_clock_honours_a_correction_pause_and_a_closing_decision(database_ur
     finally:
         with psycopg.connect(database_url, autocommit=True) as admin:
             admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def test_each_deadlines_member_ticks_the_cases_on_its_own_partitions(bootstrap, fresh_topic):
+    """Scale-out: the tick answers for the cases Kafka put on the partitions this member holds,
+    computed exactly as the producer's partitioner does."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from projectors.deadlines import owned_cases, partition_of
+
+    topic = fresh_topic(partitions=6)
+    producer = bus.make_producer(bootstrap)
+    placed = {}
+    try:
+        for i in range(60):
+            case_id = f"case-own-{RUN}-{i}"
+            meta = bus.publish(producer, topic, new_event("ApplicationWithdrawn", case_id, {"reason": None},
+                                                          region_code="440203"))
+            placed[case_id] = meta.partition
+    finally:
+        producer.close()
+    assert all(partition_of(cid, 6) == p for cid, p in placed.items())
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 3)])
+        owns = owned_cases(consumer, topic)
+        assert {cid for cid in placed if owns(cid)} == {cid for cid, p in placed.items() if p in (0, 3)}
+        assert 0 < sum(map(owns, placed)) < len(placed)
+    finally:
+        consumer.close()
