@@ -1,7 +1,16 @@
 """Every process of the system by name: `python -m infra.process NAME [ARG]` runs one in the foreground.
 
-This is what `onething run NAME` and the supervisor start. Each is an ordinary member of a
-consumer group (or an HTTP server), so more copies scale out on more partitions.
+This is what `onething run NAME` and the supervisor start. A process hosts one or more
+processors on the runtime (projectors/runtime.py), a thread each; every processor keeps its own
+consumer group and stored offsets, so any one of them scales out alone by running it by its
+own name on more machines (`onething run dispatch`, `onething run adapter police`).
+
+    api          the intake API, status page and register API (HTTP)
+    core         dispatch + cascade
+    read-models  case view, KPIs, supervisor queue, ratings
+    adapters     every simulated department (ARG: a comma-separated subset)
+    deadlines    the deadline clock
+    and each processor alone: dispatch, cascade, case-view, kpis, oversight, adapter DEPT
 """
 from __future__ import annotations
 
@@ -33,27 +42,89 @@ def _metrics(settings: Settings) -> None:
         log.bind(metrics_port=port)
 
 
-def run_dispatch(settings: Settings, _arg: str | None) -> None:
-    from projectors import dispatch
+# -- processors by name ------------------------------------------------------------------------------
+def _dispatch(settings: Settings, _arg: str | None) -> list:
+    from projectors.dispatch import Dispatch
 
-    _metrics(settings)
-    dispatch.run(settings)  # faust handles SIGTERM itself
+    return [Dispatch()]
 
 
-def run_case_view(settings: Settings, _arg: str | None) -> None:
+def _cascade(settings: Settings, _arg: str | None) -> list:
+    from projectors.cascade import CascadeConfig, CascadeProcessor
+
+    return [CascadeProcessor(CascadeConfig.from_env())]
+
+
+def _case_view(settings: Settings, _arg: str | None) -> list:
     from projectors import case_view
 
-    _metrics(settings)
-    case_view.run(settings, stop=_stop_flag())
+    return case_view.processors()
 
 
-def run_adapter(settings: Settings, department: str | None) -> None:
-    from department_adapters.reference.run import run_adapter as run_one
+def _kpis(settings: Settings, _arg: str | None) -> list:
+    from projectors import kpis
 
+    return kpis.processors()
+
+
+def _oversight(settings: Settings, _arg: str | None) -> list:
+    from projectors import oversight
+
+    return oversight.processors()
+
+
+def _deadlines(settings: Settings, _arg: str | None) -> list:
+    from projectors import deadlines
+
+    return deadlines.processors()
+
+
+def _adapters(settings: Settings, arg: str | None) -> list:
+    from department_adapters.reference.run import adapter_processors
+    from infra.supervisor import demo_departments
+
+    departments = [d for d in (arg or "").split(",") if d] or demo_departments()
+    return adapter_processors(departments)
+
+
+def _adapter(settings: Settings, department: str | None) -> list:
     if not department:
         raise SystemExit("usage: adapter DEPARTMENT")
+    return _adapters(settings, department)
+
+
+PROCESSORS: dict[str, Callable[[Settings, str | None], list]] = {
+    "dispatch": _dispatch,
+    "cascade": _cascade,
+    "case-view": _case_view,
+    "kpis": _kpis,
+    "oversight": _oversight,
+    "deadlines": _deadlines,
+    "adapter": _adapter,
+    "adapters": _adapters,
+}
+GROUPS: dict[str, tuple[str, ...]] = {
+    "core": ("dispatch", "cascade"),
+    "read-models": ("case-view", "kpis", "oversight"),
+}
+
+
+def processors_of(name: str, settings: Settings, arg: str | None = None) -> list:
+    names = GROUPS.get(name, (name,))
+    return [p for n in names for p in PROCESSORS[n](settings, arg)]
+
+
+def run_hosted(name: str, settings: Settings, arg: str | None = None,
+               stop: Callable[[], bool] | None = None) -> None:
+    """Run the processors of `name` in this process until SIGTERM / SIGINT (or `stop()`)."""
+    from infra import migrations
+    from projectors.runtime import Host
+
+    migrations.migrate(settings.database_url)  # idempotent; concurrent starters wait for each other
     _metrics(settings)
-    run_one(settings, department, stop=_stop_flag())
+    host = Host(processors_of(name, settings, arg), settings.bootstrap_servers, settings.database_url,
+                name=name + (f".{arg}" if arg else ""))
+    host.run(stop or _stop_flag())
 
 
 def run_api(settings: Settings, _arg: str | None) -> None:
@@ -62,44 +133,7 @@ def run_api(settings: Settings, _arg: str | None) -> None:
     intake_api.serve(settings)  # serves /metrics itself
 
 
-def run_cascade(settings: Settings, _arg: str | None) -> None:
-    from projectors import cascade
-
-    _metrics(settings)
-    cascade.run(settings, stop=_stop_flag())
-
-
-def run_deadlines(settings: Settings, _arg: str | None) -> None:
-    from projectors import deadlines
-
-    _metrics(settings)
-    deadlines.run(settings, stop=_stop_flag())
-
-
-def run_oversight(settings: Settings, _arg: str | None) -> None:
-    from projectors import oversight
-
-    _metrics(settings)
-    oversight.run(settings, stop=_stop_flag())
-
-
-def run_kpis(settings: Settings, _arg: str | None) -> None:
-    from projectors import kpis
-
-    _metrics(settings)
-    kpis.run(settings, stop=_stop_flag())
-
-
-COMPONENTS: dict[str, Callable[[Settings, str | None], None]] = {
-    "api": run_api,
-    "dispatch": run_dispatch,
-    "case-view": run_case_view,
-    "adapter": run_adapter,
-    "cascade": run_cascade,
-    "deadlines": run_deadlines,
-    "oversight": run_oversight,
-    "kpis": run_kpis,
-}
+COMPONENTS = ("api", *GROUPS, *PROCESSORS)
 
 
 def main(argv: list[str]) -> None:
@@ -108,7 +142,10 @@ def main(argv: list[str]) -> None:
     name, arg = argv[0], (argv[1] if len(argv) > 1 else None)
     settings = Settings.from_env()
     log.configure(f"{name}{'.' + arg if arg else ''}", "INFO")
-    COMPONENTS[name](settings, arg)
+    if name == "api":
+        run_api(settings, arg)
+    else:
+        run_hosted(name, settings, arg)
 
 
 if __name__ == "__main__":

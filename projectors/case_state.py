@@ -58,6 +58,7 @@ class CaseState:
 
 class CaseError(ValueError):
     """An event that does not fit its case (unknown case, unknown service): a dead letter."""
+    safe_message = True  # its messages name ids and services, never form values
 
 
 # -- dependencies --------------------------------------------------------------------------

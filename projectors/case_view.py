@@ -232,6 +232,15 @@ class CaseViewProjection:
         self.q = _sql_for(self.schema)
 
     # -- the Projection protocol ----------------------------------------------------------
+    tables = TABLES
+    tick_s = 5.0   # the cases-by-state gauge
+
+    def create_schema(self, conn: psycopg.Connection, schema: str) -> None:
+        create_schema(conn, schema)
+
+    def tick(self, step) -> None:
+        count_cases(step.conn, self.schema)
+
     def reset(self, conn: psycopg.Connection) -> None:
         conn.execute(self.q.reset)
 
@@ -454,46 +463,53 @@ def read_worklist(conn: psycopg.Connection, department: str, status: str | None 
 
 
 # -- running ----------------------------------------------------------------------------------
-def run(settings, stop: Callable[[], bool] = lambda: False, projection: CaseViewProjection | None = None) -> None:
-    """`onething run case-view`: follow the log into the view until `stop()` is true. Applies
-    the migrations first (idempotent; concurrent starters wait for each other)."""
-    from infra import migrations
-
-    from .postgres_projection import ProjectionRunner
-
-    migrations.migrate(settings.database_url)
-    view = projection or CaseViewProjection()
-    runner = ProjectionRunner(view, settings.bootstrap_servers, settings.database_url)
-    next_count = 0.0
-    try:
-        while not stop():
-            runner.poll_once()
-            if time.monotonic() >= next_count:  # cases by state, for the SRE's dashboard
-                next_count = time.monotonic() + 5
-                count_cases(runner.conn, view.schema)
-    finally:
-        runner.close()
-
-
 CASES_BY_STATE = Gauge("onething_cases", "Cases in the case view by bundle and state", ["bundle", "status"])
 
 
 def count_cases(conn: psycopg.Connection, schema: str = "public") -> None:
+    """Cases by bundle and state, for the SRE's dashboard (in the caller's transaction)."""
     rows = conn.execute(sql.SQL("SELECT coalesce(bundle_code, 'unknown'), status, count(*) FROM {}.case_view "
                                 "GROUP BY 1, 2").format(sql.Identifier(schema))).fetchall()
-    conn.commit()
     for bundle, status, n in rows:
         CASES_BY_STATE.labels(bundle, status).set(n)
 
 
+def processors(projection: CaseViewProjection | None = None) -> list:
+    """The case view as a processor of the runtime (`onething run case-view`, the read-models process)."""
+    from .postgres_projection import ProjectionProcessor
+
+    return [ProjectionProcessor(projection or CaseViewProjection())]
+
+
+def run(settings, stop: Callable[[], bool] = lambda: False, projection: CaseViewProjection | None = None) -> None:
+    """Follow the log into the view until `stop()` is true, on a worker of its own. Applies the
+    migrations first (idempotent; concurrent starters wait for each other)."""
+    from infra import migrations
+
+    from .runtime import Worker
+
+    migrations.migrate(settings.database_url)
+    worker = Worker(processors(projection)[0], settings.bootstrap_servers, settings.database_url)
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()
+
+
+def shadow(name: str, schema: str) -> CaseViewProjection:
+    """A new generation of the live view, built in `schema` by a rebuild (postgres_projection.shadow_rebuild)."""
+    return CaseViewProjection(name, schema=schema)
+
+
 def replay(settings, projection: CaseViewProjection | None = None, console=None) -> int:
-    """`onething replay case-view`: empty the view and rebuild it from the log, with a progress
-    bar of events done / total. Stop `run case-view` first: two writers would race. Returns
-    the number of events read."""
+    """`onething replay case-view`: rebuild the view from the log beside the live one, with a progress
+    bar of messages done / total, and swap it in once it caught up (the live view keeps serving).
+    A projection of its own (a test's) is rebuilt in place instead. Returns the messages read."""
     from .postgres_projection import replay_with_progress
 
+    live = projection is None
     projection = projection or CaseViewProjection()
-    total = replay_with_progress(settings, projection, console)
+    total = replay_with_progress(settings, projection, console, factory=shadow if live else None)
     with psycopg.connect(settings.database_url) as conn:
         cases = conn.execute(projection.q.count_cases).fetchone()[0]
     if console is not None:

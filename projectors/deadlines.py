@@ -26,7 +26,6 @@ attempt n once a decision on it closed it; a later attempt reopens it.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -124,6 +123,18 @@ class DeadlineClockProjection:
             " AND scope IN ('case', 'service')").format(t=t)
 
     # -- the Projection protocol --------------------------------------------------------------
+    tables = ("deadline_clocks", "deadline_cases")
+    tick_s: float | None = None
+
+    def create_schema(self, conn: psycopg.Connection, schema: str) -> None:
+        create_schema(conn, schema)
+
+    def tick(self, step) -> None:
+        """Raise what is due today for the cases on this member's partitions (scale-out: several
+        members share the clock; during a rebalance two may raise the same ids, which consumers drop)."""
+        ticker = DeadlineTicker(step.conn, None, self.schema, self.keep)
+        ticker.tick_step(step, today_in_china(), lambda case_id: step.owns(case_id, self.topics[0]))
+
     def reset(self, conn: psycopg.Connection) -> None:
         conn.execute(sql.SQL("TRUNCATE {}, {}").format(self._clocks, self._cases))
 
@@ -309,37 +320,55 @@ class DeadlineTicker:
             " AND k.due_date <= %(until)s::date AND (k.breached_due IS DISTINCT FROM k.due_date)"
             " ORDER BY k.due_date").format(t=t, c=c)
 
-    def tick(self, today: date) -> list[Alarm]:
+    def due(self, today: date, owns: Callable[[str], bool] | None = None) -> list[Alarm]:
+        """What the running deadlines call for today, for the cases this member answers for."""
         from datetime import timedelta
 
+        rows = self.conn.execute(self.select, {"until": today + timedelta(days=self.horizon)}).fetchall()
+        rows = [r for r in rows if (self.keep is None or self.keep(r[0])) and (owns is None or owns(r[0]))]
+        return alarms(rows, today)
+
+    def tick(self, today: date) -> list[Alarm]:
+        """Produce, then mark, each in its own step (tools and tests; the runtime uses `tick_step`)."""
         with self.conn.transaction():
-            rows = self.conn.execute(self.select, {"until": today + timedelta(days=self.horizon)}).fetchall()
-        if self.keep is not None:
-            rows = [r for r in rows if self.keep(r[0])]
-        raised = alarms(rows, today)
+            raised = self.due(today)
         if not raised:
             return []
         bus.publish_all(self.producer, [(CASES, a.event) for a in raised])  # durable before the marks
-        self._mark(raised)
-        for a in raised:
-            metrics.EVENTS_PRODUCED.labels(topic=CASES, event_type=a.event.type).inc()
-            if a.event.type == "DeadlineBreached":
-                metrics.DEADLINES_BREACHED.labels(a.scope, a.bundle, a.department).inc()
-            elif a.event.type == "DeadlineApproaching":
-                metrics.DEADLINES_APPROACHING.labels(a.scope, a.bundle, a.department).inc()
-            log.info("deadlines.raised", event_type=a.event.type, scope=a.scope, department=a.department,
-                     correlation_id=a.event.envelope.correlation_id, due_date=a.due.isoformat())
+        with self.conn.transaction():
+            self._mark(raised)
+        _count(raised)
         return raised
 
+    def tick_step(self, step, today: date, owns: Callable[[str], bool]) -> list[Alarm]:
+        """On the runtime: the alarms are emitted into the step and the marks written in its
+        transaction; the runtime acknowledges the events before it commits the marks, so a crash
+        in between raises the same ids again (consumers drop them)."""
+        raised = self.due(today, owns)
+        for a in raised:
+            step.emit(CASES, a.event)
+        if raised:
+            self._mark(raised)
+            step.on_commit(lambda: _count(raised))
+        return raised
 
     def _mark(self, raised: list[Alarm]) -> None:
         """Remember what was raised. A crash before this commits raises the same ids again."""
-        with self.conn.transaction():
-            for a in raised:
-                if a.column:
-                    self.conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE case_id = %s AND scope = %s AND "
-                                              "subject_id = %s").format(self.clocks, sql.Identifier(a.column)),
-                                      (a.due, a.case_id, a.scope, a.subject_id))
+        for a in raised:
+            if a.column:
+                self.conn.execute(sql.SQL("UPDATE {} SET {} = %s WHERE case_id = %s AND scope = %s AND "
+                                          "subject_id = %s").format(self.clocks, sql.Identifier(a.column)),
+                                  (a.due, a.case_id, a.scope, a.subject_id))
+
+
+def _count(raised: list[Alarm]) -> None:
+    for a in raised:
+        if a.event.type == "DeadlineBreached":
+            metrics.DEADLINES_BREACHED.labels(a.scope, a.bundle, a.department).inc()
+        elif a.event.type == "DeadlineApproaching":
+            metrics.DEADLINES_APPROACHING.labels(a.scope, a.bundle, a.department).inc()
+        log.info("deadlines.raised", event_type=a.event.type, scope=a.scope, department=a.department,
+                 correlation_id=a.event.envelope.correlation_id, due_date=a.due.isoformat())
 
 
 def partition_of(case_id: str, partitions: int) -> int:
@@ -361,28 +390,35 @@ def owned_cases(consumer, topic: str = APPLICATIONS) -> Callable[[str], bool]:
     return owns
 
 
+def tick_seconds() -> float:
+    return float(os.environ.get("ONETHING_DEADLINE_TICK_S") or 30)
+
+
+def processors(projection: DeadlineClockProjection | None = None, tick_s: float | None = None) -> list:
+    """The deadline clock on the runtime: the projection keeps the clocks, its tick (every
+    ONETHING_DEADLINE_TICK_S, 30 s) raises what is due for the cases on this member's partitions."""
+    from .postgres_projection import ProjectionProcessor
+
+    projection = projection or DeadlineClockProjection()
+    projection.tick_s = tick_s if tick_s is not None else tick_seconds()
+    return [ProjectionProcessor(projection)]
+
+
 def run(settings, stop: Callable[[], bool] = lambda: False, projection: DeadlineClockProjection | None = None,
         tick_s: float | None = None) -> None:
-    """`onething run deadlines`: follow the log into the clocks and tick every `tick_s` seconds
-    (ONETHING_DEADLINE_TICK_S, default 30)."""
+    """Follow the log into the clocks and tick, on a worker of its own, until `stop()`."""
     from infra import migrations
 
-    from .postgres_projection import ProjectionRunner
+    from .runtime import Worker
 
     migrations.migrate(settings.database_url)
-    projection = projection or DeadlineClockProjection()
-    tick_s = tick_s if tick_s is not None else float(os.environ.get("ONETHING_DEADLINE_TICK_S") or 30)
-    runner = ProjectionRunner(projection, settings.bootstrap_servers, settings.database_url)
-    owns, keep = owned_cases(runner.consumer), projection.keep
-    ticker = DeadlineTicker(runner.conn, runner.producer, projection.schema,
-                            lambda cid: owns(cid) and (keep is None or keep(cid)))
-    next_tick = 0.0
-    log.info("deadlines.start", tick_s=tick_s, today=today_in_china().isoformat())
+    worker = Worker(processors(projection, tick_s)[0], settings.bootstrap_servers, settings.database_url)
+    log.info("deadlines.start", tick_s=worker.tick_s, today=today_in_china().isoformat())
     try:
-        while not stop():
-            runner.poll_once(timeout_ms=200)
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + tick_s
-                ticker.tick(today_in_china())
+        worker.run(stop)
     finally:
-        runner.close()
+        worker.close()
+
+
+def shadow(name: str, schema: str) -> DeadlineClockProjection:
+    return DeadlineClockProjection(name, schema=schema)

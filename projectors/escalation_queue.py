@@ -10,6 +10,7 @@ time: a reply within 3 working days, a resolution within 5, extendable to 10
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,6 +24,7 @@ from infra import metrics
 from infra.topics import APPLICATIONS, CASES
 
 from . import deadline_clock as clock
+from .postgres_projection import UnqualifiedTables
 
 log = structlog.get_logger(__name__)
 
@@ -30,12 +32,22 @@ NAME = "escalation_queue"
 HANDLED = ("CaseEscalated", "EscalationReplied", "EscalationExtended", "EscalationResolved")
 
 
-class EscalationQueueProjection:
-    name = NAME
+class EscalationQueueProjection(UnqualifiedTables):
     topics = (APPLICATIONS, CASES)
+    migration = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0009_oversight.sql"
+    probe_table = "escalation_queue"
+    tables = ("escalation_queue",)
 
-    def __init__(self, catalog: Catalog | None = None):
+    def __init__(self, catalog: Catalog | None = None, *, name: str = NAME, schema: str = "public"):
         self.catalog = catalog or load_catalog()
+        self.place(name, schema)
+
+    tick_s = 5.0  # the open-items gauge for the dashboards
+
+    def tick(self, step) -> None:
+        from .deadlines import today_in_china
+
+        count_open(step.conn, today_in_china())
 
     def reset(self, conn: psycopg.Connection) -> None:
         conn.execute("TRUNCATE escalation_queue")
@@ -157,7 +169,6 @@ def count_open(conn: psycopg.Connection, today: date) -> None:
         "SELECT coalesce(reason, 'other'), (reply_due < %(today)s AND replied_at IS NULL)"
         " OR (resolve_due < %(today)s), count(*) FROM escalation_queue"
         " WHERE resolved_at IS NULL AND opened_at IS NOT NULL GROUP BY 1, 2", {"today": today}).fetchall()
-    conn.commit()
     seen = set()
     for reason, overdue, n in rows:
         label = "true" if overdue else "false"

@@ -436,6 +436,11 @@ class KpiProjection:
         self.q = _sql_for(self.schema)
 
     # -- the Projection protocol ------------------------------------------------------------------
+    tables = TABLES
+
+    def create_schema(self, conn: psycopg.Connection, schema: str) -> None:
+        create_schema(conn, schema)
+
     def reset(self, conn: psycopg.Connection) -> None:
         conn.execute(self.q.reset)
 
@@ -773,28 +778,39 @@ def measured_vs_reform(conn: psycopg.Connection, catalog: Catalog, bundle_code: 
 
 
 # -- running ---------------------------------------------------------------------------------------
+def processors(projection: KpiProjection | None = None) -> list:
+    """The KPIs as a processor of the runtime (`onething run kpis`, the read-models process)."""
+    from .postgres_projection import ProjectionProcessor
+
+    return [ProjectionProcessor(projection or KpiProjection())]
+
+
 def run(settings, stop: Callable[[], bool] = lambda: False, projection: KpiProjection | None = None) -> None:
-    """`onething run kpis`: follow the log into the KPI tables until `stop()` is true. Applies the
-    migrations first (idempotent; concurrent starters wait for each other)."""
+    """Follow the log into the KPI tables until `stop()` is true, on a worker of its own."""
     from infra import migrations
 
-    from .postgres_projection import ProjectionRunner
+    from .runtime import Worker
 
     migrations.migrate(settings.database_url)
-    runner = ProjectionRunner(projection or KpiProjection(), settings.bootstrap_servers, settings.database_url)
+    worker = Worker(processors(projection)[0], settings.bootstrap_servers, settings.database_url)
     try:
-        runner.run(stop)
+        worker.run(stop)
     finally:
-        runner.close()
+        worker.close()
+
+
+def shadow(name: str, schema: str) -> KpiProjection:
+    return KpiProjection(name, schema=schema)
 
 
 def replay(settings, projection: KpiProjection | None = None, console=None) -> int:
-    """`onething replay kpis`: empty the KPI tables and rebuild them from the log, with a progress
-    bar of events done / total. Stop `run kpis` first: two writers would race."""
+    """`onething replay kpis`: rebuild the KPI tables from the log beside the live ones, with a
+    progress bar, and swap them in once caught up. A projection of its own is rebuilt in place."""
     from .postgres_projection import replay_with_progress
 
+    live = projection is None
     projection = projection or KpiProjection()
-    total = replay_with_progress(settings, projection, console)
+    total = replay_with_progress(settings, projection, console, factory=shadow if live else None)
     with psycopg.connect(settings.database_url) as conn:
         cases = conn.execute(projection.q.count_cases).fetchone()[0]
     if console is not None:

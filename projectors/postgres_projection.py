@@ -1,12 +1,16 @@
-"""Read models in PostgreSQL, effectively once: rows and consumer offsets in one transaction.
+"""Read models in PostgreSQL on the runtime: rows, processed ids and offsets in one transaction.
 
-A projection is a class with a name, the topics it reads, and `apply(conn, event)` that
-writes rows. The runner owns the rest: on partition assignment it seeks to the offsets
-stored in `consumer_offsets` (not Kafka's committed offsets), it applies each batch in one
-transaction that also records each event id in `processed_events` (so a repeated derived
-event is dropped) and the next offset, and only then moves on. A crash anywhere loses
-nothing and applies nothing twice. Kafka offsets are committed too, but only so
-`onething status` can show lag.
+A projection has a name, the topics it reads and writes rows for a batch: `apply_batch(conn,
+events)` (set-based) or `apply(conn, event)` per event. `ProjectionProcessor` makes it a
+processor of the runtime (projectors/runtime.py): the batch's event ids are recorded in
+`processed_events` (a repeat is dropped), the rows and the next offsets commit together, a bad
+event is isolated and dead-lettered. `ProjectionRunner` is one projection stepped by hand (tests).
+
+Rebuilds. `rebuild` empties a read model in place and re-applies the log (its process stopped;
+tests). `shadow_rebuild` — what `onething replay NAME` runs — builds a new generation in a
+schema of its own while the live one keeps serving and following the log, then swaps it in
+atomically once it has caught up (projectors/generations.py): the status page never sees an
+empty or half-built view.
 """
 from __future__ import annotations
 
@@ -19,14 +23,14 @@ from typing import Protocol
 
 import psycopg
 import structlog
+from kafka import TopicPartition
 from psycopg import sql
-from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 
-from events import bus, codec
-from events.codec import DecodeError
-from events.deadletter import dead_letter
 from events.envelope import Event
-from infra import metrics
+
+from . import generations
+from .checkpoint import Step, stored_offsets  # noqa: F401 (stored_offsets: part of this module's API)
+from .runtime import BaseProcessor, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -41,30 +45,39 @@ class Projection(Protocol):
         """Empty the read model's tables (for a rebuild from the log)."""
 
 
-def stored_offsets(conn: psycopg.Connection, consumer: str) -> dict[TopicPartition, int]:
-    rows = conn.execute("SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = %s",
-                        (consumer,)).fetchall()
-    return {TopicPartition(t, p): o for t, p, o in rows}
+class ProjectionProcessor(BaseProcessor):
+    """A projection as a processor: group `<prefix>.<name>`, offsets and processed ids under the
+    name of its current generation (the name itself until a shadow rebuild swapped one in)."""
 
+    def __init__(self, projection: Projection, group_prefix: str = "projection"):
+        self.projection = projection
+        self.name = projection.name
+        self.group = f"{group_prefix}.{projection.name}"
+        self.topics = tuple(projection.topics)
+        self.tick_s = getattr(projection, "tick_s", None)
+        self.max_batch = getattr(projection, "max_batch", 500)
+        self._wants = getattr(projection, "wants", None)
+        self._batch = getattr(projection, "apply_batch", None)
+        self.follows_generation = getattr(projection, "schema", "public") == "public"
+        self.search_path = getattr(projection, "search_path", None)
 
-class _SeekFromDatabase(ConsumerRebalanceListener):
-    def __init__(self, runner: "ProjectionRunner"):
-        self.runner = runner
+    def wants(self, event: Event) -> bool:
+        return self._wants(event) if self._wants else True
 
-    def on_partitions_revoked(self, revoked):
-        pass
+    def namespace(self, conn: psycopg.Connection) -> str:
+        return generations.current(conn, self.projection.name) if self.follows_generation else self.projection.name
 
-    def on_partitions_assigned(self, assigned):
-        with psycopg.connect(self.runner.database_url) as conn:
-            offsets = stored_offsets(conn, self.runner.projection.name)
-        for tp in assigned:
-            if tp in offsets:
-                self.runner.consumer.seek(tp, offsets[tp])
-            else:
-                self.runner.consumer.seek_to_beginning(tp)
+    def process(self, step: Step) -> None:
+        if self._batch is not None:
+            self._batch(step.conn, step.events)
+        else:
+            for event in step.events:
+                self.projection.apply(step.conn, event)
 
-
-LAG_EVERY_S = 5.0
+    def tick(self, step: Step) -> None:
+        tick = getattr(self.projection, "tick", None)
+        if tick is not None:
+            tick(step)
 
 
 @dataclass
@@ -75,133 +88,107 @@ class BatchResult:
 
 
 class ProjectionRunner:
-    def __init__(self, projection: Projection, bootstrap: str, database_url: str,
-                 group_prefix: str = "projection"):
+    """One projection on its own worker, stepped by `poll_once` (tests, tools) or `run`."""
+
+    def __init__(self, projection: Projection, bootstrap: str, database_url: str, group_prefix: str = "projection"):
         self.projection = projection
-        self.bootstrap = bootstrap
-        self.database_url = database_url
-        self.group = f"{group_prefix}.{projection.name}"
-        self.consumer: KafkaConsumer = bus.make_consumer(bootstrap, self.group, max_poll_records=500)
-        self.consumer.subscribe(list(projection.topics), listener=_SeekFromDatabase(self))
-        self.producer = bus.make_producer(bootstrap)  # for dead letters only
-        self.conn = psycopg.connect(database_url)
-        self._lag_due = 0.0
+        self.processor = ProjectionProcessor(projection, group_prefix)
+        self.group = self.processor.group
+        self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=500)
+        self.consumer = self.worker.consumer
+        self.producer = self.worker.producer
 
-    def _wants(self, event: Event) -> bool:
-        """A projection may say cheaply which events it ignores (`wants(event)`), e.g. a rebuild of
-        a few cases: those skip the per-event idempotence bookkeeping."""
-        wants = getattr(self.projection, "wants", None)
-        return wants(event) if wants else True
-
-    def close(self) -> None:
-        self.consumer.close()
-        self.producer.close()
-        self.conn.close()
+    @property
+    def conn(self) -> psycopg.Connection:
+        return self.worker._db()
 
     def poll_once(self, timeout_ms: int = 500) -> BatchResult:
-        """One poll, applied in one transaction with the offsets of every partition it touched: a
-        commit per poll rather than per partition (commits are what a live projection waits on)."""
-        result = BatchResult()
-        batches = self.consumer.poll(timeout_ms=timeout_ms)
-        if batches:
-            with self.conn.transaction():
-                for tp, messages in batches.items():
-                    r = self._apply_batch(tp, messages)
-                    result.applied += r.applied
-                    result.duplicates += r.duplicates
-                    result.dead_lettered += r.dead_lettered
-            self.consumer.commit_async()  # for lag reporting only; the database is the truth
-        now = time.monotonic()
-        if now >= self._lag_due:  # a round trip to the broker: every few seconds, not every poll
-            self._lag_due = now + LAG_EVERY_S
-            metrics.record_lag(self.consumer, self.group)
-        return result
-
-    def _apply_batch(self, tp: TopicPartition, messages) -> BatchResult:
-        result = BatchResult()
-        name = self.projection.name
-        with self.conn.transaction():  # inside poll_once's transaction: a savepoint
-            for msg in messages:
-                started = time.perf_counter()
-                try:
-                    event = codec.decode(msg.value)
-                except DecodeError as exc:
-                    # durable in Kafka before the offset moves past it in this transaction
-                    dead_letter(self.producer, self.group, msg, f"DecodeError: {exc}")
-                    result.dead_lettered += 1
-                    continue
-                if not self._wants(event):
-                    continue  # not this read model's business: no bookkeeping, the offset still moves
-                fresh = self.conn.execute(
-                    "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING", (name, event.id)).rowcount
-                if not fresh:
-                    result.duplicates += 1
-                    metrics.DUPLICATES_DROPPED.labels(group=self.group).inc()
-                    continue
-                try:
-                    with self.conn.transaction():  # savepoint: one bad event must not poison the batch
-                        self.projection.apply(self.conn, event)
-                except (ValueError, KeyError, TypeError, psycopg.errors.DataError) as exc:
-                    self.conn.execute("DELETE FROM processed_events WHERE consumer = %s AND event_id = %s",
-                                      (name, event.id))
-                    dead_letter(self.producer, self.group, msg, f"{type(exc).__name__} in {name}")
-                    result.dead_lettered += 1
-                    continue
-                result.applied += 1
-                metrics.EVENTS_CONSUMED.labels(group=self.group, topic=msg.topic, event_type=event.type).inc()
-                metrics.PROCESSING_SECONDS.labels(group=self.group, event_type=event.type).observe(
-                    time.perf_counter() - started)
-            self.conn.execute(
-                "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
-                "updated_at = now()", (name, tp.topic, tp.partition, messages[-1].offset + 1))
-        return result
+        c = self.worker.poll_once(timeout_ms)
+        return BatchResult(c["applied"], c["duplicates"], c["dead_lettered"])
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        log.info("projection.start", projection=self.projection.name, topics=list(self.projection.topics))
-        while not stop():
-            self.poll_once()
+        self.worker.run(stop)
 
     def caught_up(self) -> bool:
         """True when every assigned partition's stored position equals its end offset."""
         assigned = self.consumer.assignment()
-        if not assigned:
+        if not assigned or self.worker.to_seek:
             return False
         ends = self.consumer.end_offsets(list(assigned))
-        return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+        return all((self.worker.expected.get(tp) or 0) >= ends[tp] for tp in assigned)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+# -- rebuilding ------------------------------------------------------------------------------------
+def _partitions(worker: Worker, topics) -> list[TopicPartition]:
+    return [TopicPartition(t, p) for t in topics for p in (worker.consumer.partitions_for_topic(t) or ())]
+
+
+def _follow(runner: ProjectionRunner, target: dict[TopicPartition, int], namespace: str,
+            progress: Callable[[int, int], None] | None) -> int:
+    """Poll until the stored offsets of `namespace` reach `target`; report done / total."""
+    total = sum(target.values())
+    while True:
+        runner.poll_once(timeout_ms=200)
+        stored = stored_offsets(runner.conn, namespace)
+        runner.conn.commit()
+        done = sum(min(stored.get(tp, 0), end) for tp, end in target.items())
+        if progress:
+            progress(done, total)
+        if done >= total:
+            return total
 
 
 def rebuild(projection: Projection, bootstrap: str, database_url: str,
             progress: Callable[[int, int], None] | None = None) -> int:
-    """Drop the read model and its stored offsets, then re-apply the whole log up to its current end."""
+    """Empty the read model and its stored offsets in place, then re-apply the whole log up to
+    its current end. Its own process must be stopped (two writers would race); the live system
+    uses `shadow_rebuild`. Returns the number of messages in the log it read."""
     with psycopg.connect(database_url) as conn, conn.transaction():
         projection.reset(conn)
         conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (projection.name,))
         conn.execute("DELETE FROM processed_events WHERE consumer = %s", (projection.name,))
     runner = ProjectionRunner(projection, bootstrap, database_url, group_prefix="rebuild")
     try:
-        probe = runner.consumer
-        parts = [TopicPartition(t, p) for t in projection.topics for p in (probe.partitions_for_topic(t) or ())]
-        target = probe.end_offsets(parts)
-        total = sum(target.values())
-        done = 0
-        while True:
-            runner.poll_once()
-            with psycopg.connect(database_url) as conn:
-                stored = stored_offsets(conn, projection.name)
-            done = sum(min(stored.get(tp, 0), end) for tp, end in target.items())
-            if progress:
-                progress(done, total)
-            if done >= total:
-                return total
+        target = runner.consumer.end_offsets(_partitions(runner.worker, projection.topics))
+        return _follow(runner, target, projection.name, progress)
     finally:
         runner.close()
 
 
-def replay_with_progress(settings, projection: Projection, console=None) -> int:
-    """Rebuild `projection` from the log with a progress bar of events done / total (on stderr).
-    Stop the projection's own process first: two writers would race. Returns events read."""
+def shadow_rebuild(projection_factory: Callable[[str, str], Projection], name: str, bootstrap: str,
+                   database_url: str, progress: Callable[[int, int], None] | None = None) -> int:
+    """Build the read model `name` anew from the log into a shadow schema while the live one keeps
+    serving and following the log, then swap it in atomically once it reached the end the log had
+    when the rebuild started (projectors/generations.py). `projection_factory(name, schema)`
+    makes the shadow's projection. Returns the number of messages read."""
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    namespace, schema = f"{name}~{stamp}", f"shadow_{name}_{stamp}"
+    shadow = projection_factory(namespace, schema)
+    with psycopg.connect(database_url) as conn:
+        shadow.create_schema(conn, schema)  # type: ignore[attr-defined]
+    runner = ProjectionRunner(shadow, bootstrap, database_url, group_prefix=f"rebuild.{stamp}")
+    try:
+        target = runner.consumer.end_offsets(_partitions(runner.worker, shadow.topics))
+        total = _follow(runner, target, namespace, progress)
+    except BaseException:
+        runner.close()
+        with psycopg.connect(database_url) as conn:
+            generations.discard(conn, namespace, schema)
+        raise
+    runner.close()
+    with psycopg.connect(database_url) as conn:
+        generations.swap(conn, name, namespace, schema, tuple(shadow.tables), list(target))  # type: ignore[attr-defined]
+    return total
+
+
+def replay_with_progress(settings, projection: Projection, console=None,
+                         factory: Callable[[str, str], Projection] | None = None) -> int:
+    """`onething replay NAME`: rebuild with a progress bar of messages done / total (on stderr).
+    With a `factory` (every read model the live system runs has one) the rebuild runs beside the
+    live read model and swaps in; without one, in place (stop the projection's process first)."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -211,14 +198,18 @@ def replay_with_progress(settings, projection: Projection, console=None) -> int:
     migrations.migrate(settings.database_url)
     console = console or Console(stderr=True)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task(f"rebuilding {projection.name}", total=None)
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task(f"rebuilding {projection.name}", total=None)
 
         def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total)
 
-        total = rebuild(projection, settings.bootstrap_servers, settings.database_url, progress=report)
-        progress.update(task, completed=total, total=total)
+        if factory is None:
+            total = rebuild(projection, settings.bootstrap_servers, settings.database_url, progress=report)
+        else:
+            total = shadow_rebuild(factory, projection.name, settings.bootstrap_servers, settings.database_url,
+                                   progress=report)
+        bar.update(task, completed=total, total=total)
     return total
 
 
@@ -241,6 +232,24 @@ def create_schema(conn: psycopg.Connection, schema: str, migration: Path, probe_
         if conn.execute("SELECT to_regclass(%s)", (f"{schema}.{probe_table}",)).fetchone()[0] is None:
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
             conn.execute(migration.read_text())
+
+
+class UnqualifiedTables:
+    """For a projection whose statements name its tables unqualified: an instance in another
+    schema (a shadow rebuild) runs with that schema first on its connection's search_path."""
+    migration: Path
+    probe_table: str
+    tables: tuple[str, ...]
+    schema: str = "public"
+    search_path: str | None = None
+
+    def place(self, name: str, schema: str) -> None:
+        self.name = name
+        self.schema = check_schema(schema)
+        self.search_path = None if schema == "public" else f"{schema}, public"
+
+    def create_schema(self, conn: psycopg.Connection, schema: str) -> None:
+        create_schema(conn, schema, self.migration, self.probe_table)
 
 
 def drop_schema(conn: psycopg.Connection, schema: str) -> None:

@@ -9,6 +9,7 @@ status page read from here.
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,6 +23,7 @@ from infra import metrics
 from infra.topics import APPLICATIONS, decisions_topic, tasks_topic
 
 from . import deadline_clock as clock
+from .postgres_projection import UnqualifiedTables
 
 NAME = "ratings"
 HANDLED = ("CaseRated", "RectificationOpened", "RectificationReplied")
@@ -33,14 +35,24 @@ GRADE_LABELS = {"very_satisfied": {"zh": "非常满意", "en": "Very satisfied"}
                 "very_dissatisfied": {"zh": "非常不满意", "en": "Very dissatisfied"}}
 
 
-class RatingsProjection:
-    name = NAME
+class RatingsProjection(UnqualifiedTables):
+    migration = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0009_oversight.sql"
+    probe_table = "case_ratings"
+    tables = ("case_ratings", "rectifications")
 
-    def __init__(self, catalog: Catalog | None = None):
+    def __init__(self, catalog: Catalog | None = None, *, name: str = NAME, schema: str = "public"):
         self.catalog = catalog or load_catalog()
+        self.place(name, schema)
         departments = sorted(self.catalog.departments)
         self.topics = (APPLICATIONS, *(tasks_topic(d) for d in departments),
                        *(decisions_topic(d) for d in departments))
+
+    tick_s = 5.0  # the open-items gauge for the dashboards
+
+    def tick(self, step) -> None:
+        from .deadlines import today_in_china
+
+        count_open(step.conn, today_in_china())
 
     def reset(self, conn: psycopg.Connection) -> None:
         conn.execute("TRUNCATE case_ratings, rectifications")
@@ -116,7 +128,6 @@ def read_case_rating(conn: psycopg.Connection, case_id: str, *, today: date) -> 
 def count_open(conn: psycopg.Connection, today: date) -> None:
     rows = conn.execute("SELECT department, due_date < %s, count(*) FROM rectifications WHERE replied_at IS NULL"
                         " AND opened_at IS NOT NULL GROUP BY 1, 2", (today,)).fetchall()
-    conn.commit()
     metrics.RECTIFICATIONS_OPEN.clear()
     for department, overdue, n in rows:
         metrics.RECTIFICATIONS_OPEN.labels(department or "none", "true" if overdue else "false").set(n)

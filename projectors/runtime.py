@@ -1,0 +1,518 @@
+"""The one stream-processing runtime every processor runs on: poll a batch, fold it, commit once.
+
+A processor declares its name (offsets and state), its consumer group, its topics and
+`process(step)`: a function of the batch's fresh events that writes through `step.conn` and
+emits through `step.emit` (projectors/checkpoint.py). The runtime owns everything else, in the
+shape of a checkpoint (Quix Streams' checkpoint, Kafka Streams' commit interval):
+
+    poll up to `max_batch` messages → decode → [one PostgreSQL transaction: compare-and-set the
+    stored offsets (fencing) → drop repeated event ids → process → send every derived event, one
+    flush, check every acknowledgement] → commit → Kafka offsets (for lag only)
+
+A batch is whatever one poll returns: small when the system is quiet (low latency), up to
+`max_batch` under load (few commits); a member never waits to fill a batch.
+
+Failures, told apart:
+- transient (PostgreSQL or Kafka away, or a processor's own `transient` errors such as a
+  department backend that is down): the transaction rolls back, the partitions rewind to the
+  batch and pause, and the batch is tried again after a growing backoff, in the process, while
+  the consumer stays in its group. Nothing exits, nothing is skipped.
+- fenced (the stored offsets moved: another member owns the partition now): roll back, drop
+  cached state, re-read the offsets from PostgreSQL.
+- anything else is the batch's fault: it is re-run one event per checkpoint, an event that
+  fails alone is dead-lettered with its origin and reason, and the partition goes on.
+
+`Worker` runs one processor (own consumer, own connection); `Host` runs several in one OS
+process, a thread each, sharing a producer: each keeps its own group, so each scales alone.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, runtime_checkable
+
+import psycopg
+import structlog
+from kafka import ConsumerRebalanceListener, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Histogram
+
+from events import bus, codec
+from events.codec import DecodeError
+from infra import metrics
+
+from . import checkpoint as cp
+from .checkpoint import Fenced, Item, Step
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINTS = PromCounter("onething_checkpoints_total", "Checkpoints by outcome (committed, retried, fenced, isolated)",
+                          ["group", "outcome"])
+CHECKPOINT_SECONDS = Histogram("onething_checkpoint_seconds", "Time of one checkpoint, poll to commit", ["group"],
+                               buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+CHECKPOINT_EVENTS = Histogram("onething_checkpoint_events", "Messages in one checkpoint", ["group"],
+                              buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
+
+TRANSIENT: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError, KafkaError)
+LAG_EVERY_S = 5.0
+KAFKA_COMMIT_EVERY_S = 1.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
+
+
+@runtime_checkable
+class Processor(Protocol):
+    name: str              # its stored offsets and processed ids (consumer_offsets.consumer)
+    group: str             # its Kafka consumer group
+    topics: Sequence[str]
+
+    def process(self, step: Step) -> None: ...
+
+
+class BaseProcessor:
+    """Defaults for the optional parts of a processor; subclass and override what you need."""
+    name: str
+    group: str
+    topics: Sequence[str]
+    dedupe: bool = True            # drop events whose id this processor already processed
+    start: str = "earliest"        # a partition without stored offsets: earliest | latest | committed (Kafka's)
+    max_batch: int = 500
+    tick_s: float | None = None    # run `tick` this often (timers, gauges)
+    transient: tuple[type[BaseException], ...] = ()
+    consumer_options: dict = {}
+
+    def wants(self, event) -> bool:
+        return True
+
+    def process(self, step: Step) -> None:
+        raise NotImplementedError
+
+    def tick(self, step: Step) -> None:
+        pass
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        pass
+
+    def revoked(self, partitions: set[TopicPartition]) -> None:
+        pass
+
+    def explain(self, exc: BaseException) -> str:
+        """The dead letter's reason for an event that fails alone. Messages of exceptions may
+        quote personal data, so only types (and SQLSTATEs) by default."""
+        return explain(exc, self.name)
+
+
+def explain(exc: BaseException, where: str) -> str:
+    if isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None):
+        return f"{type(exc).__name__} ({exc.sqlstate}) in {where}"
+    if getattr(exc, "safe_message", False):  # written not to quote content (InvalidTask, CaseError …)
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return f"{type(exc).__name__} in {where}"
+
+
+def _attr(p, name: str, default):
+    return getattr(p, name, default)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Called inside `poll`. New partitions are paused until their stored offsets are read and
+    sought (outside the callback, where a database error can be retried instead of swallowed)."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        self.worker._revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        self.worker._assigned(set(assigned))
+
+
+class Worker:
+    """Runs one processor: its consumer, its PostgreSQL connection, its checkpoints."""
+
+    def __init__(self, processor: Processor, bootstrap: str, database_url: str, *,
+                 producer: KafkaProducer | None = None, poll_ms: int = 1000):
+        self.p = processor
+        self.name, self.group = processor.name, processor.group
+        self.database_url = database_url
+        self.poll_ms = poll_ms
+        self.max_batch = _attr(processor, "max_batch", 500)
+        self.transient = TRANSIENT + tuple(_attr(processor, "transient", ()))
+        self._own_producer = producer is None
+        self.producer = producer or bus.make_producer(bootstrap, client_id=f"onething-{self.group}")
+        self.consumer = bus.make_consumer(bootstrap, self.group, max_poll_records=self.max_batch,
+                                          max_poll_interval_ms=300_000,
+                                          **dict(_attr(processor, "consumer_options", {}) or {}))
+        self._wait_for_topics(list(processor.topics))
+        self.consumer.subscribe(list(processor.topics), listener=_Rebalance(self))
+        self.conn: psycopg.Connection | None = None
+        self.expected: dict[TopicPartition, int | None] = {}   # stored next offset, as this member knows it
+        self.to_seek: set[TopicPartition] = set()
+        self.retry_at = 0.0
+        self.backoff = 0.0
+        self.tick_s = _attr(processor, "tick_s", None)
+        self.next_tick = 0.0
+        self.next_lag = 0.0
+        self.next_kafka_commit = 0.0
+        self.kafka_offsets: dict[TopicPartition, int] = {}
+        self.stats = Counter()
+        metrics.declare_consumer(self.group, processor.topics)
+
+    # -- setup -------------------------------------------------------------------------------
+    def _wait_for_topics(self, topics: list[str], timeout_s: float = 30.0) -> None:
+        """A group leader without the topics' metadata assigns nothing: know them before subscribing."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            known = self.consumer.topics()
+            missing = [t for t in topics if t not in known]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics {missing} do not exist; run `onething topics apply`")
+            time.sleep(0.5)
+
+    def _db(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            if self.conn is not None:
+                try:
+                    self.conn.close()
+                except Exception:
+                    pass
+            self.conn = None
+            path = _attr(self.p, "search_path", None)
+            self.conn = psycopg.connect(self.database_url, application_name=self.group[:60],
+                                        **({"options": f"-c search_path={path}"} if path else {}))
+        return self.conn
+
+    def close(self) -> None:
+        self._commit_kafka(force=True)
+        try:
+            self.consumer.close()
+        finally:
+            if self._own_producer:
+                self.producer.close()
+            if self.conn is not None:
+                self.conn.close()
+
+    # -- rebalances --------------------------------------------------------------------------
+    def _revoked(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self.expected.pop(tp, None)
+            self.kafka_offsets.pop(tp, None)
+        self.to_seek -= tps
+        self.p.revoked(tps) if hasattr(self.p, "revoked") else None
+
+    def _assigned(self, tps: set[TopicPartition]) -> None:
+        if tps:
+            self.consumer.pause(*tps)
+            self.to_seek |= tps
+
+    def _seek_from_store(self) -> None:
+        tps = set(self.to_seek) & self.consumer.assignment()
+        conn = self._db()
+        with conn.transaction():
+            if hasattr(self.p, "namespace"):  # a read model's live generation (projectors/generations.py)
+                self.name = self.p.namespace(conn)
+            stored = cp.stored_offsets(conn, self.name, tps)
+            missing = tps - set(stored)
+            if missing and _attr(self.p, "start", "earliest") == "latest":
+                cp.store_first(conn, self.name, self.consumer.end_offsets(sorted(missing)))
+                stored = cp.stored_offsets(conn, self.name, tps)
+        if any(o < 0 for o in stored.values()):  # a retired generation's fence, read mid-swap
+            raise Fenced(f"{self.name}: generation retired while seeking")
+        for tp in tps:
+            if tp in stored:
+                self.consumer.seek(tp, stored[tp])
+                self.expected[tp] = stored[tp]
+                continue
+            self.expected[tp] = None
+            committed = self.consumer.committed(tp) if _attr(self.p, "start", "") == "committed" else None
+            if committed is not None:
+                self.consumer.seek(tp, committed)   # a processor that kept its offsets in Kafka before
+            else:
+                self.consumer.seek_to_beginning(tp)
+        self.to_seek.clear()
+        if not self.retry_at:
+            self.consumer.resume(*tps)
+        if hasattr(self.p, "assigned"):
+            self.p.assigned(tps)
+        log.info("runtime.assigned", group=self.group, partitions=len(tps))
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        log.info("runtime.start", processor=self.name, group=self.group, topics=len(self.p.topics))
+        while not stop():
+            try:
+                self.poll_once()
+            except Exception as exc:  # outside a checkpoint (a seek, a poll): wait and go on
+                self._wait_after(exc, "loop")
+        log.info("runtime.stop", processor=self.name, **dict(self.stats))
+
+    def poll_once(self, timeout_ms: int | None = None) -> Counter:
+        """One round: seek new partitions, poll, checkpoint what came, tick and report lag when due.
+        Returns the counters of this round (applied, duplicates, dead_lettered …)."""
+        before = Counter(self.stats)
+        now = time.monotonic()
+        if self.retry_at and now >= self.retry_at:
+            self.retry_at = 0.0
+            self.consumer.resume(*(self.consumer.assignment() - self.to_seek))
+        if self.to_seek:
+            self._seek_from_store()
+        timeout = self.poll_ms if timeout_ms is None else timeout_ms
+        if self.tick_s and not self.retry_at:
+            timeout = max(0, min(timeout, int((self.next_tick - now) * 1000)))
+        records = self.consumer.poll(timeout_ms=timeout, max_records=self.max_batch)
+        if self.to_seek:
+            self._seek_from_store()
+        if records:
+            self._checkpoint(records)
+        now = time.monotonic()
+        if self.tick_s and now >= self.next_tick and not self.retry_at:
+            self.next_tick = now + self.tick_s
+            self._tick()
+        if now >= self.next_lag:
+            self.next_lag = now + LAG_EVERY_S
+            self._report_lag()
+        self._commit_kafka()
+        return self.stats - before
+
+    # -- a checkpoint ------------------------------------------------------------------------
+    def _items(self, records: dict) -> list[Item]:
+        items: list[Item] = []
+        for tp, messages in records.items():
+            floor = self.expected.get(tp)
+            for m in messages:
+                if floor is not None and m.offset < floor:
+                    continue  # already applied (a fetch that raced a seek)
+                try:
+                    items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, codec.decode(m.value)))
+                except DecodeError as exc:
+                    items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, None, f"DecodeError: {exc}"))
+        return items
+
+    def _checkpoint(self, records: dict) -> None:
+        items = self._items(records)
+        if not items:
+            return
+        try:
+            self._commit(items)
+        except Fenced as exc:
+            self._fenced(exc)
+        except self.transient as exc:
+            self._rewind(items)
+            self._wait_after(exc, "checkpoint")
+        except Exception as exc:
+            log.warning("runtime.batch_failed", group=self.group, error=type(exc).__name__, events=len(items))
+            CHECKPOINTS.labels(self.group, "isolated").inc()
+            self._isolate(items)
+
+    def _commit(self, items: list[Item], poison: dict[int, str] | None = None) -> None:
+        """The commit sequence for `items` (see projectors/checkpoint.py). `poison` maps an item's
+        index to the reason it is dead-lettered instead of processed."""
+        started = time.perf_counter()
+        poison = poison or {}
+        next_offsets: dict[TopicPartition, int] = {}
+        for it in items:
+            next_offsets[it.tp] = it.offset + 1
+        conn = self._db()
+        step = Step(conn, assignment=frozenset(self.consumer.assignment()))
+        duplicates = 0
+        with conn.transaction():
+            cp.advance(conn, self.name, self.expected, next_offsets)
+            usable: list[Item] = []
+            for i, it in enumerate(items):
+                reason = it.problem or poison.get(i)
+                if reason:
+                    step.dead_letter(self.group, it, reason)
+                elif self.p.wants(it.event) if hasattr(self.p, "wants") else True:
+                    usable.append(it)
+            if _attr(self.p, "dedupe", True) and usable:
+                usable, duplicates = cp.fresh_items(conn, self.name, usable)
+            step.items = usable
+            if usable:
+                self.p.process(step)
+            cp.publish(self.producer, step.out)
+        # durable from here on
+        self.expected.update(next_offsets)
+        self.kafka_offsets.update(next_offsets)
+        self.backoff = 0.0
+        for fn in step.after_commit:
+            fn()
+        self._observe(items, step, duplicates, time.perf_counter() - started)
+
+    def _observe(self, items: list[Item], step: Step, duplicates: int, seconds: float) -> None:
+        CHECKPOINTS.labels(self.group, "committed").inc()
+        CHECKPOINT_SECONDS.labels(self.group).observe(seconds)
+        CHECKPOINT_EVENTS.labels(self.group).observe(len(items))
+        counts = Counter((it.topic, it.event.type) for it in step.items)
+        for (topic, etype), n in counts.items():
+            metrics.EVENTS_CONSUMED.labels(group=self.group, topic=topic, event_type=etype).inc(n)
+        for etype in {et for _t, et in counts}:
+            metrics.PROCESSING_SECONDS.labels(group=self.group, event_type=etype).observe(seconds)
+        if duplicates:
+            metrics.DUPLICATES_DROPPED.labels(group=self.group).inc(duplicates)
+        dead = [e for t, e in step.out if e.type == "DeadLettered"]
+        for e in dead:
+            log.warning("runtime.dead_lettered", group=self.group, origin=e.key, reason=e.payload["reason"])
+        self.stats.update(applied=len(step.items), duplicates=duplicates, dead_lettered=len(dead),
+                          produced=len(step.out), checkpoints=1)
+
+    def _isolate(self, items: list[Item]) -> None:
+        """Re-run a failed batch one event per checkpoint: what fails alone is dead-lettered."""
+        for n, it in enumerate(items):
+            try:
+                try:
+                    self._commit([it])
+                except (Fenced, *self.transient):
+                    raise
+                except Exception as exc:
+                    reason = self.p.explain(exc) if hasattr(self.p, "explain") else explain(exc, self.name)
+                    self._commit([it], poison={0: reason})
+            except Fenced as exc:
+                self._fenced(exc)
+                return
+            except self.transient as exc:
+                self._rewind(items[n:])
+                self._wait_after(exc, "isolation")
+                return
+
+    def _rewind(self, items: Iterable[Item]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for it in items:
+            first.setdefault(it.tp, it.offset)
+        for tp, offset in first.items():
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, offset)
+
+    def _fenced(self, exc: Fenced) -> None:
+        log.warning("runtime.fenced", group=self.group, reason=str(exc))
+        CHECKPOINTS.labels(self.group, "fenced").inc()
+        assignment = set(self.consumer.assignment())
+        self._revoked(assignment)
+        self._assigned(assignment)
+
+    def _wait_after(self, exc: BaseException, where: str) -> None:
+        """A transient failure: pause every partition and try again after a growing backoff."""
+        self.backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self.backoff * 2))
+        self.retry_at = time.monotonic() + self.backoff
+        CHECKPOINTS.labels(self.group, "retried").inc()
+        self.stats.update(retries=1)
+        log.warning("runtime.retry", group=self.group, where=where, error=type(exc).__name__,
+                    retry_in_s=round(self.backoff, 1))
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+        try:
+            self.consumer.pause(*self.consumer.assignment())
+        except Exception:
+            pass
+
+    # -- timers, lag, Kafka offsets ------------------------------------------------------------
+    def behind(self) -> dict[TopicPartition, int | None]:
+        """Messages left per assigned partition, from the last fetch (no round trip to the broker)."""
+        out: dict[TopicPartition, int | None] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            pos = self.expected.get(tp)
+            out[tp] = None if high is None or pos is None or tp in self.to_seek else max(0, high - pos)
+        return out
+
+    def _tick(self) -> None:
+        if not hasattr(self.p, "tick"):
+            return
+        try:
+            conn = self._db()
+            counts = {t: len(self.consumer.partitions_for_topic(t) or ()) for t in self.p.topics}
+            step = Step(conn, assignment=frozenset(self.consumer.assignment() - self.to_seek), behind=self.behind(),
+                        partition_counts=counts)
+            with conn.transaction():
+                self.p.tick(step)
+                cp.publish(self.producer, step.out)
+            for fn in step.after_commit:
+                fn()
+        except Exception as exc:  # a tick is tried again at the next one
+            log.warning("runtime.tick_failed", group=self.group, error=type(exc).__name__)
+            if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and self.conn is not None:
+                self.conn.close()
+
+    def _report_lag(self) -> None:
+        behind = self.behind()
+        metrics._forget_revoked(self.group, {(tp.topic, str(tp.partition)) for tp in behind})
+        for tp, lag in behind.items():
+            if lag is None and tp not in self.to_seek and self.expected.get(tp) is None:
+                continue
+            if lag is not None:
+                metrics.CONSUMER_LAG.labels(group=self.group, topic=tp.topic, partition=str(tp.partition)).set(lag)
+
+    def _commit_kafka(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.kafka_offsets or (not force and now < self.next_kafka_commit):
+            return
+        self.next_kafka_commit = now + KAFKA_COMMIT_EVERY_S
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in self.kafka_offsets.items()
+                   if tp in self.consumer.assignment()}
+        self.kafka_offsets.clear()
+        if offsets:
+            try:
+                self.consumer.commit(offsets) if force else self.consumer.commit_async(offsets)
+            except Exception:  # for lag only; the next one will do
+                pass
+
+
+class Host:
+    """Several processors in one OS process, a thread each, one shared producer. A worker whose
+    loop fails outside a checkpoint waits and goes on; it never takes the others down."""
+
+    def __init__(self, processors: Sequence[Processor], bootstrap: str, database_url: str, *, name: str = "host"):
+        self.name = name
+        self.processors = list(processors)
+        self.bootstrap, self.database_url = bootstrap, database_url
+        self.producer = bus.make_producer(bootstrap, client_id=f"onething-{name}")
+        self.workers: list[Worker] = []
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        stopping = threading.Event()
+
+        def stopped() -> bool:
+            if not stopping.is_set() and stop():
+                stopping.set()
+            return stopping.is_set()
+
+        def one(p: Processor) -> None:
+            structlog.contextvars.bind_contextvars(processor=p.name)
+            worker = None
+            while not stopped():
+                try:
+                    worker = Worker(p, self.bootstrap, self.database_url, producer=self.producer)
+                    self.workers.append(worker)
+                    worker.run(stopped)
+                except Exception as exc:
+                    log.warning("runtime.worker_failed", processor=p.name, error=type(exc).__name__)
+                    stopping.wait(2.0)
+                finally:
+                    if worker is not None:
+                        try:
+                            worker.close()
+                        except Exception:
+                            pass
+                        worker = None
+
+        threads = [threading.Thread(target=one, args=(p,), name=f"worker-{p.name}", daemon=True)
+                   for p in self.processors]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.5)
+                stopped()
+        finally:
+            stopping.set()
+            for t in threads:
+                t.join(timeout=30)
+            self.producer.close(timeout=10)
