@@ -1,39 +1,35 @@
 """The SDK a department team uses to join the system: consume tasks, call the backend, emit decisions.
 
 A department implements `Backend.handle(task, conn)` — decide (or apply a register sync)
-and write its own records through `conn` — and runs `Adapter(...).run()`. The SDK gives it
-the guarantees for free:
-- idempotent on task id: decisions are stored with the backend's own writes in one
-  PostgreSQL transaction; a task delivered again re-emits the stored decisions (same event
-  ids) and never reaches the backend twice;
-- a backend that is down is retried with backoff; its task stays uncommitted and is
-  retried from Kafka, so it is never lost, while the consumer stays alive in its group;
-- a message that cannot be processed goes to the dead-letter topic with its reason, and the
-  partition keeps moving;
-- a decision counts as emitted only once the broker acknowledged it (acks=all), and the
-  task's offset is committed only after that.
+and write its own records through `conn` — and runs `Adapter(backend, bootstrap, database_url).run()`.
+The adapter is a processor of the project's one runtime (projectors/runtime.py), so it gets the
+runtime's guarantees and its batching for free:
+- idempotent on task id: decisions are stored with the backend's own writes in the checkpoint's
+  PostgreSQL transaction; a task delivered again re-emits the stored decisions (same event ids)
+  and never reaches the backend twice;
+- a backend that is down (`BackendUnavailable`) pauses this department's partitions and the
+  batch is retried with a growing backoff (up to `retry_for_s` between tries), in the process,
+  while the consumer stays in its group; other departments hosted in the same process go on;
+- a task that cannot be processed (`InvalidTask`, an undecodable message) goes to the
+  dead-letter topic with its reason, and the partition keeps moving;
+- decisions count as emitted only once the broker acknowledged them (acks=all), and the
+  batch's offsets are stored only after that, with the decisions.
 """
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import psycopg
 import structlog
-from kafka import OffsetAndMetadata, TopicPartition
 from prometheus_client import Counter, Gauge
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from events import bus, codec
-from events.codec import DecodeError
-from events.deadletter import dead_letter
 from events.envelope import Actor, Event, derived_event_id, new_event
-from infra import log as logmod
-from infra import metrics
 from infra.topics import decisions_topic, tasks_topic
+from projectors.checkpoint import Step
+from projectors.runtime import BaseProcessor, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +45,7 @@ class BackendUnavailable(Exception):
 
 class InvalidTask(Exception):
     """The task cannot be processed as it is; it goes to the dead-letter topic with this reason."""
+    safe_message = True  # backends write these reasons for operators: no form values in them
 
 
 @dataclass(frozen=True)
@@ -81,159 +78,170 @@ class AdapterStats:
     backend_waits: int = 0
 
 
-class Adapter:
-    def __init__(self, backend: Backend, bootstrap: str, database_url: str, *,
-                 retry_for_s: float = 20.0, max_poll_records: int = 50):
+_STORED = ("SELECT task_id, position, outcome, reason, missing, outputs FROM adapter_decisions "
+           "WHERE department = %s AND task_id = ANY(%s) ORDER BY task_id, position")
+_CANCELLED = "SELECT task_id FROM adapter_cancellations WHERE department = %s AND task_id = ANY(%s)"
+_STORE = ("INSERT INTO adapter_decisions (department, task_id, position, event_id, outcome, reason, missing, outputs)"
+          " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+
+
+class AdapterProcessor(BaseProcessor):
+    """A department's adapter as a processor of the runtime: group `adapter.<department>` on
+    `tasks.<department>`, decisions to `decisions.<department>`. `keep(task)` narrows what it
+    answers (a test lane); `start` where a group without stored offsets begins."""
+    dedupe = False   # idempotent on task id instead (adapter_decisions)
+
+    def __init__(self, backend: Backend, *, group: str | None = None, keep: Callable[[Event], bool] | None = None,
+                 start: str = "committed", retry_for_s: float = 5.0, max_batch: int = 100,
+                 consumer_options: dict | None = None):
+        import psycopg.errors
+
         self.backend = backend
         self.department = backend.department
-        self.group = f"adapter.{self.department}"
-        self.retry_for_s = retry_for_s
-        self.consumer = bus.make_consumer(bootstrap, self.group, tasks_topic(self.department),
-                                          max_poll_records=max_poll_records, max_poll_interval_ms=300_000)
-        self.producer = bus.make_producer(bootstrap)
-        self.conn = psycopg.connect(database_url)
+        self.name = self.group = group or f"adapter.{self.department}"
+        self.topics = (tasks_topic(self.department),)
+        self.keep = keep
+        self.start = start
+        self.max_batch = max_batch
+        self.backoff_max_s = retry_for_s
+        self.consumer_options = consumer_options or {}
+        # a backend that is down; a concurrent member that stored the same task's decisions first
+        self.transient = (BackendUnavailable, psycopg.errors.UniqueViolation)
         self.actor = Actor(f"dept:{self.department}", "department", "department")
         self.stats = AdapterStats()
-        self._lag_due = 0.0
 
-    def close(self) -> None:
-        self.consumer.close()
-        self.producer.close()
-        self.conn.close()
+    def wants(self, event: Event) -> bool:
+        return self.keep is None or self.keep(event)
 
-    # -- the loop --------------------------------------------------------------------
-    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        log.info("adapter.start", department=self.department)
-        while not stop():
-            self.poll_once()
-
-    def poll_once(self, timeout_ms: int = 500) -> None:
-        batches = self.consumer.poll(timeout_ms=timeout_ms)
-        for tp, messages in batches.items():
-            for msg in messages:
-                if not self._process(tp, msg):
-                    # backend down: rewind to this task so the next poll retries it; later
-                    # messages of this partition wait behind it, preserving per-case order
-                    self.consumer.seek(tp, msg.offset)
-                    self.stats.backend_waits += 1
-                    break
-                self.consumer.commit({tp: OffsetAndMetadata(msg.offset + 1, "", -1)})
-        now = time.monotonic()
-        if batches or now >= self._lag_due:  # an idle adapter still reports its (zero) lag
-            self._lag_due = now + 5
-            metrics.record_lag(self.consumer, self.group)
-
-    def _process(self, tp: TopicPartition, msg) -> bool:
-        try:
-            task = codec.decode(msg.value)
-        except DecodeError as exc:
-            dead_letter(self.producer, self.group, msg, f"DecodeError: {exc}")
-            self.stats.dead_lettered += 1
-            return True
-        with logmod.bound(correlation_id=task.envelope.correlation_id, task_event_id=task.id):
+    def process(self, step: Step) -> None:
+        conn = step.conn
+        ids = [i.event.payload.get("task_id") for i in step.items if i.event.type in ("TaskDispatched", "TaskCancelled")]
+        stored: dict[str, list[Decision]] = {}
+        cancelled: set[str] = set()
+        if ids:
+            for task_id, _pos, o, r, m, out in conn.execute(_STORED, (self.department, ids)).fetchall():
+                stored.setdefault(task_id, []).append(Decision(o, r, tuple(m or ()), dict(out or {})))
+            cancelled = {r[0] for r in conn.execute(_CANCELLED, (self.department, ids)).fetchall()}
+        rows: list[tuple] = []
+        counts = AdapterStats()
+        outcomes: list[str] = []
+        for item in step.items:
+            task = item.event
             if task.type == "TaskCancelled":
-                with self.conn.transaction():
-                    self.conn.execute("INSERT INTO adapter_cancellations (department, task_id) VALUES (%s, %s) "
-                                      "ON CONFLICT DO NOTHING", (self.department, task.payload["task_id"]))
-                    self.backend.cancel(task, self.conn)
-                return True
-            if task.type == "RectificationOpened":
-                return self._rectification(task)
-            if task.type != "TaskDispatched":
-                dead_letter(self.producer, self.group, msg, f"unexpected event type {task.type}")
-                self.stats.dead_lettered += 1
-                return True
-            try:
-                decisions = self._decide(task)
-            except BackendUnavailable:
-                BACKEND_UP.labels(self.department).set(0)
-                log.warning("adapter.backend_unavailable", department=self.department)
-                return False
-            except InvalidTask as exc:
-                dead_letter(self.producer, self.group, msg, f"InvalidTask: {exc}")
-                self.stats.dead_lettered += 1
-                return True
-            BACKEND_UP.labels(self.department).set(1)
-            bus.publish_all(self.producer, [(decisions_topic(self.department), d) for d in decisions])
-            return True
+                tid = task.payload["task_id"]
+                conn.execute("INSERT INTO adapter_cancellations (department, task_id) VALUES (%s, %s) "
+                             "ON CONFLICT DO NOTHING", (self.department, tid))
+                cancelled.add(tid)
+                self.backend.cancel(task, conn)
+            elif task.type == "RectificationOpened":
+                self._rectification(step, task)
+            elif task.type != "TaskDispatched":
+                step.dead_letter(self.group, item, f"unexpected event type {task.type}")
+            else:
+                tid = task.payload["task_id"]
+                if tid in stored:
+                    counts.replayed += 1
+                    decisions = stored[tid]
+                elif tid in cancelled:
+                    continue
+                else:
+                    decisions = self._decide(task, conn)
+                    stored[tid] = decisions
+                    counts.handled += 1
+                    outcomes += [d.outcome for d in decisions]
+                    rows += [(self.department, tid, n, _event_id(task, n), d.outcome, d.reason,
+                              list(d.missing_materials), json.dumps(d.outputs)) for n, d in enumerate(decisions)]
+                for n, d in enumerate(decisions):
+                    step.emit(decisions_topic(self.department), self._event(task, n, d))
+        if rows:
+            conn.cursor().executemany(_STORE, rows)
 
-    def _rectification(self, task: Event) -> bool:
+        def done() -> None:
+            self.stats.handled += counts.handled
+            self.stats.replayed += counts.replayed
+            for o in outcomes:
+                TASKS_HANDLED.labels(self.department, o).inc()
+            BACKEND_UP.labels(self.department).set(1)
+
+        step.on_commit(done)
+
+    def _decide(self, task: Event, conn: psycopg.Connection) -> list[Decision]:
+        try:
+            decisions = self.backend.handle(task, conn)
+        except BackendUnavailable:
+            BACKEND_UP.labels(self.department).set(0)
+            BACKEND_RETRIES.labels(self.department).inc()
+            self.stats.backend_waits += 1
+            raise
+        if not decisions:
+            raise InvalidTask("the backend returned no decision")
+        return decisions
+
+    def _rectification(self, step: Step, task: Event) -> None:
         """差评整改: a backend that can answer by itself implements `rectify(task, conn) -> reply or
         None`; otherwise the department's staff reply through the API (their worklist of
         rectifications), and the adapter only acknowledges the task. The reply's id is derived
         from the task, so a re-read task replies once."""
         rectify = getattr(self.backend, "rectify", None)
         if rectify is None:
-            return True
+            return
         try:
-            reply = rectify(task, self.conn)
+            reply = rectify(task, step.conn)
         except BackendUnavailable:
             BACKEND_UP.labels(self.department).set(0)
-            return False
+            self.stats.backend_waits += 1
+            raise
         if reply:
             p = task.payload
-            event = new_event("RectificationReplied", task.key,
-                              {"rectification_id": p["rectification_id"], "department": self.department,
-                               "reply": reply}, actor=Actor(self.department, "department", "department"),
-                              region_code=task.envelope.region_code, cause=task,
-                              event_id=derived_event_id(task.id, "RectificationReplied"))
-            bus.publish_all(self.producer, [(decisions_topic(self.department), event)])
-        return True
-
-    def _decide(self, task: Event) -> list[Event]:
-        task_id = task.payload["task_id"]
-        stored = self._stored(task_id)
-        if stored:
-            self.stats.replayed += 1
-            return [self._event(task, i, d) for i, d in enumerate(stored)]
-        if self._cancelled(task_id):
-            return []
-        for attempt in Retrying(retry=retry_if_exception_type(BackendUnavailable),
-                                wait=wait_exponential(multiplier=0.2, max=5),
-                                stop=stop_after_delay(self.retry_for_s), reraise=True):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    BACKEND_RETRIES.labels(self.department).inc()
-                with self.conn.transaction():
-                    decisions = self.backend.handle(task, self.conn)
-                    if not decisions:
-                        raise InvalidTask("the backend returned no decision")
-                    for i, d in enumerate(decisions):
-                        self.conn.execute(
-                            "INSERT INTO adapter_decisions (department, task_id, position, event_id, outcome,"
-                            " reason, missing, outputs) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                            (self.department, task_id, i, self._event_id(task, i), d.outcome, d.reason,
-                             list(d.missing_materials), json.dumps(d.outputs)))
-        self.stats.handled += 1
-        for d in decisions:
-            TASKS_HANDLED.labels(self.department, d.outcome).inc()
-        return [self._event(task, i, d) for i, d in enumerate(decisions)]
-
-    def _stored(self, task_id: str) -> list[Decision]:
-        rows = self.conn.execute(
-            "SELECT outcome, reason, missing, outputs FROM adapter_decisions WHERE department = %s AND task_id = %s"
-            " ORDER BY position", (self.department, task_id)).fetchall()
-        self.conn.commit()
-        return [Decision(o, r, tuple(m or ()), dict(out or {})) for o, r, m, out in rows]
-
-    def _cancelled(self, task_id: str) -> bool:
-        row = self.conn.execute("SELECT 1 FROM adapter_cancellations WHERE department = %s AND task_id = %s",
-                                (self.department, task_id)).fetchone()
-        self.conn.commit()
-        return row is not None
-
-    @staticmethod
-    def _event_id(task: Event, position: int) -> str:
-        return derived_event_id(task.id, "decision", str(position))
+            step.emit(decisions_topic(self.department), new_event(
+                "RectificationReplied", task.key,
+                {"rectification_id": p["rectification_id"], "department": self.department, "reply": reply},
+                actor=Actor(self.department, "department", "department"), region_code=task.envelope.region_code,
+                cause=task, event_id=derived_event_id(task.id, "RectificationReplied")))
 
     def _event(self, task: Event, position: int, d: Decision) -> Event:
         p = task.payload
         return new_event(
             "DecisionRecorded", task.key,
             {"task_id": p["task_id"], "department": self.department, "service_id": p["service_id"],
-             "kind": p.get("kind", "case_service"), "outcome": d.outcome, "reason": d.reason, "missing_materials": list(d.missing_materials),
-             "outputs": dict(d.outputs)},
+             "kind": p.get("kind", "case_service"), "outcome": d.outcome, "reason": d.reason,
+             "missing_materials": list(d.missing_materials), "outputs": dict(d.outputs)},
             actor=self.actor, region_code=task.envelope.region_code, cause=task,
-            event_id=self._event_id(task, position),
+            event_id=_event_id(task, position),
         )
 
+
+def _event_id(task: Event, position: int) -> str:
+    return derived_event_id(task.id, "decision", str(position))
+
+
+class Adapter:
+    """One department's adapter on a worker of its own: `run(stop)` in the foreground, or
+    `poll_once` stepped by hand. `Host` (projectors/runtime.py) runs many in one process."""
+
+    def __init__(self, backend: Backend, bootstrap: str, database_url: str, *, retry_for_s: float = 5.0,
+                 max_poll_records: int = 100, group: str | None = None, keep: Callable[[Event], bool] | None = None,
+                 start: str = "committed", consumer_options: dict | None = None):
+        self.processor = AdapterProcessor(backend, group=group, keep=keep, start=start, retry_for_s=retry_for_s,
+                                          max_batch=max_poll_records, consumer_options=consumer_options)
+        self.backend, self.department, self.group = backend, self.processor.department, self.processor.group
+        self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=500)
+        self.consumer = self.worker.consumer
+
+    @property
+    def stats(self) -> AdapterStats:
+        s = self.processor.stats
+        return AdapterStats(s.handled, s.replayed, self.worker.stats["dead_lettered"], s.backend_waits)
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        log.info("adapter.start", department=self.department)
+        self.worker.run(stop)
+
+    def poll_once(self, timeout_ms: int = 500) -> None:
+        self.worker.poll_once(timeout_ms)
+
+    def ready(self, timeout_s: float = 60.0) -> None:
+        self.worker.ready(timeout_s)
+
+    def close(self) -> None:
+        self.worker.close()

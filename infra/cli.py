@@ -199,12 +199,12 @@ def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
         sys.exit(1)
 
 
-@main.command(help="Run the whole system (no NAME) or one process: api, dispatch, case-view, cascade, deadlines, "
-                   "oversight, adapter DEPT.")
+@main.command(help="Run the whole system (no NAME: api, core, read-models, adapters, deadlines under a supervisor) "
+                   "or one process: api, core, read-models, adapters [DEPT,…], deadlines, or one processor alone: "
+                   "dispatch, cascade, case-view, kpis, oversight, adapter DEPT.")
 @click.argument("name", required=False)
 @click.argument("arg", required=False)
 def run(name: str | None, arg: str | None) -> None:
-    import time
 
     from . import process, supervisor
 
@@ -213,17 +213,32 @@ def run(name: str | None, arg: str | None) -> None:
         return
     s = _settings()
     sup = supervisor.system(s.home / "logs")
+    stopping = sup.stop_on_signals()  # Ctrl-C, SIGTERM (systemd, a script) and SIGHUP stop every child
     sup.start()
     console.print(f"running {', '.join(sup.children)}; logs in {s.home / 'logs'}; Ctrl-C stops")
     try:
-        while True:
+        while not stopping.is_set():
             for restarted in sup.check():
                 console.print(f"[yellow]restarted {restarted}[/yellow]")
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+            stopping.wait(1)
     finally:
         sup.stop()
+
+
+@main.command(help="Benchmark the whole system against the raw Kafka pipe on a stack of its own; prints figures.")
+@click.option("--quick", is_flag=True, help="a short run (under a minute and a half)")
+@click.option("--cases", type=int, default=None, help="applications for the saturation run (default 2000, quick 300)")
+@click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="also write the figures here")
+def bench(quick: bool, cases: int | None, as_json: str | None) -> None:
+    from dataclasses import asdict
+
+    from . import bench as bench_mod
+
+    figures = bench_mod.run(quick=quick, cases=cases, console=console)
+    bench_mod.report(figures, console)
+    if as_json:
+        with open(as_json, "w") as out:
+            json.dump(asdict(figures), out, indent=2)
 
 
 @main.group(help="Rebuild a read model from the log.")

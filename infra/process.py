@@ -141,7 +141,9 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"usage: python -m infra.process {{{'|'.join(COMPONENTS)}}} [ARG]")
     name, arg = argv[0], (argv[1] if len(argv) > 1 else None)
     settings = Settings.from_env()
-    log.configure(f"{name}{'.' + arg if arg else ''}", "INFO")
+    import os
+
+    log.configure(f"{name}{'.' + arg if arg else ''}", os.environ.get("ONETHING_LOG_LEVEL") or "INFO")
     if name == "api":
         run_api(settings, arg)
     else:

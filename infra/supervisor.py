@@ -82,6 +82,16 @@ class Supervisor:
         if proc and proc.poll() is None:
             os.killpg(proc.pid, sig)
 
+    def stop_on_signals(self) -> "threading.Event":
+        """SIGTERM and SIGINT end the supervision (also when a shell started it in the background,
+        where SIGINT is ignored by default); the caller then stops every child."""
+        import threading
+
+        stopping = threading.Event()
+        for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signo, lambda *_: stopping.set())
+        return stopping
+
     def stop(self, timeout: float = 20.0) -> None:
         self.stopping = True
         for child in self.children.values():
@@ -113,17 +123,14 @@ def demo_departments() -> list[str]:
 
 
 def system(log_dir: Path, departments: list[str] | None = None, env: dict[str, str] | None = None) -> Supervisor:
-    """The whole system: intake API (with the status page and register API), dispatch, case view,
-    cascade, the deadline clock, the oversight read models (supervisor queue, ratings), the KPIs (晴雨表), one
-    adapter per department."""
+    """The whole system in five processes (infra/process.py): the intake API (with the status page
+    and register API); core (dispatch, cascade); the read models (case view, KPIs, supervisor
+    queue, ratings); every department adapter; the deadline clock. Each processor inside keeps its
+    own consumer group, so any one scales out alone (`onething run dispatch` on another machine)."""
     sup = Supervisor(log_dir, env)
     sup.add("api", "api")
-    sup.add("dispatch", "dispatch")
-    sup.add("case-view", "case-view")
-    sup.add("cascade", "cascade")
+    sup.add("core", "core")
+    sup.add("read-models", "read-models")
+    sup.add("adapters", "adapters", ",".join(departments or demo_departments()))
     sup.add("deadlines", "deadlines")
-    sup.add("oversight", "oversight")
-    sup.add("kpis", "kpis")
-    for dept in departments or demo_departments():
-        sup.add(f"adapter-{dept}", "adapter", dept)
     return sup

@@ -24,23 +24,20 @@ unsuccessful tries the target is escalated once: a CascadeEscalated event on the
 topic for the supervisor queue (办不成事) and `onething_cascade_escalations_total`; retries go on,
 because the cascade is only complete when every department has the change.
 
-Why kafka-python with state and offsets in PostgreSQL rather than faust (as dispatch does):
-the cascade needs timers (re-sends, backoff, escalation) over state that must survive kill -9,
-and it joins register topics with decision topics that a faust agent could only join through
-co-partitioning and a changelog-backed table. Here each poll batch runs in ONE PostgreSQL
-transaction that takes the per-key locks (sorted, so two instances cannot deadlock), updates
-the targets, produces the derived events and waits for the broker's acknowledgements
-(acks=all), and stores the partition's next offset; only then does it commit. A kill -9 before
-the commit re-reads the batch and derives the same events with the same ids (consumers drop
-the repeats); after it, nothing is re-read. Kafka's own committed offsets are written only
-for `onething status`. Any unexpected failure ends the process (the supervisor restarts it).
+How it runs: as a processor of the runtime (projectors/runtime.py), with its state in
+PostgreSQL tables rather than a keyed fold, because it needs timers (re-sends, backoff,
+escalation) over state that must survive kill -9 and joins register topics with decision
+topics. Each batch runs in ONE transaction that takes the batch's per-key locks (sorted, so
+two members cannot deadlock), updates the targets and, with the runtime, stores the next
+offsets after the broker acknowledged the derived events (acks=all); a kill -9 before the
+commit re-reads the batch and derives the same events with the same ids (consumers drop the
+repeats). The tick (re-sends, retries, escalations, gauges) is a checkpoint of its own.
 The state tables are also the cascade-status read model (projectors/cascade_status.py).
 """
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,13 +46,9 @@ from dataclasses import dataclass, field
 import psycopg
 import structlog
 from psycopg.types.json import Jsonb
-from kafka import ConsumerRebalanceListener, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from catalog.subscriptions import Subscriptions, load_subscriptions
-from events import bus, codec
-from events.codec import DecodeError
-from events.deadletter import dead_letter
 from events.envelope import Event
 from infra import metrics
 from infra.settings import Settings
@@ -63,7 +56,8 @@ from infra.topics import CASCADE as CASCADE_TOPIC
 from infra.topics import REGISTRY_COMPANY, REGISTRY_PERSON, decisions_topic, tasks_topic
 
 from . import cascade_plan as plan
-from .postgres_projection import stored_offsets
+from .checkpoint import Step
+from .runtime import BaseProcessor, Worker
 
 log = structlog.get_logger(__name__)
 
@@ -132,102 +126,34 @@ class BatchStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-class _FromDatabase(ConsumerRebalanceListener):
-    def __init__(self, cascade: "Cascade"):
-        self.cascade = cascade
+class CascadeProcessor(BaseProcessor):
+    """The cascade as a processor of the runtime: `process` handles a batch of register changes
+    and sync acknowledgements under the batch's per-key locks, `tick` re-sends, retries and
+    escalates what is due; the runtime sends what they emit and commits once."""
+    dedupe = False   # changes and acknowledgements are idempotent on their own ids (the state tables)
 
-    def on_partitions_revoked(self, revoked):
-        pass
-
-    def on_partitions_assigned(self, assigned):
-        self.cascade.listening_since = time.monotonic()
-        with psycopg.connect(self.cascade.database_url) as conn:
-            offsets = stored_offsets(conn, self.cascade.config.name)
-        for tp in assigned:
-            if tp in offsets:
-                self.cascade.consumer.seek(tp, offsets[tp])
-            else:
-                self.cascade.consumer.seek_to_beginning(tp)
-
-
-class Cascade:
-    def __init__(self, bootstrap: str, database_url: str, config: CascadeConfig | None = None, *,
-                 subscriptions: Subscriptions | None = None):
+    def __init__(self, config: CascadeConfig | None = None, *, subscriptions: Subscriptions | None = None):
         self.config = config or CascadeConfig()
         self.subs = subscriptions or load_subscriptions()
-        self.bootstrap = bootstrap
-        self.database_url = database_url
         self.departments = self.subs.departments()
-        self.topics = [REGISTRY_COMPANY, REGISTRY_PERSON] + [decisions_topic(d) for d in self.departments]
-        self.conn = psycopg.connect(database_url, autocommit=True)
+        self.name = self.group = self.config.name
+        self.topics = (REGISTRY_COMPANY, REGISTRY_PERSON, *(decisions_topic(d) for d in self.departments))
+        self.start = self.config.start
+        self.max_batch = self.config.max_poll_records
+        self.tick_s = self.config.tick_s
         # a short fetch wait: an acknowledgement releases the next change of its key at once
-        self.consumer = bus.make_consumer(bootstrap, self.config.name, max_poll_records=self.config.max_poll_records,
-                                          max_poll_interval_ms=300_000, fetch_max_wait_ms=100)
-        for topic in self.topics:  # metadata first: a group leader without it assigns nothing
-            if not self.consumer.partitions_for_topic(topic):
-                raise RuntimeError(f"topic {topic} does not exist; run `onething topics apply`")
-        if self.config.start == "latest":
-            self._store_end_offsets()
-        self.consumer.subscribe(self.topics, listener=_FromDatabase(self))
-        self.producer = bus.make_producer(bootstrap, client_id=f"onething-{self.config.name}")
-        self._next_tick = 0.0
+        self.consumer_options = {"fetch_max_wait_ms": 100}
+        self.conn: psycopg.Connection | None = None
         self._next_gauges = 0.0
         self.listening_since: float | None = None  # since the last partition assignment
+        self.totals = BatchStats()
 
-    def close(self) -> None:
-        self.consumer.close()
-        self.producer.close()
-        self.conn.close()
-
-    def _store_end_offsets(self) -> None:
-        """`start=latest`: a cascade without stored offsets begins at the current end (and
-        remembers it at once, so a restart resumes there rather than at a later end)."""
-        stored = stored_offsets(self.conn, self.config.name)
-        parts = [TopicPartition(t, p) for t in self.topics for p in (self.consumer.partitions_for_topic(t) or ())]
-        missing = [tp for tp in parts if tp not in stored]
-        if not missing:
-            return
-        ends = self.consumer.end_offsets(missing)
-        with self.conn.transaction():
-            for tp, end in ends.items():
-                self._store_offset(tp, end)
-
-    def _store_offset(self, tp: TopicPartition, next_offset: int) -> None:
-        self.conn.execute(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (consumer, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, "
-            "updated_at = now()", (self.config.name, tp.topic, tp.partition, next_offset))
-
-    # -- the loop -----------------------------------------------------------------------------------
-    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
-        log.info("cascade.start", cascade=self.config.name, departments=list(self.departments))
-        while not stop():
-            self.poll_once()
-
-    def poll_once(self, timeout_ms: int | None = None) -> BatchStats:
-        total = BatchStats()
-        timeout = int(self.config.tick_s * 1000) if timeout_ms is None else timeout_ms
-        batches = self.consumer.poll(timeout_ms=timeout)
-        for tp, messages in batches.items():
-            stats = self._apply_batch(tp, messages)
-            self._observe(stats)
-            total.add(stats)
-        if batches:
-            self.consumer.commit_async()  # for `onething status` only; PostgreSQL holds the truth
-            metrics.record_lag(self.consumer, self.config.name)
-        now = time.monotonic()
-        if now >= self._next_tick:
-            self._next_tick = now + self.config.tick_s
-            stats = self.tick()
-            self._observe(stats)
-            total.add(stats)
-        if now >= self._next_gauges:
-            self._next_gauges = now + 5.0
-            self.update_gauges()
-        return total
+    def assigned(self, partitions) -> None:
+        self.listening_since = time.monotonic()
 
     def _observe(self, stats: BatchStats) -> None:
         """Metrics after the commit, so a re-run batch is not counted twice."""
+        self.totals.add(stats)
         for register, seconds in stats.completed:
             FANOUT_SECONDS.labels(register).observe(max(0.0, seconds))
         for department, register, reason in stats.sent:
@@ -236,6 +162,8 @@ class Cascade:
                 RETRIES.labels(department, register, reason).inc()
         for department, register in stats.escalated:
             ESCALATIONS.labels(department, register).inc()
+        if stats.duplicates:
+            metrics.DUPLICATES_DROPPED.labels(group=self.config.name).inc(stats.duplicates)
 
     def _lock(self, key: str, *, wait: bool = True) -> bool:
         name = f"cascade:{self.config.name}:{key}"
@@ -244,39 +172,33 @@ class Cascade:
             return True
         return self.conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (name,)).fetchone()[0]
 
-    def _apply_batch(self, tp: TopicPartition, messages) -> BatchStats:
+    def process(self, step: Step) -> None:
+        """The batch under its keys' locks, taken in sorted order (two members cannot deadlock)."""
+        self.conn = step.conn
         stats = BatchStats()
-        decoded: list[tuple[object, Event | None, str | None]] = []
-        for msg in messages:
-            try:
-                decoded.append((msg, codec.decode(msg.value), None))
-            except DecodeError as exc:
-                decoded.append((msg, None, f"DecodeError: {exc}"))
         out: list[tuple[str, Event]] = []
-        register_topic = tp.topic in (REGISTRY_COMPANY, REGISTRY_PERSON)
-        with self.conn.transaction():
-            for key in sorted({ev.key for _m, ev, _e in decoded if ev is not None}):
-                self._lock(key)
-            for msg, event, problem in decoded:
-                if problem is None:
-                    if register_topic:
-                        problem = self._on_change(tp.topic, event, out, stats)
-                    else:
-                        self._on_decision(tp.topic, event, out, stats)
-                if problem:
-                    log.warning("cascade.dead_letter", topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                                reason=problem)
-                    dead_letter(self.producer, self.config.name, msg, problem)
-                    stats.dead_lettered += 1
-            for department in sorted(stats.answered):
-                self.conn.execute(
-                    "INSERT INTO cascade_departments (cascade, department, last_answer_at) VALUES (%s, %s, now()) "
-                    "ON CONFLICT (cascade, department) DO UPDATE SET last_answer_at = now()",
-                    (self.config.name, department))
-            if out:
-                bus.publish_all(self.producer, out)  # acknowledged by the broker before the commit
-            self._store_offset(tp, messages[-1].offset + 1)
-        return stats
+        keys = sorted({f"cascade:{self.config.name}:{i.event.key}" for i in step.items})
+        self.conn.execute("SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) FROM "
+                          "(SELECT k FROM unnest(%s::text[]) AS k ORDER BY k) AS s", (keys,))
+        for item in step.items:
+            problem = None
+            if item.topic in (REGISTRY_COMPANY, REGISTRY_PERSON):
+                problem = self._on_change(item.topic, item.event, out, stats)
+            else:
+                self._on_decision(item.topic, item.event, out, stats)
+            if problem:
+                log.warning("cascade.dead_letter", topic=item.topic, partition=item.partition, offset=item.offset,
+                            reason=problem)
+                step.dead_letter(self.config.name, item, problem)
+                stats.dead_lettered += 1
+        for department in sorted(stats.answered):
+            self.conn.execute(
+                "INSERT INTO cascade_departments (cascade, department, last_answer_at) VALUES (%s, %s, now()) "
+                "ON CONFLICT (cascade, department) DO UPDATE SET last_answer_at = now()",
+                (self.config.name, department))
+        for topic, event in out:
+            step.emit(topic, event)
+        step.on_commit(lambda: self._observe(stats))
 
     # -- a register change ------------------------------------------------------------------------
     def _on_change(self, topic: str, event: Event, out: list, stats: BatchStats) -> str | None:
@@ -291,7 +213,6 @@ class Cascade:
         if row is not None:
             if row[0] == change.event_id:
                 stats.duplicates += 1
-                metrics.DUPLICATES_DROPPED.labels(group=self.config.name).inc()
                 return None
             return f"sequence {change.sequence} of this key already names another change"
         targets = self.subs.targets(change.register, change.changes)
@@ -349,7 +270,6 @@ class Cascade:
         stats.answered.add(department)
         if state == "applied" or task_attempt != attempt or state != "sent":
             stats.duplicates += 1  # a repeat, or the answer to an attempt already superseded
-            metrics.DUPLICATES_DROPPED.labels(group=self.config.name).inc()
             return
         if p["outcome"] == "applied":
             self.conn.execute(
@@ -411,36 +331,38 @@ class Cascade:
         stats.tasks_sent += 1
 
     # -- timers: re-sends, new attempts, escalation --------------------------------------------------
-    def listening(self) -> set[str]:
+    def listening(self, behind: dict) -> set[str]:
         """Departments whose silence this process can judge: it has listened for a whole
         acknowledgement timeout and read its partitions of their decision topic to the end."""
         if self.listening_since is None or time.monotonic() - self.listening_since < self.config.ack_timeout_s:
             return set()
-        assigned = self.consumer.assignment()
         out = set()
         for department in self.departments:
             topic = decisions_topic(department)
-            if all(self.consumer.highwater(tp) is not None and self.consumer.position(tp) >= self.consumer.highwater(tp)
-                   for tp in assigned if tp.topic == topic):
+            if all(left == 0 for tp, left in behind.items() if tp.topic == topic):
                 out.add(department)
         return out
 
-    def tick(self, limit: int = 500) -> BatchStats:
+    def tick(self, step: Step, limit: int = 500) -> None:
+        self.conn = step.conn
         stats = BatchStats()
         out: list[tuple[str, Event]] = []
-        listening = self.listening()
-        with self.conn.transaction():
-            due = self.conn.execute(
-                "SELECT change_event_id::text, department, register_key FROM cascade_targets "
-                "WHERE cascade = %s AND state IN ('sent', 'failed') AND next_attempt_at <= now() "
-                "ORDER BY next_attempt_at LIMIT %s", (self.config.name, limit)).fetchall()
-            for change_id, department, key in due:
-                if not self._lock(key, wait=False):
-                    continue  # another instance is working on this key: next tick
-                self._retry(change_id, department, out, stats, department in listening)
-            if out:
-                bus.publish_all(self.producer, out)
-        return stats
+        listening = self.listening(step.behind)
+        due = self.conn.execute(
+            "SELECT change_event_id::text, department, register_key FROM cascade_targets "
+            "WHERE cascade = %s AND state IN ('sent', 'failed') AND next_attempt_at <= now() "
+            "ORDER BY next_attempt_at LIMIT %s", (self.config.name, limit)).fetchall()
+        for change_id, department, key in due:
+            if not self._lock(key, wait=False):
+                continue  # another instance is working on this key: next tick
+            self._retry(change_id, department, out, stats, department in listening)
+        for topic, event in out:
+            step.emit(topic, event)
+        step.on_commit(lambda: self._observe(stats))
+        now = time.monotonic()
+        if now >= self._next_gauges:
+            self._next_gauges = now + 5.0
+            self.update_gauges()
 
     def _retry(self, change_id: str, department: str, out: list, stats: BatchStats, listening: bool) -> None:
         row = self.conn.execute(
@@ -507,8 +429,29 @@ class Cascade:
                 PENDING.labels(department, register).set(counts.get((department, register), 0))
 
 
+class Cascade:
+    """The cascade on a worker of its own (`run` in the foreground, `poll_once` stepped by hand)."""
+
+    def __init__(self, bootstrap: str, database_url: str, config: CascadeConfig | None = None, *,
+                 subscriptions: Subscriptions | None = None):
+        self.processor = CascadeProcessor(config, subscriptions=subscriptions)
+        self.config = self.processor.config
+        self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=int(self.config.tick_s * 1000))
+        self.consumer = self.worker.consumer
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        log.info("cascade.start", cascade=self.config.name, departments=list(self.processor.departments))
+        self.worker.run(stop)
+
+    def poll_once(self, timeout_ms: int | None = None):
+        return self.worker.poll_once(timeout_ms)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
 def run(settings: Settings, stop: Callable[[], bool] = lambda: False, config: CascadeConfig | None = None) -> None:
-    """Run in the foreground (`python -m projectors.cascade`, or infra/process.py's `cascade`)."""
+    """Run in the foreground (`python -m projectors.cascade`)."""
     from infra import migrations
 
     migrations.migrate(settings.database_url)  # idempotent; concurrent starters wait for each other
@@ -535,12 +478,7 @@ def main() -> None:
                      os.environ.get("ONETHING_LOG_LEVEL", "INFO"))
     if settings.metrics_port >= 0:
         metrics.serve(settings.metrics_port)
-    try:
-        run(settings, _stop_flag(), config)
-    except Exception:  # die like kill -9: the supervisor restarts it and it resumes from PostgreSQL
-        log.exception("cascade.fatal")
-        sys.stdout.flush()
-        os._exit(70)
+    run(settings, _stop_flag(), config)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ class BaseProcessor:
     start: str = "earliest"        # a partition without stored offsets: earliest | latest | committed (Kafka's)
     max_batch: int = 500
     tick_s: float | None = None    # run `tick` this often (timers, gauges)
+    backoff_max_s: float = BACKOFF_MAX_S   # longest wait between tries after a transient failure
     transient: tuple[type[BaseException], ...] = ()
     consumer_options: dict = {}
 
@@ -141,6 +142,7 @@ class Worker:
         self.poll_ms = poll_ms
         self.max_batch = _attr(processor, "max_batch", 500)
         self.transient = TRANSIENT + tuple(_attr(processor, "transient", ()))
+        self.backoff_max = float(_attr(processor, "backoff_max_s", BACKOFF_MAX_S))
         self._own_producer = producer is None
         self.producer = producer or bus.make_producer(bootstrap, client_id=f"onething-{self.group}")
         self.consumer = bus.make_consumer(bootstrap, self.group, max_poll_records=self.max_batch,
@@ -240,6 +242,17 @@ class Worker:
         if hasattr(self.p, "assigned"):
             self.p.assigned(tps)
         log.info("runtime.assigned", group=self.group, partitions=len(tps))
+
+    def ready(self, timeout_s: float = 60.0) -> None:
+        """Poll until this member holds partitions and has sought them to their stored offsets
+        (so nothing produced from now on is missed by a processor that starts at the end)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.consumer.assignment() or self.to_seek:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.group}: no partitions assigned within {timeout_s} s")
+            self.poll_once(200)
+        for tp in self.consumer.assignment():
+            self.consumer.position(tp)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
@@ -396,7 +409,7 @@ class Worker:
 
     def _wait_after(self, exc: BaseException, where: str) -> None:
         """A transient failure: pause every partition and try again after a growing backoff."""
-        self.backoff = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self.backoff * 2))
+        self.backoff = min(self.backoff_max, max(min(BACKOFF_MIN_S, self.backoff_max), self.backoff * 2))
         self.retry_at = time.monotonic() + self.backoff
         CHECKPOINTS.labels(self.group, "retried").inc()
         self.stats.update(retries=1)

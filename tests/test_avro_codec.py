@@ -55,3 +55,16 @@ def test_encode_refuses_a_payload_that_does_not_match_without_echoing_values():
     with pytest.raises(ValueError) as info:
         codec.encode(ev)
     assert secret not in str(info.value)
+
+
+def test_the_encoder_writes_every_envelope_field():
+    """to_record spells the envelope out field by field (for speed): a field added to the
+    dataclass must not be left out of the message silently."""
+    import dataclasses
+
+    from events.codec import to_record
+    from events.envelope import Actor, Envelope, new_event
+
+    record = to_record(new_event("ApplicationWithdrawn", "case-1", {"reason": None}, region_code="440203"), 1)
+    assert set(record["envelope"]) == {f.name for f in dataclasses.fields(Envelope)}
+    assert set(record["envelope"]["actor"]) == {f.name for f in dataclasses.fields(Actor)}

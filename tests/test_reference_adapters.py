@@ -251,9 +251,9 @@ def test_an_outage_delays_tasks_and_loses_none(bootstrap, database_url, lane, db
     with running(backend, bootstrap, database_url, retry_for_s=0.5) as adapter:
         publish(bootstrap, tasks_topic(name), *tasks)
         deadline = time.monotonic() + 20
-        while adapter.stats.backend_waits < 2 and time.monotonic() < deadline:  # the SDK gave up and re-polled
+        while adapter.stats.backend_waits < 2 and time.monotonic() < deadline:  # paused, then tried again
             time.sleep(0.1)
-        assert adapter.stats.backend_waits >= 2 and backend.stats.unavailable >= 3
+        assert adapter.stats.backend_waits >= 2 and backend.stats.unavailable >= 2
         tail.until(lambda _: True, 1)
         assert not tail.events, "nothing is decided while the department is down"
         flag.unlink()

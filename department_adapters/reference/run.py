@@ -1,5 +1,6 @@
-"""Run simulated departments behind the adapter SDK: one (`run_adapter`, what
-`python -m infra.process adapter DEPT` starts) or several in threads (`run_all`, for the demo).
+"""Run simulated departments behind the adapter SDK, all in one process: each department is a
+processor of the runtime with its own group (`adapter.<department>`), so one department's
+outage pauses only its own partitions, and each scales out alone.
 
     python -m department_adapters.reference.run [DEPARTMENT ...]   # default: the newborn bundle's
 
@@ -10,12 +11,11 @@ config is passed.
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
-from department_adapters.sdk import Adapter, AdapterStats, Backend
+from department_adapters.sdk import Adapter, AdapterProcessor, AdapterStats, Backend
 from infra import migrations
 from infra.settings import Settings
 
@@ -39,83 +39,60 @@ def case_backend(backend: Backend) -> SimulatedBackend:
     return backend.case if hasattr(backend, "case") else backend  # type: ignore[attr-defined,return-value]
 
 
-def build_adapter(settings: Settings, department: str, config: BackendConfig | None = None, *,
-                  name: str | None = None, retry_for_s: float = 20.0) -> Adapter:
-    return Adapter(build_backend(department, config, name=name), settings.bootstrap_servers,
-                   settings.database_url, retry_for_s=retry_for_s)
-
-
-def run_adapter(settings: Settings, department: str, stop: Callable[[], bool] = lambda: False,
-                config: BackendConfig | None = None, *, name: str | None = None, retry_for_s: float = 20.0,
-                migrate: bool = True) -> AdapterStats:
-    """Run one simulated department until `stop()` is true; returns the SDK's counters.
-
-    Applies the migrations first (idempotent; concurrent starters wait for each other), so an
-    adapter never starts against a database without its registers."""
-    if migrate:
-        migrations.migrate(settings.database_url)
-    adapter = build_adapter(settings, department, config, name=name, retry_for_s=retry_for_s)
-    backend = case_backend(adapter.backend)
-    log.info("reference.start", department=department, adapter=backend.department,
-             register_syncs=backend is not adapter.backend, **backend.config.summary())
-    try:
-        adapter.run(stop)
-    finally:
-        adapter.close()
-        log.info("reference.stop", department=department, adapter=backend.department,
-                 handled=adapter.stats.handled, replayed=adapter.stats.replayed,
-                 dead_lettered=adapter.stats.dead_lettered, backend_waits=adapter.stats.backend_waits)
-    return adapter.stats
-
-
-def run_all(settings: Settings, departments: Iterable[str], stop: Callable[[], bool] = lambda: False,
-            configs: Mapping[str, BackendConfig] | None = None, *, names: Mapping[str, str] | None = None,
-            retry_for_s: float = 20.0, restart_after_s: float = 2.0) -> dict[str, list[AdapterStats]]:
-    """Run several simulated departments, one thread each, until `stop()` is true (blocks).
-
-    An adapter that fails (broker or database gone) is logged and restarted after
-    `restart_after_s`, as the supervisor would restart a process; its uncommitted task is
-    simply read again. Returns, per department, the stats of each run of its adapter.
-    """
+def _known(departments: Iterable[str]) -> list[str]:
     from catalog.loader import load_catalog
 
     departments = list(dict.fromkeys(departments))
     unknown = sorted(set(departments) - set(load_catalog().departments))
     if unknown:  # fail now, not in a restart loop
         raise ValueError(f"unknown departments {unknown}")
-    migrations.migrate(settings.database_url)
+    return departments
+
+
+def adapter_processors(departments: Iterable[str], configs: Mapping[str, BackendConfig] | None = None, *,
+                       names: Mapping[str, str] | None = None, retry_for_s: float = 5.0) -> list[AdapterProcessor]:
+    """One processor per department, for a `Host` (what `onething run adapters` runs)."""
     configs, names = configs or {}, names or {}
-    runs: dict[str, list[AdapterStats]] = {d: [] for d in departments}
-    stopping = threading.Event()
+    return [AdapterProcessor(build_backend(d, configs.get(d), name=names.get(d)), retry_for_s=retry_for_s)
+            for d in _known(departments)]
 
-    def stopped() -> bool:
-        if not stopping.is_set() and stop():
-            stopping.set()
-        return stopping.is_set()
 
-    def one(dept: str) -> None:
-        structlog.contextvars.bind_contextvars(service=f"adapter.{names.get(dept, dept)}")  # threads start bare
-        while not stopped():
-            try:
-                runs[dept].append(run_adapter(settings, dept, stopped, configs.get(dept), name=names.get(dept),
-                                              retry_for_s=retry_for_s, migrate=False))
-            except Exception:
-                log.exception("reference.crashed", department=dept)
-                stopping.wait(restart_after_s)
+def build_adapter(settings: Settings, department: str, config: BackendConfig | None = None, *,
+                  name: str | None = None, retry_for_s: float = 5.0) -> Adapter:
+    return Adapter(build_backend(department, config, name=name), settings.bootstrap_servers,
+                   settings.database_url, retry_for_s=retry_for_s)
 
-    threads = [threading.Thread(target=one, args=(d,), name=f"adapter-{names.get(d, d)}", daemon=True)
-               for d in departments]
-    for t in threads:
-        t.start()
+
+def run_adapter(settings: Settings, department: str, stop: Callable[[], bool] = lambda: False,
+                config: BackendConfig | None = None, *, name: str | None = None, retry_for_s: float = 5.0,
+                migrate: bool = True) -> AdapterStats:
+    """Run one simulated department on a worker of its own until `stop()`; returns the SDK's counters."""
+    if migrate:
+        migrations.migrate(settings.database_url)
+    adapter = build_adapter(settings, department, config, name=name, retry_for_s=retry_for_s)
+    backend = case_backend(adapter.backend)
+    log.info("reference.start", department=department, adapter=backend.department, **backend.config.summary())
     try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)
+        adapter.run(stop)
     finally:
-        stopping.set()
-        for t in threads:
-            t.join()
-    return runs
+        adapter.close()
+        stats = adapter.stats
+        log.info("reference.stop", department=department, adapter=backend.department, handled=stats.handled,
+                 replayed=stats.replayed, dead_lettered=stats.dead_lettered, backend_waits=stats.backend_waits)
+    return adapter.stats
+
+
+def run_all(settings: Settings, departments: Iterable[str], stop: Callable[[], bool] = lambda: False,
+            configs: Mapping[str, BackendConfig] | None = None, *, names: Mapping[str, str] | None = None,
+            retry_for_s: float = 5.0) -> dict[str, AdapterStats]:
+    """Run several simulated departments in this process (a thread each, one shared producer)
+    until `stop()` is true (blocks). Returns each department's counters."""
+    from projectors.runtime import Host
+
+    processors = adapter_processors(departments, configs, names=names, retry_for_s=retry_for_s)
+    migrations.migrate(settings.database_url)
+    Host(processors, settings.bootstrap_servers, settings.database_url, name="adapters").run(stop)
+    return {p.department: p.stats for p in processors}
 
 
 def newborn_departments() -> list[str]:
@@ -127,6 +104,7 @@ def newborn_departments() -> list[str]:
 
 def main(argv: list[str]) -> None:
     import signal
+    import threading
 
     from infra import log as logmod
 

@@ -24,9 +24,8 @@ import psycopg
 from catalog.validators import USCC_ALPHABET, resident_id_check_char, uscc_check_char
 from department_adapters.reference.register_copy import RegisterCopyBackend
 from department_adapters.sdk import Adapter
-from events import bus, codec
+from events import codec
 from events.codec import DecodeError
-from infra.topics import tasks_topic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 _ORG = [c for c in USCC_ALPHABET]
@@ -57,35 +56,10 @@ class RunAdapter(Adapter):
 
     def __init__(self, backend, bootstrap: str, database_url: str, *, group: str, keys: Iterable[str],
                  retry_for_s: float = 2.0):
-        super().__init__(backend, bootstrap, database_url, retry_for_s=retry_for_s)
-        self.consumer.close()  # never polled: it never joined the default group
-        self.group = group
         self.keys = set(keys)
-        self.consumer = bus.make_consumer(bootstrap, group, tasks_topic(self.department), max_poll_records=50,
-                                          max_poll_interval_ms=300_000, auto_offset_reset="latest",
-                                          fetch_max_wait_ms=100)
-        # load the topic's metadata before joining: a group leader without it assigns nothing
-        # ("No partition metadata for topic") until its next metadata refresh, minutes later
-        self.consumer.partitions_for_topic(tasks_topic(self.department))
-
-    def _process(self, tp, msg) -> bool:
-        try:
-            task = codec.decode(msg.value)
-        except DecodeError:
-            return True
-        if task.key not in self.keys or task.payload.get("kind") != "register_sync":
-            return True
-        return super()._process(tp, msg)
-
-    def ready(self, timeout_s: float = 60.0) -> None:
-        """Joined the group and resolved its starting positions (so nothing produced later is missed)."""
-        deadline = time.monotonic() + timeout_s
-        while not self.consumer.assignment():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.group}: no partitions assigned")
-            self.poll_once(200)
-        for tp in self.consumer.assignment():
-            self.consumer.position(tp)
+        super().__init__(backend, bootstrap, database_url, retry_for_s=retry_for_s, group=group, start="latest",
+                         keep=lambda t: t.key in self.keys and t.payload.get("kind") == "register_sync",
+                         consumer_options={"fetch_max_wait_ms": 100}, max_poll_records=50)
 
 
 class AdapterThreads:
