@@ -233,7 +233,7 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
 
     from . import stack
     from .bench_cases import Watcher, post_applications, prepare_request
-    from .fast_forward import end_offsets, skip_history, store_offsets
+    from .fast_forward import end_offsets, skip_history
     from .settings import Settings
     from .supervisor import system
 
@@ -329,11 +329,9 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             create_schema(conn, schema)
         try:
-            with psycopg.connect(settings.database_url) as conn:
-                store_offsets(conn, name, start_offsets)
-            total = _total_end(settings.bootstrap_servers, topics) - sum(start_offsets.values())
             t2 = time.monotonic()
-            _rebuild_from(CaseViewProjection(name, schema=schema), settings, start_offsets)
+            total = rebuild(CaseViewProjection(name, schema=schema), settings.bootstrap_servers,
+                            settings.database_url, start=start_offsets)
             f.rebuild_events_per_s = total / (time.monotonic() - t2)
         finally:
             with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -342,18 +340,6 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
                 conn.execute("DELETE FROM processed_events WHERE consumer = %s", (name,))
         bar.update(step, advance=1, note="done")
     return f
-
-
-def _rebuild_from(projection, settings, start_offsets) -> None:
-    """Follow the log from `start_offsets` (stored already) to its current end."""
-    from projectors.postgres_projection import ProjectionRunner, _follow, _partitions
-
-    runner = ProjectionRunner(projection, settings.bootstrap_servers, settings.database_url, group_prefix="bench")
-    try:
-        target = runner.consumer.end_offsets(_partitions(runner.worker, projection.topics))
-        _follow(runner, target, projection.name, None)
-    finally:
-        runner.close()
 
 
 def _wait(predicate, timeout_s: float, sup=None) -> None:

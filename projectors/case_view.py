@@ -20,15 +20,26 @@ it. Every change is therefore monotonic:
 - the due date comes from the TaskDispatched of the highest attempt, whatever the status;
 - an event of a case whose submission has not been seen yet is still recorded (a skeleton
   row); the submission fills in the bundle and the applicant when it arrives;
-- the case status is recomputed after every event: withdrawn if ApplicationWithdrawn was
-  seen, completed if CaseCompleted was seen, awaiting_applicant if any service is
-  correction_requested, else open. Services a withdrawal leaves open become cancelled and
-  services CaseCompleted lists as not approved, still open and waiting for another
-  not-approved service become blocked (the dispatch fold does both without an event); the
-  case shows completed only once every service shows a final state, since CaseCompleted can
-  arrive before the decision that completed the case;
+- the case status follows the events: withdrawn if ApplicationWithdrawn was seen, completed
+  if CaseCompleted was seen, awaiting_applicant if any service is correction_requested, else
+  open. Services a withdrawal leaves open become cancelled and services CaseCompleted lists
+  as not approved, still open and waiting for another not-approved service become blocked
+  (the dispatch fold does both without an event); the case shows completed only once every
+  service shows a final state, since CaseCompleted can arrive before the decision that
+  completed the case;
 - every stored time is an event's occurred_at, never now(), so a rebuild from the log gives
   exactly the rows the incremental run gave, in whatever order the topics interleave.
+
+Batches. The view must keep up with the whole system's event rate, and a statement's round
+trip costs far more than its rows, so `apply_batch` writes a checkpoint's events with a fixed
+handful of set-based statements in one pipeline (case_view_sql.py), plus one read when the
+batch holds a submission or a withdrawal. The events are first reduced in Python to one row
+per key by the same winner rules the SQL applies, and the case is settled (status, due date,
+inferred cancelled / blocked) once per batch instead of after every event. That gives the rows
+of applying the events one by one, because an inferred state is itself monotonic (rank 4 at
+the current attempt, with a fixed reason and time); the one exception is a withdrawal arriving
+after a completion, which cancels only the services still open when it arrives, so the batch
+is cut there (`_Segment`) and the part before it settled first. `apply(event)` is a batch of one.
 
 Personal data. Outputs (the child's resident ID …) are stored because the status page
 shows them to their owner; `read_case` returns them and the API decides who sees them.
@@ -40,7 +51,7 @@ case_timeline. A projection built with `schema="x"` uses the same tables in sche
 """
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -60,6 +71,7 @@ from events.envelope import Event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 
 from .case_state import blocked_at_completion, is_register_sync
+from .case_view_sql import TABLES, CaseViewSql
 from .postgres_projection import check_schema, drop_schema  # noqa: F401 (drop_schema: part of this module's API)
 from .postgres_projection import create_schema as _create_schema
 from .timeline_text import (attempt_of, bundle_label, department_label, describe, material_label, service_label,
@@ -69,18 +81,14 @@ log = structlog.get_logger(__name__)
 
 NAME = "case_view"
 MIGRATION = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0004_case_view.sql"
-TABLES = ("case_view", "case_service_view", "case_materials", "case_timeline")
 CHINA = ZoneInfo("Asia/Shanghai")
 
 # status -> rank (see the module docstring)
 WAITING, DISPATCHED, ACCEPTED, CORRECTION = "waiting", "dispatched", "accepted", "correction_requested"
 APPROVED, REJECTED, BLOCKED, CANCELLED = "approved", "rejected", "blocked", "cancelled"
 RANK = {WAITING: 0, DISPATCHED: 1, ACCEPTED: 2, CORRECTION: 3, APPROVED: 5, REJECTED: 5}
-RANK_INFERRED_FINAL = 4   # blocked / cancelled inferred by the view from the case's end
 RANK_TASK_CANCELLED = 6
 OPEN_STATUSES = (DISPATCHED, ACCEPTED, CORRECTION)   # at the department, not decided
-WITHDRAWN_REASON = "withdrawn by the applicant"
-BLOCKED_REASON = "a service it depends on was not approved"
 
 # timeline: cause before effect when two entries share occurred_at (derived events carry their cause's time)
 PHASE = {"ApplicationSubmitted": 0, "MaterialsSupplemented": 0, "ApplicationWithdrawn": 0, "DecisionRecorded": 0,
@@ -104,116 +112,176 @@ def create_schema(conn: psycopg.Connection, schema: str) -> None:
     _create_schema(conn, schema, MIGRATION, "case_view")
 
 
-class _Sql:
-    """The projection's statements, rendered once with schema-qualified table names.
-
-    Few round trips per event (they are most of a rebuild's time): a task or a decision is
-    one service upsert, one case upsert that also recomputes the case status, and one
-    timeline insert."""
-
-    def __init__(self, schema: str):
-        t = {name: sql.Identifier(schema, name) for name in TABLES}
-        self.tables = t
-
-        def f(text: str) -> str:
-            return sql.SQL(text).format(cv=t["case_view"], sv=t["case_service_view"], mat=t["case_materials"],
-                                        tl=t["case_timeline"]).as_string(None)
-
-        # case facts, each recorded once (the first submission, withdrawal, completion wins)
-        self.submitted = f(
-            "INSERT INTO {cv} AS c (case_id, updated_at, receipt_no, bundle_code, services, applicant_token, channel,"
-            " staff_id, region_code, submitted_at) VALUES (%(case_id)s, %(at)s, %(receipt_no)s, %(bundle_code)s,"
-            " %(services)s, %(applicant_token)s, %(channel)s, %(staff_id)s, %(region_code)s, %(at)s) "
-            "ON CONFLICT (case_id) DO UPDATE SET receipt_no = EXCLUDED.receipt_no, bundle_code = EXCLUDED.bundle_code,"
-            " services = EXCLUDED.services, applicant_token = EXCLUDED.applicant_token, channel = EXCLUDED.channel,"
-            " staff_id = EXCLUDED.staff_id, region_code = EXCLUDED.region_code, submitted_at = EXCLUDED.submitted_at "
-            "WHERE c.submitted_at IS NULL OR c.submitted_at = EXCLUDED.submitted_at")
-        self.withdrawn = f(
-            "INSERT INTO {cv} AS c (case_id, withdrawn_at) VALUES (%(case_id)s, %(at)s) "
-            "ON CONFLICT (case_id) DO UPDATE SET withdrawn_at = EXCLUDED.withdrawn_at WHERE c.withdrawn_at IS NULL")
-        self.completed = f(
-            "INSERT INTO {cv} AS c (case_id, completed_at, completed_rejected) VALUES (%(case_id)s, %(at)s, %(rejected)s) "
-            "ON CONFLICT (case_id) DO UPDATE SET completed_at = EXCLUDED.completed_at,"
-            " completed_rejected = EXCLUDED.completed_rejected WHERE c.completed_at IS NULL")
-        self.materials = f(
-            "INSERT INTO {mat} AS m (case_id, code, source, updated_at)"
-            " SELECT %(case_id)s, code, source, %(at)s FROM unnest(%(codes)s::text[], %(sources)s::text[]) AS x(code, source) "
-            "ON CONFLICT (case_id, code) DO UPDATE SET source = EXCLUDED.source, updated_at = EXCLUDED.updated_at "
-            "WHERE m.updated_at IS NULL OR m.updated_at <= EXCLUDED.updated_at")
-        self.services = f(
-            "INSERT INTO {sv} AS s (case_id, service_id, department)"
-            " SELECT %(case_id)s, sid, dept FROM unnest(%(service_ids)s::text[], %(departments)s::text[]) AS x(sid, dept) "
-            "ON CONFLICT (case_id, service_id) DO UPDATE SET department = EXCLUDED.department "
-            "WHERE s.department IS NULL")
-        # the monotonic status change: only when the event's (attempt, rank) >= the stored one;
-        # the due date only from the TaskDispatched of the highest attempt
-        win = "(s.attempt, s.rank) <= (EXCLUDED.attempt, EXCLUDED.rank)"
-        due = "(EXCLUDED.dispatched_attempt > 0 AND EXCLUDED.dispatched_attempt >= s.dispatched_attempt)"
-        self.service = f(
-            "INSERT INTO {sv} AS s (case_id, service_id, department, status, attempt, rank, task_id, reason, missing,"
-            " outputs, updated_at, dispatched_attempt, due_date) VALUES (%(case_id)s, %(service_id)s, %(department)s,"
-            " %(status)s, %(attempt)s, %(rank)s, %(task_id)s, %(reason)s, %(missing)s, %(outputs)s, %(at)s,"
-            " %(dispatched_attempt)s, %(due_date)s) "
-            "ON CONFLICT (case_id, service_id) DO UPDATE SET department = coalesce(s.department, EXCLUDED.department), "
-            + ", ".join(f"{c} = CASE WHEN {win} THEN EXCLUDED.{c} ELSE s.{c} END"
-                        for c in ("status", "attempt", "rank", "task_id", "reason", "missing", "outputs", "updated_at"))
-            + f", due_date = CASE WHEN {due} THEN EXCLUDED.due_date ELSE s.due_date END,"
-            f" dispatched_attempt = CASE WHEN {due} THEN EXCLUDED.dispatched_attempt ELSE s.dispatched_attempt END")
-        # after every event: the case's row, status and due date (status of an open case from its services)
-        self.settle_case = f(
-            "INSERT INTO {cv} AS c (case_id, updated_at, status, due_date) VALUES (%(case_id)s, %(at)s,"
-            " CASE WHEN EXISTS (SELECT 1 FROM {sv} s WHERE s.case_id = %(case_id)s"
-            "  AND s.status = 'correction_requested') THEN 'awaiting_applicant' ELSE 'open' END,"
-            " (SELECT max(s.due_date) FROM {sv} s WHERE s.case_id = %(case_id)s)) "
-            "ON CONFLICT (case_id) DO UPDATE SET updated_at = greatest(c.updated_at, EXCLUDED.updated_at),"
-            " due_date = EXCLUDED.due_date "
-            "RETURNING c.withdrawn_at, c.completed_at")
-        # completed only once every service shows its final state: CaseCompleted (on `cases`) can
-        # overtake the decision it follows (on `decisions.<dept>`), and a case shown 办结 with a
-        # service still 办理中 would be a contradiction on the status page
-        self.case_status = f(
-            "UPDATE {cv} c SET status = CASE WHEN c.withdrawn_at IS NOT NULL THEN 'withdrawn'"
-            " WHEN c.completed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {sv} s WHERE s.case_id = c.case_id"
-            "  AND s.rank < %(rank)s) THEN 'completed'"
-            " WHEN EXISTS (SELECT 1 FROM {sv} s WHERE s.case_id = c.case_id AND s.status = 'correction_requested')"
-            "  THEN 'awaiting_applicant' ELSE 'open' END WHERE c.case_id = %(case_id)s")
-        self.cancel_open = f(
-            "UPDATE {sv} SET status = 'cancelled', rank = %(rank)s, reason = %(reason)s, missing = '{{}}',"
-            " outputs = '{{}}', updated_at = %(at)s WHERE case_id = %(case_id)s AND rank < %(rank)s")
-        self.block_open = f(
-            "UPDATE {sv} s SET status = 'blocked', rank = %(rank)s, reason = %(reason)s, missing = '{{}}',"
-            " outputs = '{{}}', updated_at = %(at)s FROM {cv} c WHERE s.case_id = %(case_id)s AND c.case_id = s.case_id"
-            " AND s.rank < %(rank)s AND s.service_id = ANY(c.completed_rejected)")
-        self.timeline = f(
-            "INSERT INTO {tl} (case_id, event_id, entry_key, occurred_at, phase, sequence, event_type, text_zh,"
-            " text_en, actor_role, channel, department, service_id) VALUES (%(case_id)s, %(event_id)s,"
-            " %(entry_key)s, %(at)s, %(phase)s, %(sequence)s, %(event_type)s, %(text_zh)s, %(text_en)s,"
-            " %(actor_role)s, %(channel)s, %(department)s, %(service_id)s) ON CONFLICT DO NOTHING")
-        self.reset = f("TRUNCATE {cv}, {sv}, {mat}, {tl}")
-        self.count_cases = f("SELECT count(*) FROM {cv}")
-        self.case_row = f(
-            "SELECT case_id, receipt_no, bundle_code, services, applicant_token, channel, region_code, status,"
-            " due_date, submitted_at, updated_at, completed_at, withdrawn_at FROM {cv} WHERE case_id = %s")
-        self.service_rows = f(
-            "SELECT service_id, department, status, attempt, due_date, reason, missing, outputs "
-            "FROM {sv} WHERE case_id = %s")
-        self.timeline_rows = f(
-            "SELECT occurred_at, event_type, text_zh, text_en, actor_role, channel FROM {tl} "
-            "WHERE case_id = %s ORDER BY occurred_at, phase, sequence, event_id")
-        self.worklist = f(
-            "SELECT s.case_id, s.service_id, s.task_id, s.status, s.attempt, s.due_date, c.bundle_code "
-            "FROM {sv} s JOIN {cv} c USING (case_id) "
-            "WHERE s.department = %(department)s AND s.status = ANY(%(statuses)s) "
-            "ORDER BY s.due_date NULLS LAST, s.case_id, s.service_id LIMIT %(limit)s")
+_SQL_CACHE: dict[str, CaseViewSql] = {}
 
 
-_SQL_CACHE: dict[str, _Sql] = {}
-
-
-def _sql_for(schema: str) -> _Sql:
+def _sql_for(schema: str) -> CaseViewSql:
     if schema not in _SQL_CACHE:
-        _SQL_CACHE[schema] = _Sql(_check_schema(schema))
+        _SQL_CACHE[schema] = CaseViewSql(_check_schema(schema))
     return _SQL_CACHE[schema]
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, date):  # and datetime: ISO text, which PostgreSQL reads back to the microsecond
+        return value.isoformat()
+    raise TypeError(f"cannot store a {type(value).__name__} in the case view")
+
+
+def _rows(rows) -> Jsonb:
+    return Jsonb(list(rows), dumps=lambda obj: json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
+                                                          default=_json_value))
+
+
+class _Segment:
+    """A stretch of a batch, reduced to one row per key: what goes to each table, and the cases
+    it touched (settled once at its end). A row meets the stored state in SQL by the same rules
+    by which the stretch's events met each other here."""
+
+    def __init__(self):
+        self.cases: dict[str, dict] = {}
+        self.services: dict[tuple[str, str], dict] = {}
+        self.materials: dict[tuple[str, str], dict] = {}
+
+    def case(self, case_id: str, at: datetime) -> dict:
+        row = self.cases.get(case_id)
+        if row is None:
+            row = self.cases[case_id] = {"case_id": case_id, "updated_at": at, "services": [], "submitted_at": None,
+                                         "withdrawn_at": None, "completed_at": None, "completed_rejected": []}
+        elif at > row["updated_at"]:
+            row["updated_at"] = at
+        return row
+
+    def service(self, case_id: str, service_id: str, department: str | None) -> dict:
+        """The service's row; as it stands, a 'waiting' one at version (0, 0): what a row the
+        submission creates holds, and what any event of a task (attempt >= 1) outranks."""
+        row = self.services.get((case_id, service_id))
+        if row is None:
+            row = self.services[(case_id, service_id)] = {
+                "case_id": case_id, "service_id": service_id, "department": department, "status": WAITING,
+                "attempt": 0, "rank": 0, "task_id": None, "reason": None, "missing": [], "outputs": {},
+                "updated_at": None, "dispatched_attempt": 0, "due_date": None}
+        elif row["department"] is None:
+            row["department"] = department
+        return row
+
+    def status(self, case_id: str, at: datetime, p: dict, *, status: str, rank: int, attempt: int,
+               reason: str | None = None, missing: list[str] | None = None,
+               outputs: dict[str, str] | None = None, due_date: date | None = None) -> None:
+        row = self.service(case_id, p["service_id"], p.get("department"))
+        if (attempt, rank) >= (row["attempt"], row["rank"]):  # the later of equal versions wins, as in SQL
+            row.update(status=status, attempt=attempt, rank=rank, task_id=p.get("task_id"), reason=reason,
+                       missing=missing or [], outputs=outputs or {}, updated_at=at)
+        if status == DISPATCHED and attempt >= row["dispatched_attempt"]:
+            row.update(dispatched_attempt=attempt, due_date=due_date)
+
+    def supply(self, case_id: str, at: datetime, materials) -> None:
+        codes = [m["code"] for m in materials]
+        if len(set(codes)) != len(codes) or any(m["source"] is None for m in materials):
+            # one event's upsert could not write them (a row touched twice, a NULL source): the
+            # event fails as it did when it was written on its own, and the runtime isolates it
+            raise ValueError("a materials list repeats a code or lacks a source")
+        for m in materials:
+            row = self.materials.get((case_id, m["code"]))
+            if row is None or at >= row["updated_at"]:
+                self.materials[(case_id, m["code"])] = {"case_id": case_id, "code": m["code"],
+                                                        "source": m["source"], "updated_at": at}
+
+
+class _Batch:
+    """A batch's events reduced to segments, tracking per case what the stored state and the
+    events so far decided: which submission counts, whether it was withdrawn or completed."""
+
+    def __init__(self, catalog: Catalog, known: dict[str, tuple]):
+        self.catalog = catalog
+        self.submitted_at = {case_id: row[0] for case_id, row in known.items()}
+        self.withdrawn = {case_id for case_id, row in known.items() if row[1] is not None}
+        self.completed = {case_id for case_id, row in known.items() if row[2] is not None}
+        self.segments = [_Segment()]
+        self.timeline: list[dict] = []
+
+    def add(self, event: Event) -> None:
+        case_id, at, p = event.key, event.envelope.occurred_at, event.payload
+        if event.type in OVERSIGHT:
+            sid = p.get("service_id") or (p.get("subject_id") if p.get("scope") == "service" else None)
+            self._timeline(event, p.get("department"), sid)
+            return
+        if event.type == "ApplicationWithdrawn" and case_id in self.segments[-1].cases \
+                and case_id in self.completed and case_id not in self.withdrawn:
+            self.segments.append(_Segment())  # settle what the completion blocked before the withdrawal
+        seg = self.segments[-1]
+        department, service_id = getattr(self, f"_on_{event.type}")(seg, seg.case(case_id, at), event, p, at)
+        self._timeline(event, department, service_id)
+
+    # -- per event type: (department, service_id) for the timeline ------------------------
+    def _on_ApplicationSubmitted(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[None, None]:
+        actor, case_id = event.envelope.actor, event.key
+        services = list(dict.fromkeys(p["services"]))
+        values = {"receipt_no": p.get("receipt_no"), "bundle_code": p["bundle_code"], "services": services,
+                  "applicant_token": actor.id_token, "channel": actor.channel, "staff_id": actor.staff_id,
+                  "region_code": event.envelope.region_code, "submitted_at": at}
+        first = self.submitted_at.get(case_id)
+        if first is not None and first != at:
+            return None, None  # a second submission under the same case id is a repeat
+        self.submitted_at[case_id] = at
+        row.update(values)
+        for sid in services:
+            seg.service(case_id, sid, svc.department if (svc := self.catalog.services.get(sid)) else None)
+        seg.supply(case_id, at, p.get("materials") or ())
+        return None, None
+
+    def _on_MaterialsSupplemented(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[None, None]:
+        # the services stay correction_requested until the TaskDispatched of their next attempt
+        seg.supply(event.key, at, p.get("materials") or ())
+        return None, None
+
+    def _on_ApplicationWithdrawn(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[None, None]:
+        if event.key not in self.withdrawn:
+            self.withdrawn.add(event.key)
+            row["withdrawn_at"] = at
+        return None, None
+
+    def _on_CaseCompleted(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[None, None]:
+        services = [*(p.get("approved") or ()), *(p.get("rejected") or ())]
+        rejected = blocked_at_completion(self.catalog, services, p.get("rejected") or ())
+        if event.key not in self.completed:
+            self.completed.add(event.key)
+            row.update(completed_at=at, completed_rejected=rejected)
+        return None, None
+
+    def _on_TaskDispatched(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[str, str]:
+        seg.status(event.key, at, p, status=DISPATCHED, rank=RANK[DISPATCHED], attempt=attempt_of(p["task_id"]),
+                   due_date=p.get("due_date"))
+        return p["department"], p["service_id"]
+
+    def _on_TaskCancelled(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[str, str]:
+        seg.status(event.key, at, p, status=CANCELLED, rank=RANK_TASK_CANCELLED, attempt=attempt_of(p["task_id"]),
+                   reason=p.get("reason"))
+        return p["department"], p["service_id"]
+
+    def _on_DecisionRecorded(self, seg: _Segment, row: dict, event: Event, p: dict, at) -> tuple[str, str]:
+        outcome = p["outcome"]
+        if outcome in RANK:
+            seg.status(event.key, at, p, status=outcome, rank=RANK[outcome], attempt=attempt_of(p["task_id"]),
+                       reason=p.get("reason") if outcome in (CORRECTION, REJECTED) else None,
+                       missing=list(p.get("missing_materials") or ()) if outcome == CORRECTION else [],
+                       outputs=dict(p.get("outputs") or {}) if outcome == APPROVED else {})
+        else:  # applied / failed belong to register syncs: the timeline shows it, the status stays
+            seg.service(event.key, p["service_id"], p["department"])
+        return p["department"], p["service_id"]
+
+    def _timeline(self, event: Event, department: str | None, service_id: str | None) -> None:
+        text = describe(event, self.catalog)
+        if text is None:
+            return
+        p, env = event.payload, event.envelope
+        key = {"ApplicationSubmitted": "submitted", "ApplicationWithdrawn": "withdrawn", "CaseCompleted": "completed",
+               "TaskDispatched": f"task:{p.get('task_id')}", "TaskCancelled": f"cancel:{p.get('task_id')}",
+               }.get(event.type, f"event:{event.id}")
+        self.timeline.append({
+            "n": len(self.timeline), "case_id": event.key, "event_id": event.id, "entry_key": key,
+            "occurred_at": env.occurred_at, "phase": PHASE[event.type], "sequence": env.sequence,
+            "event_type": event.type, "text_zh": text[0], "text_en": text[1], "actor_role": env.actor.role,
+            "channel": env.actor.channel, "department": department, "service_id": service_id})
 
 
 class CaseViewProjection:
@@ -248,114 +316,34 @@ class CaseViewProjection:
         return self.keep is None or self.keep(event.key)
 
     def apply(self, conn: psycopg.Connection, event: Event) -> None:
-        if event.type not in HANDLED or is_register_sync(event):
-            return  # register syncs share the department topics; they are the cascade's read model
-        case_id = event.key
-        if self.keep is not None and not self.keep(case_id):
+        self.apply_batch(conn, [event])
+
+    def apply_batch(self, conn: psycopg.Connection, events: list[Event]) -> None:
+        """At most one read, then every write in one pipeline (one round trip), whatever the
+        batch's length; any failure propagates, so the runtime can isolate the bad event."""
+        events = [e for e in events if e.type in HANDLED and not is_register_sync(e)  # syncs: the cascade's
+                  and (self.keep is None or self.keep(e.key))]
+        if not events:
             return
-        base = {"case_id": case_id, "at": event.envelope.occurred_at}
-        if event.type in OVERSIGHT:
-            p = event.payload
-            sid = p.get("service_id") or (p.get("subject_id") if p.get("scope") == "service" else None)
-            self._timeline(conn, event, base, p.get("department"), sid)
-            return
-        department, service_id = getattr(self, f"_on_{event.type}")(conn, event, base)
-        self._settle(conn, base)
-        self._timeline(conn, event, base, department, service_id)
-
-    # -- per event type: (department, service_id) for the timeline ------------------------
-    def _on_ApplicationSubmitted(self, conn, event: Event, base: dict) -> tuple[None, None]:
-        p, actor = event.payload, event.envelope.actor
-        services = list(dict.fromkeys(p["services"]))
-        applied = conn.execute(self.q.submitted, {
-            **base, "receipt_no": p.get("receipt_no"), "bundle_code": p["bundle_code"], "services": services,
-            "applicant_token": actor.id_token, "channel": actor.channel, "staff_id": actor.staff_id,
-            "region_code": event.envelope.region_code}).rowcount
-        if not applied:
-            return None, None  # a second submission under the same case id is a repeat
-        departments = [svc.department if (svc := self.catalog.services.get(sid)) else None for sid in services]
-        conn.execute(self.q.services, {**base, "service_ids": services, "departments": departments})
-        self._materials(conn, p.get("materials") or (), base)
-        return None, None
-
-    def _on_MaterialsSupplemented(self, conn, event: Event, base: dict) -> tuple[None, None]:
-        # the services stay correction_requested until the TaskDispatched of their next attempt
-        self._materials(conn, event.payload.get("materials") or (), base)
-        return None, None
-
-    def _on_ApplicationWithdrawn(self, conn, event: Event, base: dict) -> tuple[None, None]:
-        conn.execute(self.q.withdrawn, base)
-        return None, None
-
-    def _on_CaseCompleted(self, conn, event: Event, base: dict) -> tuple[None, None]:
-        p = event.payload
-        services = [*(p.get("approved") or ()), *(p.get("rejected") or ())]
-        conn.execute(self.q.completed, {**base, "rejected": blocked_at_completion(self.catalog, services,
-                                                                                  p.get("rejected") or ())})
-        return None, None
-
-    def _on_TaskDispatched(self, conn, event: Event, base: dict) -> tuple[str, str]:
-        p = event.payload
-        attempt = attempt_of(p["task_id"])
-        self._service(conn, base, p, status=DISPATCHED, rank=RANK[DISPATCHED], attempt=attempt,
-                      due_date=p.get("due_date"))
-        return p["department"], p["service_id"]
-
-    def _on_TaskCancelled(self, conn, event: Event, base: dict) -> tuple[str, str]:
-        p = event.payload
-        self._service(conn, base, p, status=CANCELLED, rank=RANK_TASK_CANCELLED,
-                      attempt=attempt_of(p["task_id"]), reason=p.get("reason"))
-        return p["department"], p["service_id"]
-
-    def _on_DecisionRecorded(self, conn, event: Event, base: dict) -> tuple[str, str]:
-        p = event.payload
-        outcome = p["outcome"]
-        if outcome in RANK:
-            self._service(conn, base, p, status=outcome, rank=RANK[outcome], attempt=attempt_of(p["task_id"]),
-                          reason=p.get("reason") if outcome in (CORRECTION, REJECTED) else None,
-                          missing=list(p.get("missing_materials") or ()) if outcome == CORRECTION else [],
-                          outputs=dict(p.get("outputs") or {}) if outcome == APPROVED else {})
-        else:  # applied / failed belong to register syncs: the timeline shows it, the status stays
-            conn.execute(self.q.services, {**base, "service_ids": [p["service_id"]], "departments": [p["department"]]})
-        return p["department"], p["service_id"]
-
-    # -- helpers ------------------------------------------------------------------------
-    def _service(self, conn, base: dict, p: dict, *, status: str, rank: int, attempt: int,
-                 reason: str | None = None, missing: list[str] | None = None,
-                 outputs: dict[str, str] | None = None, due_date: date | None = None) -> None:
-        conn.execute(self.q.service, {
-            **base, "service_id": p["service_id"], "department": p.get("department"), "status": status,
-            "rank": rank, "attempt": attempt, "task_id": p.get("task_id"), "reason": reason,
-            "missing": missing or [], "outputs": Jsonb(outputs or {}),
-            "dispatched_attempt": attempt if status == DISPATCHED else 0, "due_date": due_date})
-
-    def _materials(self, conn, materials, base: dict) -> None:
-        if materials:
-            conn.execute(self.q.materials, {**base, "codes": [m["code"] for m in materials],
-                                            "sources": [m["source"] for m in materials]})
-
-    def _settle(self, conn, base: dict) -> None:
-        withdrawn_at, completed_at = conn.execute(self.q.settle_case, base).fetchone()
-        if withdrawn_at is not None:
-            conn.execute(self.q.cancel_open, {**base, "at": withdrawn_at, "rank": RANK_INFERRED_FINAL,
-                                              "reason": WITHDRAWN_REASON})
-        elif completed_at is not None:
-            conn.execute(self.q.block_open, {**base, "at": completed_at, "rank": RANK_INFERRED_FINAL,
-                                             "reason": BLOCKED_REASON})
-        conn.execute(self.q.case_status, {**base, "rank": RANK_INFERRED_FINAL})
-
-    def _timeline(self, conn, event: Event, base: dict, department: str | None, service_id: str | None) -> None:
-        text = describe(event, self.catalog)
-        if text is None:
-            return
-        p, env = event.payload, event.envelope
-        key = {"ApplicationSubmitted": "submitted", "ApplicationWithdrawn": "withdrawn", "CaseCompleted": "completed",
-               "TaskDispatched": f"task:{p.get('task_id')}", "TaskCancelled": f"cancel:{p.get('task_id')}",
-               }.get(event.type, f"event:{event.id}")
-        conn.execute(self.q.timeline, {
-            **base, "event_id": event.id, "entry_key": key, "phase": PHASE[event.type], "sequence": env.sequence,
-            "event_type": event.type, "text_zh": text[0], "text_en": text[1], "actor_role": env.actor.role,
-            "channel": env.actor.channel, "department": department, "service_id": service_id})
+        q = self.q
+        ask = list({e.key for e in events if e.type in ("ApplicationSubmitted", "ApplicationWithdrawn")})
+        known = {r[0]: r[1:] for r in conn.execute(q.known, (ask,))} if ask else {}
+        batch = _Batch(self.catalog, known)
+        for event in events:
+            batch.add(event)
+        with conn.pipeline():
+            for seg in batch.segments:
+                if seg.cases:
+                    conn.execute(q.cases, (_rows(seg.cases.values()),))
+                if seg.services:
+                    conn.execute(q.services, (_rows(seg.services.values()),))
+                if seg.materials:
+                    conn.execute(q.materials, (_rows(seg.materials.values()),))
+                if seg.cases:
+                    conn.execute(q.infer_final, {"cases": list(seg.cases)})
+                    conn.execute(q.case_status, (list(seg.cases),))
+            if batch.timeline:
+                conn.execute(q.timeline, (_rows(batch.timeline),))
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -127,14 +127,16 @@ def _partitions(worker: Worker, topics) -> list[TopicPartition]:
 
 
 def _follow(runner: ProjectionRunner, target: dict[TopicPartition, int], namespace: str,
-            progress: Callable[[int, int], None] | None) -> int:
-    """Poll until the stored offsets of `namespace` reach `target`; report done / total."""
-    total = sum(target.values())
+            progress: Callable[[int, int], None] | None, start: dict[TopicPartition, int] | None = None) -> int:
+    """Poll until the stored offsets of `namespace` reach `target`; report done / total (counted
+    from `start`, else from the partitions' beginnings). Returns the total."""
+    base = {tp: (start or {}).get(tp, 0) for tp in target}
+    total = sum(max(0, end - base[tp]) for tp, end in target.items())
     while True:
         runner.poll_once(timeout_ms=200)
         stored = stored_offsets(runner.conn, namespace)
         runner.conn.commit()
-        done = sum(min(stored.get(tp, 0), end) for tp, end in target.items())
+        done = sum(max(0, min(stored.get(tp, 0), end) - base[tp]) for tp, end in target.items())
         if progress:
             progress(done, total)
         if done >= total:
@@ -142,18 +144,24 @@ def _follow(runner: ProjectionRunner, target: dict[TopicPartition, int], namespa
 
 
 def rebuild(projection: Projection, bootstrap: str, database_url: str,
-            progress: Callable[[int, int], None] | None = None) -> int:
-    """Empty the read model and its stored offsets in place, then re-apply the whole log up to
-    its current end. Its own process must be stopped (two writers would race); the live system
-    uses `shadow_rebuild`. Returns the number of messages in the log it read."""
+            progress: Callable[[int, int], None] | None = None,
+            start: dict[TopicPartition, int] | None = None) -> int:
+    """Empty the read model and its stored offsets in place, then re-apply the log up to its
+    current end: the whole log, or from `start` (a test's or a benchmark's own stretch of it).
+    Its own process must be stopped (two writers would race); the live system uses
+    `shadow_rebuild`. Returns the number of messages it read."""
     with psycopg.connect(database_url) as conn, conn.transaction():
         projection.reset(conn)
         conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (projection.name,))
         conn.execute("DELETE FROM processed_events WHERE consumer = %s", (projection.name,))
+        if start:
+            from .checkpoint import store_first
+
+            store_first(conn, projection.name, start)
     runner = ProjectionRunner(projection, bootstrap, database_url, group_prefix="rebuild")
     try:
         target = runner.consumer.end_offsets(_partitions(runner.worker, projection.topics))
-        return _follow(runner, target, projection.name, progress)
+        return _follow(runner, target, projection.name, progress, start)
     finally:
         runner.close()
 
@@ -246,7 +254,7 @@ class UnqualifiedTables:
     def place(self, name: str, schema: str) -> None:
         self.name = name
         self.schema = check_schema(schema)
-        self.search_path = None if schema == "public" else f"{schema}, public"
+        self.search_path = None if schema == "public" else f"{schema},public"  # no space: libpq splits options on it
 
     def create_schema(self, conn: psycopg.Connection, schema: str) -> None:
         create_schema(conn, schema, self.migration, self.probe_table)

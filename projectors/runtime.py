@@ -45,6 +45,7 @@ from events.codec import DecodeError
 from infra import metrics
 
 from . import checkpoint as cp
+from . import crash_points
 from .checkpoint import Fenced, Item, Step
 
 log = structlog.get_logger(__name__)
@@ -145,9 +146,9 @@ class Worker:
         self.backoff_max = float(_attr(processor, "backoff_max_s", BACKOFF_MAX_S))
         self._own_producer = producer is None
         self.producer = producer or bus.make_producer(bootstrap, client_id=f"onething-{self.group}")
-        self.consumer = bus.make_consumer(bootstrap, self.group, max_poll_records=self.max_batch,
-                                          max_poll_interval_ms=300_000,
-                                          **dict(_attr(processor, "consumer_options", {}) or {}))
+        options = {"max_poll_records": self.max_batch, "max_poll_interval_ms": 300_000,
+                   **dict(_attr(processor, "consumer_options", {}) or {})}
+        self.consumer = bus.make_consumer(bootstrap, self.group, **options)
         self._wait_for_topics(list(processor.topics))
         self.consumer.subscribe(list(processor.topics), listener=_Rebalance(self))
         self.conn: psycopg.Connection | None = None
@@ -348,7 +349,9 @@ class Worker:
             if usable:
                 self.p.process(step)
             cp.publish(self.producer, step.out)
+            crash_points.reached(self.group, "after_flush")
         # durable from here on
+        crash_points.reached(self.group, "after_commit")
         self.expected.update(next_offsets)
         self.kafka_offsets.update(next_offsets)
         self.backoff = 0.0

@@ -312,17 +312,28 @@ def live(bootstrap, database_url, topology):
 class Reference:
     """The view built by applying a log in order, in one transaction, without Kafka."""
 
-    def __init__(self, database_url: str):
-        self.schema = f"cv_ref_{RUN}"
+    def __init__(self, database_url: str, label: str = "ref"):
+        self.schema = f"cv_{label}_{RUN}"
         self.conn = psycopg.connect(database_url, autocommit=True)
         create_schema(self.conn, self.schema)
-        self.projection = CaseViewProjection(f"case_view_ref_{RUN}", schema=self.schema)
+        self.projection = CaseViewProjection(f"case_view_{label}_{RUN}", schema=self.schema)
 
     def build(self, events: list[Event]) -> None:
         with self.conn.transaction():
             self.projection.reset(self.conn)
             for e in events:
                 self.projection.apply(self.conn, e)
+
+    def build_in_batches(self, events: list[Event], sizes: list[int]) -> None:
+        """The log cut into batches of these sizes (the last one repeated), as the runtime hands
+        them over: one transaction each, `apply_batch` once per batch."""
+        self.projection.reset(self.conn)
+        i, sizes = 0, list(sizes)
+        while i < len(events):
+            n = sizes.pop(0) if len(sizes) > 1 else sizes[0]
+            with self.conn.transaction():
+                self.projection.apply_batch(self.conn, events[i:i + n])
+            i += n
 
     def case(self, case_id: str) -> dict | None:
         return read_case(self.conn, case_id, today=TODAY, schema=self.schema)
@@ -334,6 +345,14 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(database_url):
     ref = Reference(database_url)
+    yield ref
+    drop_schema(ref.conn, ref.schema)
+    ref.conn.close()
+
+
+@pytest.fixture(scope="module")
+def batched(database_url):
+    ref = Reference(database_url, "batched")
     yield ref
     drop_schema(ref.conn, ref.schema)
     ref.conn.close()
@@ -510,9 +529,15 @@ def test_any_interleaving_of_the_topics_gives_the_same_rows(reference, which, se
     events = _cached_scenario(which, cid)
     reference.build(events)
     expected = reference.snapshot([cid])
-    rnd = random.Random(seed)
+    reference.build(interleaved(events, random.Random(seed)))
+    assert reference.snapshot([cid]) == expected
+
+
+def interleaved(events: list[Event], rnd: random.Random) -> list[Event]:
+    """The log as a consumer may read it: Kafka keeps the order within a topic's partition, and
+    no more (every case topic has six; a case's events sit on one of each)."""
     streams = defaultdict(deque)
-    for e in events:  # Kafka keeps the order within a topic's partition, and no more
+    for e in events:
         streams[real_topic_of(e)].append(e)
     shuffled = []
     while streams:
@@ -522,8 +547,67 @@ def test_any_interleaving_of_the_topics_gives_the_same_rows(reference, which, se
             del streams[topic]
         if rnd.random() < 0.1:  # a redelivery, even long after
             shuffled.append(rnd.choice(shuffled))
-    reference.build(shuffled)
-    assert reference.snapshot([cid]) == expected
+    return shuffled
+
+
+def withdrawn_while_completing(cid: str) -> list[Event]:
+    """The applicant withdraws just as the rejection completes the case: the intake API took
+    the withdrawal, the dispatch fold had already completed the case, the log holds both."""
+    events = SCENARIOS["rejected"](cid)
+    withdrawal = new_event("ApplicationWithdrawn", cid, {"reason": "不再需要"}, actor=APPLICANT,
+                           region_code="440203", occurred_at=events[-1].envelope.occurred_at + timedelta(seconds=1))
+    return [*events, withdrawal]
+
+
+def submitted_twice(cid: str) -> list[Event]:
+    """A correction case whose submission was sent twice (a client retry under a new event id)."""
+    events = SCENARIOS["correction"](cid)
+    again = replace(events[0], envelope=replace(events[0].envelope, event_id=str(uuid.uuid4())))
+    return [*events, again]
+
+
+BATCH_CASES = {**SCENARIOS, "withdrawn-while-completing": withdrawn_while_completing,
+               "submitted-twice": submitted_twice}
+_batch_logs: list[Event] = []
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1), sizes=st.lists(st.sampled_from([1, 2, 7, 40, 500]), min_size=1, max_size=6))
+def test_a_batch_gives_the_rows_of_its_events_applied_one_by_one(reference, batched, seed, sizes):
+    """What the runtime hands over in one checkpoint (up to 500 events of many cases, topics
+    interleaved, repeats past the processed-id guard) gives the status pages and worklists of
+    applying the same events one at a time, wherever the batches are cut."""
+    if not _batch_logs:
+        _batch_logs.extend(e for which, make in BATCH_CASES.items() for e in make(f"cv-{RUN}-batch-{which}"))
+    cids = sorted({e.key for e in _batch_logs})
+    events = interleaved(_batch_logs, random.Random(seed))
+    reference.build(events)
+    batched.build_in_batches(events, sizes)
+    assert {cid: batched.case(cid) for cid in cids} == {cid: reference.case(cid) for cid in cids}
+    for department in NEWBORN_DEPARTMENTS:
+        assert read_worklist(batched.conn, department, today=TODAY, schema=batched.schema) == \
+            read_worklist(reference.conn, department, today=TODAY, schema=reference.schema)
+    assert batched.snapshot(cids) == reference.snapshot(cids)
+
+
+def test_a_withdrawal_after_the_completion_in_one_batch_leaves_the_blocked_services_blocked(reference, batched):
+    """Cases completed and then withdrawn keep showing which services could not be done because
+    a service they needed was refused (无法办理), as when the events come one by one; only what
+    was still open when the withdrawal arrived shows cancelled."""
+    cid = f"cv-{RUN}-withdrawn-late"
+    events = withdrawn_while_completing(cid)
+    batched.build_in_batches(events, [len(events)])
+    view = batched.case(cid)
+    assert view["status"] == "withdrawn"
+    statuses = {s["service_id"]: s["status"] for s in view["services"]}
+    assert statuses["health.birth_certificate"] == "rejected"
+    blocked = {sid for sid, status in statuses.items() if status == "blocked"}
+    assert blocked and "cancelled" not in statuses.values()
+    assert all(s["reason"] == "a service it depends on was not approved" for s in view["services"]
+               if s["service_id"] in blocked)
+    reference.build(events)
+    assert view == reference.case(cid)
+    assert batched.snapshot([cid]) == reference.snapshot([cid])
 
 
 _scenario_cache: dict[str, list[Event]] = {}

@@ -3,8 +3,8 @@
     python -m tests.support.run_case_view NAME SCHEMA CASE_PREFIX GROUP_PREFIX SLOW_MS TOPICS
 
 Runs `ProjectionRunner` for a `CaseViewProjection` named NAME writing to SCHEMA, reading the
-comma-separated TOPICS, applying only cases whose id starts with CASE_PREFIX, until SIGTERM. SLOW_MS sleeps after each applied
-event so a test can kill it part-way through a batch; the sleep is inside the transaction,
+comma-separated TOPICS, applying only cases whose id starts with CASE_PREFIX, until SIGTERM. SLOW_MS sleeps per applied
+event, after each batch, so a test can kill it part-way through a batch; the sleep is inside the transaction,
 which is where a crash hurts most.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ class SlowCaseView(CaseViewProjection):
         super().__init__(*args, **kwargs)
         self.slow_s = slow_s
 
-    def apply(self, conn, event) -> None:
-        super().apply(conn, event)
+    def apply_batch(self, conn, events) -> None:
+        super().apply_batch(conn, events)
         if self.slow_s:
-            time.sleep(self.slow_s)
+            time.sleep(self.slow_s * len(events))
 
 
 def main(argv: list[str]) -> None:
