@@ -18,15 +18,13 @@ The figures' meaning, and this machine's, are in the README ("Benchmark").
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import statistics
 import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 BENCH_ENV = {"ONETHING_KAFKA_PORT": "29092", "ONETHING_DB_NAME": "onething_bench",

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +83,9 @@ class Supervisor:
         if proc and proc.poll() is None:
             os.killpg(proc.pid, sig)
 
-    def stop_on_signals(self) -> "threading.Event":
+    def stop_on_signals(self) -> threading.Event:
         """SIGTERM and SIGINT end the supervision (also when a shell started it in the background,
         where SIGINT is ignored by default); the caller then stops every child."""
-        import threading
-
         stopping = threading.Event()
         for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signo, lambda *_: stopping.set())

@@ -22,10 +22,22 @@ Kafka cannot be reached the answer is 503 and the database transaction that reco
 case (and its Idempotency-Key) is rolled back. Error messages and logs never carry what a
 person typed: resident IDs, names and phones stay out of both.
 
+Keeping up (nothing blocks the event loop): PostgreSQL is psycopg's synchronous API over one
+connection pool per process (producers/db.py, opened and closed with the app), and the wait
+for Kafka's acknowledgement is a blocking `future.get()`. So every handler that touches either
+is a plain `def`, which FastAPI runs in its threadpool (anyio's limiter: 40 threads); the only
+`async def` ones are the middleware and error handlers, which block on nothing, and the
+upload, which streams its body on the loop and writes it from `run_in_threadpool`. That is
+simpler than psycopg's async pool with kafka-python's futures wrapped one by one, and just as
+correct: a thread that waits for the broker holds one pooled connection and no lock the loop
+needs. A request holds at most one pooled connection at a time, so a pool smaller than the
+threadpool never deadlocks (threads beyond it wait up to ONETHING_API_POOL_TIMEOUT_S, then 503).
+
 Environment: ONETHING_API_HOST (127.0.0.1), ONETHING_API_PORT (8000),
-ONETHING_API_PRODUCE_TIMEOUT_S (10), ONETHING_DEMO_PEOPLE (1 = seed the demo e-licences at
-start; default: only while the insecure dev secrets are in use), plus the identity secrets of
-producers/identity.py and the connection settings of infra/settings.py.
+ONETHING_API_PRODUCE_TIMEOUT_S (10), ONETHING_API_POOL_MIN / _MAX / _TIMEOUT_S (2 / 16 / 5, see
+producers/db.py), ONETHING_DEMO_PEOPLE (1 = seed the demo e-licences at start; default: only
+while the insecure dev secrets are in use), plus the identity secrets of producers/identity.py
+and the connection settings of infra/settings.py.
 """
 from __future__ import annotations
 
@@ -40,6 +52,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import psycopg
 import structlog
 from fastapi import Body, FastAPI, Header, Request
@@ -64,6 +77,7 @@ from infra.settings import REPO_ROOT, Settings
 from infra.topics import APPLICATIONS
 
 from . import e_license, identity, intake_store
+from .db import Database
 
 log = structlog.get_logger("producers.intake_api")
 PORTAL_DIR = REPO_ROOT / "portal"
@@ -169,8 +183,24 @@ class Accepted(BaseModel):
     materials: list[dict[str, Any]] = []
 
 
-# -- the Kafka producer, created on first use so the API starts without a broker ---------------
+# -- the Kafka producer: one per process, created on first use so the API starts without a broker --
 class _Producer:
+    """One KafkaProducer shared by every request of the process (kafka-python's producer is
+    thread-safe), tuned for many small sends each of which someone waits for:
+
+    - a request waits on its own record's future until the broker acknowledged it (acks=all,
+      idempotent), and never calls `flush()`, which would also wait for every other request's
+      records;
+    - linger_ms=1 (`LINGER_MS`): records of concurrent requests sent within a millisecond leave
+      in one produce request per partition instead of one each, for at most 1 ms of latency
+      (0 sends each alone);
+    - the timeouts follow ONETHING_API_PRODUCE_TIMEOUT_S, so an unreachable broker answers 503
+      within about that time.
+    `start()` connects in the background at startup, so the first request does not pay for it.
+    """
+
+    LINGER_MS = 1
+
     def __init__(self, bootstrap: str, timeout_s: float):
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
         self._lock = threading.Lock()
@@ -183,21 +213,34 @@ class _Producer:
                 self._producer = bus.make_producer(
                     self.bootstrap, client_id="onething-intake-api", bootstrap_timeout_ms=half, max_block_ms=half,
                     request_timeout_ms=half, delivery_timeout_ms=int(self.timeout_s * 1000) + 10,
-                    linger_ms=0)
+                    linger_ms=self.LINGER_MS)
             return self._producer
+
+    def start(self) -> None:
+        def warm() -> None:
+            try:
+                self._get()
+            except Exception as exc:  # the broker is not there yet: the first request tries again
+                log.warning("intake.kafka_not_ready", error=type(exc).__name__)
+
+        threading.Thread(target=warm, name="intake-producer-start", daemon=True).start()
 
     def publish(self, topic: str, event) -> None:
         """Returns once the broker acknowledged the event (acks=all); raises otherwise."""
+        producer = self._get()
         try:
-            producer = self._get()
-            bus.publish(producer, topic, event, timeout=self.timeout_s + 2)
+            bus.publish(producer, topic, event, timeout=self.timeout_s + 2)  # this record's future only
         except Exception:
-            self._discard()
+            self._discard(producer)
             raise
 
-    def _discard(self) -> None:
+    def _discard(self, producer) -> None:
+        """Drop a producer that failed (the next request builds a fresh one), unless another
+        request already replaced it."""
         with self._lock:
-            producer, self._producer = self._producer, None
+            if self._producer is not producer:
+                return
+            self._producer = None
         if producer is not None:
             try:
                 producer.close(timeout=0)
@@ -299,25 +342,41 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     if seed_demo is None:
         seed_demo = os.environ.get("ONETHING_DEMO_PEOPLE", "1" if identity.using_dev_secrets() else "0") == "1"
     db_url = settings.database_url
+    db = Database(db_url)  # one pool for every route of the app, the registers' and KPIs' too
+
+    def seed() -> None:
+        try:
+            with db.connection() as conn:
+                e_license.seed_demo_people(conn)
+        except psycopg.Error as exc:
+            log.warning("intake.demo_seed_failed", error=type(exc).__name__)
+
+    def shutdown() -> None:
+        producer.close()
+        register_router.recorder.close()
+        db.close()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        """Opens the pool (and starts the producer's connection) at startup, closes both at
+        shutdown; what blocks runs in a worker thread, never on the event loop."""
+        db.open()
+        producer.start()
+        threads = anyio.to_thread.current_default_thread_limiter().total_tokens
+        if db.max_size > threads:
+            log.warning("intake.pool_larger_than_threadpool", pool_max=db.max_size, threads=threads,
+                        hint="connections beyond the threads serving requests are never used")
         if seed_demo:
-            try:
-                with intake_store.connect(db_url) as conn:
-                    e_license.seed_demo_people(conn)
-            except psycopg.Error as exc:
-                log.warning("intake.demo_seed_failed", error=type(exc).__name__)
+            await run_in_threadpool(seed)
         if identity.using_dev_secrets():
             log.warning("intake.insecure_dev_secrets",
                         hint="set ONETHING_TOKEN_SECRET and ONETHING_PSEUDONYM_SECRET outside the demo")
         yield
-        producer.close()
-        register_router.recorder.close()
+        await run_in_threadpool(shutdown)
 
     from .register_api import create_router
 
-    register_router = create_router(settings)
+    register_router = create_router(settings, database=db)
     app = FastAPI(
         title="onething intake API — 高效办成一件事",
         version="1.0.0",
@@ -325,6 +384,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         lifespan=lifespan,
     )
     app.state.producer = producer
+    app.state.database = db
     app.state.catalog = cat
 
     # -- plumbing: request ids, metrics, error bodies ---------------------------------------
@@ -435,7 +495,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         ident = authenticate(authorization, optional=True)
         wallet = e_license.Wallet()
         if ident is not None and ident.role == "applicant" and not ident.case_id:
-            with intake_store.connect(db_url) as conn:
+            with db.connection() as conn:
                 wallet = e_license.wallet(conn, ident.subject)
         prefilled = e_license.prefill(wallet, {f.id for f in mf.fields})
         fields = []
@@ -491,7 +551,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
             raise ApiError(422, [err("body", "document.empty")])
 
         def save() -> dict[str, Any]:
-            with intake_store.connect(db_url) as conn:
+            with db.connection() as conn:
                 return intake_store.save_document(conn, ident.subject, ctype, bytes(body))
 
         return await run_in_threadpool(save)
@@ -603,7 +663,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         values = dict(body.form)
         body_hash = intake_store.request_hash(body.model_dump())
 
-        with intake_store.connect(db_url) as conn:
+        with db.connection() as conn:
             if idempotency_key is not None:  # a retry of an accepted request answers at once
                 earlier = intake_store.idempotency_record(conn, ident.subject, idempotency_key)
                 if earlier is not None:
@@ -686,7 +746,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
              "what is missing, deadlines, results, timeline")
     def get_case(case_id: str, authorization: str | None = Header(None)) -> JSONResponse:
         ident = authenticate(authorization)
-        with intake_store.connect(db_url) as conn:
+        with db.connection() as conn:
             view = case_reader(conn, case_id)
             if view is None:
                 row = intake_store.get_case(conn, case_id)
@@ -708,7 +768,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
             from projectors.escalation_queue import read_case_escalations
             from projectors.ratings import read_case_rating
 
-            with intake_store.connect(db_url) as conn:
+            with db.connection() as conn:
                 today = today_in_china()
                 escalations = read_case_escalations(conn, case_id, today=today)
                 rating = read_case_rating(conn, case_id, today=today)
@@ -793,7 +853,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     def supplement(case_id: str, body: SupplementIn = Body(...), authorization: str | None = Header(None)
                    ) -> JSONResponse:
         ident = authenticate(authorization)
-        with intake_store.connect(db_url) as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
+        with db.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
             with conn.transaction():
                 row, caller = case_for_write(conn, case_id, ident, body.applicant)
                 if not body.materials and not body.form:
@@ -817,7 +877,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
                  ) -> JSONResponse:
         ident = authenticate(authorization)
         body = body or WithdrawIn()
-        with intake_store.connect(db_url) as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
+        with db.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
             with conn.transaction():
                 row, caller = case_for_write(conn, case_id, ident, body.applicant)
                 out = produce_for_case(conn, row, ident, caller, "ApplicationWithdrawn",
@@ -833,7 +893,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         reader = read_worklist or _default_read_worklist()
         if reader is None:
             raise ApiError(501, [err("", "worklist.unavailable")])
-        with intake_store.connect(db_url) as conn:
+        with db.connection() as conn:
             items = reader(conn, department)
         return JSONResponse(_jsonable({"department": department, "items": items}),
                             headers={"Cache-Control": "no-store"})
@@ -862,7 +922,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     from . import oversight_api
 
     oversight_api.register(app, oversight_api.IntakeContext(
-        db_url=db_url, catalog=cat, authenticate=authenticate, case_for_write=case_for_write,
+        db_url=db_url, database=db, catalog=cat, authenticate=authenticate, case_for_write=case_for_write,
         case_reader=case_reader, publish=producer.publish, api_error=ApiError, err=err))
 
     # 一处变更: the master registers' API (register and department tokens only)
@@ -871,7 +931,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     # 晴雨表: the KPIs (supervisors; a department sees its own services), API and page at /kpis
     from .kpi_api import create_router as kpi_router
 
-    app.include_router(kpi_router(settings))
+    app.include_router(kpi_router(settings, database=db))
 
     if Path(PORTAL_DIR).is_dir():
         app.mount("/portal", StaticFiles(directory=PORTAL_DIR), name="portal")

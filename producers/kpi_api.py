@@ -35,6 +35,7 @@ from infra.settings import Settings
 from projectors import kpis
 
 from . import identity
+from .db import Database
 
 READERS = ("supervisor", "department")
 DEFAULT_WINDOW_DAYS = 30
@@ -77,10 +78,14 @@ def _date(name: str, value: str | None) -> date | None | JSONResponse:
 
 
 def create_router(settings: Settings, *, schema: str = "public", catalog: Catalog | None = None,
-                  today=None) -> APIRouter:
-    """The router over `settings`' database. `schema` (a test's own read model) and `today`
-    (a callable giving the day overdue is judged on; default the deadline clock's day) are for tests."""
+                  today=None, database: Database | None = None) -> APIRouter:
+    """The router over `settings`' database, through `database` (the host app's connection pool;
+    without one the router keeps a small pool of its own, opened on first use). `schema` (a test's own
+    read model) and `today` (a callable giving the day overdue is judged on; default the deadline
+    clock's day) are for tests. Handlers are plain `def`: FastAPI runs them in its threadpool, so
+    their (blocking) psycopg calls never hold up the event loop."""
     cat = catalog or load_catalog()
+    db = database or Database.standalone(settings.database_url)
     router = APIRouter(tags=["KPIs (晴雨表)"])
 
     def day() -> date:
@@ -127,7 +132,7 @@ def create_router(settings: Settings, *, schema: str = "public", catalog: Catalo
         if isinstance(span, JSONResponse):
             return span
         try:
-            with psycopg.connect(settings.database_url) as conn:
+            with db.connection() as conn:
                 body = kpis.read_kpis(conn, group_by=group_by, date_from=span[0], date_to=span[1],
                                       bundle=bundle or None, department=department or None, region=region or None,
                                       today=day(), schema=schema, catalog=cat)
@@ -152,7 +157,7 @@ def create_router(settings: Settings, *, schema: str = "public", catalog: Catalo
         if isinstance(span, JSONResponse):
             return span
         try:
-            with psycopg.connect(settings.database_url) as conn:
+            with db.connection() as conn:
                 body: dict[str, Any] = kpis.measured_vs_reform(conn, cat, bundle, date_from=span[0],
                                                                date_to=span[1], today=day(), schema=schema)
         except psycopg.OperationalError:

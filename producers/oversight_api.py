@@ -34,6 +34,7 @@ from infra.topics import APPLICATIONS, decisions_topic
 from projectors import deadline_clock
 
 from . import identity, intake_store
+from .db import Database
 
 log = structlog.get_logger("producers.oversight_api")
 
@@ -97,8 +98,9 @@ class ResolveIn(BaseModel):
 
 @dataclass
 class IntakeContext:
-    """What the intake app lends the oversight endpoints."""
+    """What the intake app lends the oversight endpoints, its connection pool among them."""
     db_url: str
+    database: Database
     catalog: Catalog
     authenticate: Callable[[str | None], identity.Identity]
     case_for_write: Callable[..., tuple[intake_store.IntakeCase, Any]]
@@ -147,7 +149,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
         from projectors.escalation_queue import read_case_escalations
 
         ident = ctx.authenticate(authorization)
-        with intake_store.connect(ctx.db_url) as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
+        with ctx.database.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
             with conn.transaction():
                 row, caller = ctx.case_for_write(conn, case_id, ident, body.applicant, done_ok=True)
                 view = ctx.case_reader(conn, case_id) or {}
@@ -176,7 +178,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
               summary="好差评 (一办即评): rate a completed case and, optionally, each service")
     def rate(case_id: str, body: RatingIn = Body(...), authorization: str | None = Header(None)):
         ident = ctx.authenticate(authorization)
-        with intake_store.connect(ctx.db_url) as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
+        with ctx.database.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
             with conn.transaction():
                 row, caller = ctx.case_for_write(conn, case_id, ident, body.applicant, done_ok=True)
                 view = ctx.case_reader(conn, case_id) or {}
@@ -222,7 +224,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
         supervisor(authorization)
         if department is not None and department not in ctx.catalog.departments:
             raise ApiError(422, [err("department", "not_found")])
-        with intake_store.connect(ctx.db_url) as conn:
+        with ctx.database.connection() as conn:
             items = read_queue(conn, status=status, today=today(), case_id=case_id, department=department,
                                receipt_no=receipt_no, limit=limit, offset=offset)
             total = count_queue(conn, status=status)
@@ -231,7 +233,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
     @app.get("/api/v1/escalations/{escalation_id}", tags=["办不成事 escalations"], summary="One escalation")
     def one(escalation_id: str, authorization: str | None = Header(None)):
         supervisor(authorization)
-        with intake_store.connect(ctx.db_url) as conn:
+        with ctx.database.connection() as conn:
             return _json(_escalation(conn, escalation_id))
 
     def _escalation(conn: psycopg.Connection, escalation_id: str) -> dict[str, Any]:
@@ -245,7 +247,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
     def act(escalation_id: str, authorization: str | None, event_type: str, payload: dict[str, Any],
             check: Callable[[dict[str, Any]], None]) -> JSONResponse:
         ident = supervisor(authorization)
-        with intake_store.connect(ctx.db_url) as conn, conn.transaction():
+        with ctx.database.connection() as conn, conn.transaction():
             item = _escalation(conn, escalation_id)
             with infra_log.bound(correlation_id=item["case_id"]):
                 row = intake_store.get_case(conn, item["case_id"], for_update=True)
@@ -295,7 +297,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
         from projectors.ratings import read_rectifications
 
         staff_of(authorization, department)
-        with intake_store.connect(ctx.db_url) as conn:
+        with ctx.database.connection() as conn:
             items = read_rectifications(conn, department, status=status, today=today())
         return _json({"department": department, "status": status, "items": items})
 
@@ -305,7 +307,7 @@ def register(app: FastAPI, ctx: IntakeContext) -> None:
         from projectors.ratings import read_rectification
 
         ident = staff_of(authorization, None)
-        with intake_store.connect(ctx.db_url) as conn, conn.transaction():
+        with ctx.database.connection() as conn, conn.transaction():
             item = read_rectification(conn, rectification_id, today=today())
             if item is None or item["department"] != ident.department:
                 raise ApiError(404, [err("rectification_id", "rectification.not_found")])

@@ -40,6 +40,7 @@ from infra.settings import Settings
 from projectors import cascade_status
 
 from . import identity
+from .db import Database
 from .register_changes import COMPANY, PERSON, ChangeRefused, Problem
 from .registers import ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable
 
@@ -108,9 +109,15 @@ class DeathIn(BaseModel):
 
 
 def create_router(settings: Settings, *, recorder: RegisterRecorder | None = None,
-                  cascade: str = "cascade") -> APIRouter:
-    """The router over `settings`' broker and database; `cascade` names the cascade deployment to report on."""
-    rec = recorder or RegisterRecorder(settings.bootstrap_servers, settings.database_url)
+                  cascade: str = "cascade", database: Database | None = None) -> APIRouter:
+    """The router over `settings`' broker and database; `cascade` names the cascade deployment to report on.
+
+    `database` is the host app's connection pool, shared by the status reads and the recorder it
+    makes (without one the router keeps a small pool of its own, opened on first use). Handlers are
+    plain `def`: FastAPI runs them in its threadpool, so psycopg and the wait for the broker's
+    acknowledgement never block the event loop."""
+    db = database or Database.standalone(settings.database_url)
+    rec = recorder or RegisterRecorder(settings.bootstrap_servers, settings.database_url, pool=db)
     router = APIRouter(prefix="/api/v1", tags=["registers and cascade (一处变更、多处联动)"])
 
     def caller(authorization: str | None, *, write: str | None = None) -> identity.Identity | JSONResponse:
@@ -224,7 +231,7 @@ def create_router(settings: Settings, *, recorder: RegisterRecorder | None = Non
         if isinstance(ident, JSONResponse):
             return ident
         try:
-            with psycopg.connect(settings.database_url) as conn:
+            with db.connection() as conn:
                 return query(conn)
         except psycopg.OperationalError:
             return _error(503, "", "kafka.unavailable", {"Retry-After": "5"})

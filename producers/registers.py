@@ -44,12 +44,14 @@ import hashlib
 import hmac
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import psycopg
+import psycopg_pool
 import structlog
 from kafka import KafkaProducer
 from prometheus_client import Counter
@@ -111,11 +113,14 @@ def _lock_id(register: str, key: str) -> str:
 
 
 class RegisterRecorder:
-    """Records register changes. Thread-safe: one PostgreSQL connection per thread, one shared producer."""
+    """Records register changes. Thread-safe: one shared producer, and one PostgreSQL connection
+    per thread — or, given `pool` (the API's `producers.db.Database`), a connection borrowed from
+    the pool for each call and given back after it."""
 
     def __init__(self, bootstrap: str, database_url: str, *, producer: KafkaProducer | None = None,
                  produce_timeout_s: float = 10.0, lock_timeout_s: float = 15.0,
-                 subscriptions: Subscriptions | None = None, today: Callable[[], date] = date.today):
+                 subscriptions: Subscriptions | None = None, today: Callable[[], date] = date.today,
+                 pool: Any = None):
         self.bootstrap = bootstrap
         self.database_url = database_url
         self.produce_timeout_s = produce_timeout_s
@@ -127,6 +132,7 @@ class RegisterRecorder:
         self._producer_lock = threading.Lock()
         self._local = threading.local()
         self._connections: list[psycopg.Connection] = []
+        self._pool = pool
 
     # -- resources ------------------------------------------------------------------------------
     def producer(self) -> KafkaProducer:
@@ -139,6 +145,11 @@ class RegisterRecorder:
             return self._producer
 
     def _conn(self) -> psycopg.Connection:
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            return held
+        if self._pool is not None:
+            raise RuntimeError("a pooled recorder works on a connection of _session() only")
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             try:
@@ -150,7 +161,33 @@ class RegisterRecorder:
             self._connections.append(conn)
         return conn
 
+    @contextmanager
+    def _session(self) -> Iterator[psycopg.Connection]:
+        """The connection a call works on: this thread's own, or — with a pool — one borrowed for
+        the outermost call of the thread. A borrowed one goes back with its lock timeout reset
+        and every advisory lock released, so the pool lends it on as a clean session."""
+        held = getattr(self._local, "held", None)
+        if held is not None or self._pool is None:
+            yield self._conn()
+            return
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(f"SET lock_timeout = '{int(self.lock_timeout_s * 1000)}ms'")
+                self._local.held = conn
+                try:
+                    yield conn
+                finally:
+                    self._local.held = None
+                    if not conn.closed:
+                        try:
+                            conn.execute("RESET lock_timeout; SELECT pg_advisory_unlock_all()")
+                        except psycopg.Error:
+                            conn.close()  # the pool discards it; its session locks die with it
+        except psycopg_pool.PoolTimeout as exc:
+            raise RegisterUnavailable("the register database cannot be reached") from exc
+
     def close(self) -> None:
+        """Closes this recorder's own connections and producer (a pool belongs to its owner)."""
         for conn in self._connections:
             if not conn.closed:
                 conn.close()
@@ -244,30 +281,32 @@ class RegisterRecorder:
                            request=dict(changes) if isinstance(changes, Mapping) else None)
 
     def _requested(self, actor: Actor, change_id: str) -> bool:
-        return self._conn().execute("SELECT 1 FROM register_change_requests WHERE caller = %s AND change_id = %s",
-                                    (actor.id_token, change_id)).fetchone() is not None
+        with self._session() as conn:
+            return conn.execute("SELECT 1 FROM register_change_requests WHERE caller = %s AND change_id = %s",
+                                (actor.id_token, change_id)).fetchone() is not None
 
     # -- reading the master register ---------------------------------------------------------------
     def master(self, register: str, raw_key: str) -> RegisterRecord | None:
         """The entry as of its last confirmed change (None when the key was never written)."""
         key = register_key(register, raw_key)
-        row = self._conn().execute("SELECT record, next_sequence - 1, last_event_id FROM register_keys "
-                                   "WHERE register = %s AND register_key = %s", (register, key)).fetchone()
+        with self._session() as conn:
+            row = conn.execute("SELECT record, next_sequence - 1, last_event_id FROM register_keys "
+                               "WHERE register = %s AND register_key = %s", (register, key)).fetchone()
         if row is None or row[1] == 0:
             return None
         return RegisterRecord(register, key, row[1], dict(row[0]), str(row[2]) if row[2] else None)
 
     def flush_pending(self, limit: int = 1000) -> int:
         """Produce and confirm every intent left unconfirmed (run at start-up, or by an operator)."""
-        conn = self._conn()
-        rows = conn.execute("SELECT register, register_key FROM register_keys WHERE pending_event IS NOT NULL "
-                            "ORDER BY pending_since LIMIT %s", (limit,)).fetchall()
-        done = 0
-        for register, key in rows:
-            with self._key_lock(conn, register, key):
-                if self._settle(conn, register, key) is not None:
-                    done += 1
-        return done
+        with self._session() as conn:
+            rows = conn.execute("SELECT register, register_key FROM register_keys WHERE pending_event IS NOT NULL "
+                                "ORDER BY pending_since LIMIT %s", (limit,)).fetchall()
+            done = 0
+            for register, key in rows:
+                with self._key_lock(conn, register, key):
+                    if self._settle(conn, register, key) is not None:
+                        done += 1
+            return done
 
     # -- the protocol ------------------------------------------------------------------------------
     def _key_lock(self, conn: psycopg.Connection, register: str, key: str):
@@ -334,9 +373,15 @@ class RegisterRecorder:
     def _write(self, register: str, raw_key: str, change_kind: str, build: Callable[[RegisterRecord], dict], *,
                actor: Actor | None, change_id: str | None, request: Any,
                correlation_id: str | None = None) -> Recorded:
+        with self._session() as conn:
+            return self._write_on(conn, register, raw_key, change_kind, build, actor=actor, change_id=change_id,
+                                  request=request, correlation_id=correlation_id)
+
+    def _write_on(self, conn: psycopg.Connection, register: str, raw_key: str, change_kind: str,
+                  build: Callable[[RegisterRecord], dict], *, actor: Actor | None, change_id: str | None,
+                  request: Any, correlation_id: str | None = None) -> Recorded:
         actor = actor or REGISTER_ACTORS[register]
         key = register_key(register, raw_key)
-        conn = self._conn()
         request_hash = self._request_hash(register, key, change_kind, request) if change_id else None
         try:
             with self._key_lock(conn, register, key):

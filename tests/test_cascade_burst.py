@@ -34,8 +34,9 @@ from projectors import cascade_status
 from projectors.cascade import CASCADE_TOPIC
 
 from .support.cascade_harness import (cascade_env, company_fields, end_offsets, new_resident_id, new_uscc,
-                                      open_changes, read_since, skip_if_foreign_adapters, start_process,
+                                      open_changes, skip_if_foreign_adapters, start_process,
                                       stop_process, wait_cascade_ready, wait_complete)
+from .support.topics import read_messages
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 SUBS = load_subscriptions()
@@ -171,7 +172,7 @@ def test_1000_changes_with_a_department_down_and_the_cascade_killed_end_in_equal
 
     # -- verification against the log ------------------------------------------------------------
     keys = set(companies)
-    log_events = [ev for _m, ev in read_since(bootstrap, {tp: o for tp, o in starts.items()
+    log_events = [ev for _m, ev in read_messages(bootstrap, {tp: o for tp, o in starts.items()
                                                          if tp.topic == REGISTRY_COMPANY},
                                               keep=lambda m, ev: ev is not None and ev.key in keys)]
     assert len({e.id for e in log_events}) == total
@@ -215,7 +216,7 @@ def test_1000_changes_with_a_department_down_and_the_cascade_killed_end_in_equal
             assert copies[(dept, uscc)] == {f: v for f, v in entry.items() if f in kept}, (dept, uscc)
 
     # data minimisation: read every sync task of the run
-    tasks = [ev for _m, ev in read_since(bootstrap, {tp: o for tp, o in starts.items() if tp.topic in task_topics},
+    tasks = [ev for _m, ev in read_messages(bootstrap, {tp: o for tp, o in starts.items() if tp.topic in task_topics},
                                          keep=lambda m, ev: ev is not None and ev.key in keys
                                          and ev.type == "TaskDispatched")]
     for t in tasks:
@@ -226,7 +227,7 @@ def test_1000_changes_with_a_department_down_and_the_cascade_killed_end_in_equal
 
     by_dept = {d: (silent, failures, escalated, sends) for d, silent, failures, escalated, sends in targets}
     assert by_dept[DOWN][0] > 0 and by_dept[DOWN][2] > 0, by_dept[DOWN]  # silent re-sends, then escalations
-    escalations = [ev for _m, ev in read_since(bootstrap, {tp: o for tp, o in starts.items()
+    escalations = [ev for _m, ev in read_messages(bootstrap, {tp: o for tp, o in starts.items()
                                                           if tp.topic == CASCADE_TOPIC},
                                                keep=lambda m, ev: ev is not None and ev.key in keys)]
     assert {e.payload["department"] for e in escalations} >= {DOWN}

@@ -39,7 +39,8 @@ from projectors import cascade_status
 from projectors.cascade import CASCADE_TOPIC, Cascade, CascadeConfig
 
 from .support.cascade_harness import (AdapterThreads, company_fields, end_offsets, new_resident_id, new_uscc,
-                                      read_since, skip_if_foreign_adapters, wait_complete)
+                                      skip_if_foreign_adapters, wait_complete)
+from .support.topics import read_messages
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 SUBS = load_subscriptions()
@@ -92,7 +93,7 @@ def world(bootstrap, database_url):
 
 
 def sync_tasks(bootstrap, starts, keys):
-    return [ev for _m, ev in read_since(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key in keys
+    return [ev for _m, ev in read_messages(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key in keys
                                         and ev.type == "TaskDispatched")]
 
 
@@ -189,7 +190,7 @@ def test_a_death_starts_the_downstream_updates_in_every_department(world, bootst
     tasks = sync_tasks(bootstrap, starts, {token})
     moved = {t.payload["department"] for t in tasks if t.payload["inputs"]["change_kind"] == "household_moved"}
     assert moved == {"police", "hrss", "medical_insurance", "civil_affairs"}  # funeral, housing fund: nothing to do
-    for _m, ev in read_since(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key == token):
+    for _m, ev in read_messages(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key == token):
         assert rid not in repr(ev.payload)
 
 
@@ -214,7 +215,7 @@ def test_unprocessable_messages_are_dead_lettered_while_the_rest_flows_on(world,
 
     def mine(m, ev):
         return ev is not None and ev.payload.get("consumer") == world.name
-    letters = [ev.payload for _m, ev in read_since(bootstrap, dl_starts, keep=mine)]
+    letters = [ev.payload for _m, ev in read_messages(bootstrap, dl_starts, keep=mine)]
     reasons = sorted(p["reason"] for p in letters)
     assert len(letters) == 3, reasons
     assert any(r.startswith("DecodeError: not an Avro single-object message") for r in reasons)
@@ -257,7 +258,7 @@ def test_a_failing_department_is_retried_with_new_attempts_then_escalated_and_co
     # the later change waited for the earlier one at the bank, and only there
     bank2 = next(t for t in second["target_states"] if t["department"] == "bank")
     assert bank2["first_sent_at"] >= bank["applied_at"]
-    escalated = [ev for _m, ev in read_since(bootstrap, esc_starts, keep=lambda m, ev: ev is not None
+    escalated = [ev for _m, ev in read_messages(bootstrap, esc_starts, keep=lambda m, ev: ev is not None
                                              and ev.key == uscc)]
     assert len({e.id for e in escalated}) == 1
     assert escalated[0].payload["department"] == "bank" and escalated[0].payload["last_outcome"] == "failed"

@@ -16,7 +16,8 @@ from producers.register_changes import ChangeRefused, fold_all
 from producers.registers import (ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable, register_key,
                                  verify_master)
 
-from .support.cascade_harness import company_fields, end_offsets, new_resident_id, new_uscc, read_since
+from .support.cascade_harness import company_fields, end_offsets, new_resident_id, new_uscc
+from .support.topics import read_messages
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
@@ -29,7 +30,7 @@ def recorder(bootstrap, database_url):
 
 
 def events_of(bootstrap, starts, key):
-    return [ev for _m, ev in read_since(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key == key)]
+    return [ev for _m, ev in read_messages(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key == key)]
 
 
 def test_concurrent_writers_of_one_company_get_gapless_sequences_in_log_order(bootstrap, recorder):
@@ -186,7 +187,7 @@ def test_person_changes_travel_under_a_token_and_never_carry_the_resident_id(boo
     with pytest.raises(ChangeRefused) as err:
         recorder.move_household(rid, "上海市黄浦区南京东路2号", "310101", "2025-07-01")
     assert [p.code for p in err.value.problems] == ["person.deceased"]
-    raw = read_since(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key == token)
+    raw = read_messages(bootstrap, starts, keep=lambda m, ev: ev is not None and ev.key == token)
     assert [ev.envelope.sequence for _m, ev in raw] == [1, 2]
     assert raw[0][1].envelope.region_code == "310101"
     assert raw[1][1].payload["changes"]["status"] == "deceased"

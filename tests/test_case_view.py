@@ -31,13 +31,12 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import NewTopic
 from psycopg import sql
 
 from catalog.loader import load_catalog
 from events import bus
-from events import codec
 from events.envelope import Actor, Event, new_event, now_utc
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from projectors import case_state
@@ -48,6 +47,7 @@ from projectors.timeline_text import describe
 
 from .support.offsets import end_offsets, seed_offsets
 from .support.newborn import newborn_form, resident_id, submission
+from .support.topics import read_since
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parent.parent
@@ -638,32 +638,6 @@ def test_rebuild_from_the_log_gives_the_rows_of_the_incremental_run(bootstrap, d
         assert {cid: view.case(cid) for cid in logs} == views
     finally:
         view.close()
-
-
-def read_since(bootstrap: str, start: dict[TopicPartition, int], keep) -> list[Event]:
-    """Every event on these partitions from `start` up to their current end that `keep` accepts."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = list(start)
-        consumer.assign(tps)
-        for tp, offset in start.items():
-            consumer.seek(tp, offset)
-        ends = consumer.end_offsets(tps)
-        out: list[Event] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, "could not read the topics to their end"
-            for msgs in consumer.poll(timeout_ms=500, max_records=5000).values():
-                for m in msgs:
-                    try:
-                        event = codec.decode(m.value)
-                    except ValueError:
-                        continue
-                    if keep(event):
-                        out.append(event)
-        return out
-    finally:
-        consumer.close()
 
 
 def test_on_the_real_topics_the_view_is_the_fold_of_what_the_log_holds(bootstrap, database_url, reference):

@@ -21,7 +21,8 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
-from events import codec
+from tests.support.topics import read_since
+
 from events.envelope import Event
 from infra.topics import APPLICATIONS
 from producers import e_license, identity, intake_store
@@ -60,22 +61,7 @@ def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
 
 def events_since(bootstrap: str, before: dict[TopicPartition, int]) -> list[Event]:
     """Every event written to `applications` after `before`, up to the end offsets of now."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = list(before)
-        consumer.assign(tps)
-        for tp, offset in before.items():
-            consumer.seek(tp, offset)
-        ends = consumer.end_offsets(tps)
-        out: list[Event] = []
-        deadline = time.monotonic() + 20
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, "could not read the topic to its end"
-            for _tp, msgs in consumer.poll(timeout_ms=300).items():
-                out += [codec.decode(m.value) for m in msgs if m.offset < ends[_tp]]
-        return out
-    finally:
-        consumer.close()
+    return read_since(bootstrap, before, timeout_s=20)
 
 
 # -- filling a form ------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ must equal a fresh rebuild from the log.
 """
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
@@ -24,7 +23,6 @@ from events import bus
 from infra.demo import run_demo
 from infra.supervisor import system
 from infra.topics import tasks_topic
-from projectors import case_view
 from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
 from projectors.postgres_projection import rebuild
 

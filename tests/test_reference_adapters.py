@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, timedelta
 
@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import structlog
 import structlog.testing
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from catalog.loader import load_catalog
@@ -27,10 +27,11 @@ from department_adapters.reference import BackendConfig, CorrectionRule, RejectR
 from department_adapters.reference import numbers, registers
 from department_adapters.reference.run import build_backend, case_backend, run_all
 from department_adapters.sdk import Adapter, BackendUnavailable, InvalidTask
-from events import bus, codec
+from events import bus
 from events.envelope import Event, new_event
 from infra.topics import DEADLETTER, decisions_topic, tasks_topic
 
+from .support import topics
 from .support.newborn import as_event_form, newborn_form, newborn_materials, resident_id
 
 pytestmark = pytest.mark.broker
@@ -65,39 +66,9 @@ def db(database_url) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-class Tail:
-    """What is written to `topics` from now on, decoded."""
-
-    def __init__(self, bootstrap: str, *topics: str):
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        deadline = time.monotonic() + 20
-        tps: list[TopicPartition] = []
-        for t in topics:
-            while not (parts := self.consumer.partitions_for_topic(t)) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            tps += [TopicPartition(t, p) for p in parts or ()]
-        self.consumer.assign(tps)
-        for tp, end in self.consumer.end_offsets(tps).items():
-            self.consumer.seek(tp, end)
-        self.events: list[tuple[str, Event]] = []
-
-    def until(self, predicate: Callable[[list[tuple[str, Event]]], bool], timeout_s: float = 30) -> list:
-        deadline = time.monotonic() + timeout_s
-        while not predicate(self.events):
-            assert time.monotonic() < deadline, f"timed out; got {[(t, e.type) for t, e in self.events]}"
-            for tp, msgs in self.consumer.poll(timeout_ms=200).items():
-                for m in msgs:
-                    try:
-                        self.events.append((tp.topic, codec.decode(m.value)))
-                    except codec.DecodeError:
-                        continue  # not ours to judge: another producer's bytes on a shared topic
-        return self.events
-
+class Tail(topics.Tail):
     def decisions(self, task_id: str) -> list[Event]:
         return [e for _, e in self.events if e.type == "DecisionRecorded" and e.payload["task_id"] == task_id]
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 @contextmanager

@@ -154,7 +154,7 @@ def test_a_database_failure_is_retried_in_the_process_and_loses_nothing(
     partitions and retries with backoff; nothing is dead-lettered, everything is applied once."""
     topic = fresh_topic(partitions=2)
     name = f"rt-retry-{uuid.uuid4().hex[:6]}"
-    ids = _produce(bootstrap, topic, 120, name)
+    _produce(bootstrap, topic, 120, name)
     worker = Worker(Tally(name, topic, tally_table, fail_first=3), bootstrap, database_url, poll_ms=200)
     try:
         assert wait_for(lambda: worker.poll_once(200) is not None and len(_counts(database_url, tally_table)) == 120,

@@ -24,8 +24,6 @@ import psycopg
 from catalog.validators import USCC_ALPHABET, resident_id_check_char, uscc_check_char
 from department_adapters.reference.register_copy import RegisterCopyBackend
 from department_adapters.sdk import Adapter
-from events import codec
-from events.codec import DecodeError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 _ORG = [c for c in USCC_ALPHABET]
@@ -195,32 +193,3 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict:
         consumer.close()
 
 
-def read_since(bootstrap: str, starts: dict, keep=lambda msg, ev: True, timeout_s: float = 60.0) -> list:
-    """(message, event or None) of every message after `starts` (from end_offsets) up to the end now."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tps = list(starts)
-        consumer.assign(tps)
-        for tp, offset in starts.items():
-            consumer.seek(tp, offset)
-        ends = consumer.end_offsets(tps)
-        out = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError("could not read the topics to their end")
-            for _tp, msgs in consumer.poll(timeout_ms=500, max_records=5000).items():
-                for m in msgs:
-                    if m.offset >= ends[_tp]:
-                        continue
-                    try:
-                        ev = codec.decode(m.value)
-                    except DecodeError:
-                        ev = None
-                    if keep(m, ev):
-                        out.append((m, ev))
-        return out
-    finally:
-        consumer.close()

@@ -7,7 +7,7 @@ in `jsonb` (SQLSTATE 22P05). What this module gives a test:
 - `produce`: events, acknowledged, with where each one landed (to name the poison's origin);
 - `drive`: step a `projectors.runtime.Worker` until its stored offsets reach given ends;
 - `dead_letters` / `emitted`: what landed on the dead-letter topic and on output topics since
-  given offsets (read with tests/support/cascade_harness.read_since);
+  given offsets (read with tests/support/cascade_harness.read_messages);
 - `keys_on_one_partition`: keys that share a partition of a shared topic, so a run on it is
   one partition's run, in order, as on a test's own one-partition topic.
 """
@@ -27,7 +27,7 @@ from projectors.checkpoint import stored_offsets
 from projectors.deadlines import partition_of
 from projectors.runtime import Worker
 
-from .cascade_harness import read_since
+from .topics import read_messages
 
 NUL = "\x00"
 MARK = "毒药"                      # what the poison's text says around its NUL: never in a reason
@@ -94,13 +94,13 @@ def drive(worker: Worker, database_url: str, targets: dict[TopicPartition, int],
 
 def dead_letters(bootstrap: str, since: dict[TopicPartition, int], consumer: str) -> list[Event]:
     """DeadLettered events of `consumer` (a consumer group) written after `since` (on `deadletter`)."""
-    return [ev for _m, ev in read_since(bootstrap, since, keep=lambda m, ev: ev is not None
+    return [ev for _m, ev in read_messages(bootstrap, since, keep=lambda m, ev: ev is not None
                                         and ev.type == "DeadLettered" and ev.payload.get("consumer") == consumer)]
 
 
 def emitted(bootstrap: str, since: dict[TopicPartition, int], keep: Callable[[Event], bool]) -> list[Event]:
     """Events written to the partitions of `since` after it, that `keep` keeps."""
-    return [ev for _m, ev in read_since(bootstrap, since, keep=lambda m, ev: ev is not None and keep(ev))]
+    return [ev for _m, ev in read_messages(bootstrap, since, keep=lambda m, ev: ev is not None and keep(ev))]
 
 
 def keys_on_one_partition(make_key: Callable[[], str], partitions: int, n: int) -> list[str]:
