@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
@@ -34,6 +35,7 @@ from producers import identity
 from producers.kpi_api import create_router
 from projectors import case_state
 from projectors import kpis as K
+from projectors.deadline_clock import china_date
 from projectors.postgres_projection import ProjectionRunner
 
 from .support.newborn import submission
@@ -152,7 +154,9 @@ def test_pauses_do_not_depend_on_the_order_they_are_seen_in(events, rnd):
     shuffled = list(events)
     rnd.shuffle(shuffled)
     assert K.pauses_of(shuffled) == (days, since)
-    span = (max(e[1] for e in events) - min(e[1] for e in events)).days if events else 0
+    # Beijing calendar days: a request on Sunday 09:00 and its supplement on Monday 08:00 (23 hours)
+    # stopped the clock for Monday, the day the applicant answered
+    span = (china_date(max(e[1] for e in events)) - china_date(min(e[1] for e in events))).days if events else 0
     assert days <= span
 
 
@@ -342,6 +346,14 @@ class Model:
             for e in events:
                 self.projection.apply(self.conn, e)
 
+    def build_batches(self, events: list[Event], cuts: list[int]) -> None:
+        """As the runtime applies them: one apply_batch per checkpoint, cut at `cuts`."""
+        bounds = [0, *cuts, len(events)]
+        with self.conn.transaction():
+            self.projection.reset(self.conn)
+            for lo, hi in zip(bounds, bounds[1:]):
+                self.projection.apply_batch(self.conn, events[lo:hi])
+
     def kpis(self, **kw) -> dict:
         return K.read_kpis(self.conn, schema=self.schema, catalog=CAT, today=kw.pop("today", date(2026, 7, 1)), **kw)
 
@@ -442,8 +454,7 @@ def test_the_same_figures_in_any_order(database_url):
     try:
         ordered.build(events)
         expected_rows = ordered.snapshot()
-        queries = [dict(group_by=g) for g in K.GROUP_BY] + [dict(group_by="bundle", department="police"),
-                                                            dict(group_by="day", region="440205")]
+        queries = QUERIES
         expected = [ordered.kpis(**q) for q in queries]
         assert expected[0]["total"]["received"] == 24
         for seed in (1, 2, 3):
@@ -454,6 +465,114 @@ def test_the_same_figures_in_any_order(database_url):
     finally:
         ordered.close()
         shuffled.close()
+
+
+def rerated(prefix: str) -> tuple[list[Event], Event]:
+    """The manager's week with what makes the order matter most: A rated a second time, earlier,
+    with a grade for tax (the earliest rating wins and brings its service grades); tax sending a
+    refusal of A's approved task a day later (the first final decision stands); the applicant's
+    escalation of D resolved. And, to be seen last, B rated again later with a grade for police:
+    it loses, so the police keep no grade from B (seen before B's first rating, it would have
+    brought its grade while it was the earliest seen)."""
+    events, ids = manager_week(prefix)
+    rated = {e.key: e for e in events if e.type == "CaseRated"}
+
+    def rating(case: str, rating_id: str, grade: str, when: datetime, service: str, service_grade: str) -> Event:
+        return new_event("CaseRated", ids[case], {"rating_id": rating_id, "grade": grade, "comment": None,
+                                                  "services": [{"service_id": service, "grade": service_grade,
+                                                                "comment": None}]},
+                         actor=APPLICANT, region_code="440203", occurred_at=when)
+
+    a_at = rated[ids["A"]].envelope.occurred_at
+    a_tax = next(e for e in events if e.key == ids["A"] and e.type == "TaskDispatched"
+                 and e.payload["service_id"] == "tax.newborn_premium")
+    b_at = rated[ids["B"]].envelope.occurred_at
+    late = rating("B", f"r2-{ids['B']}", "very_dissatisfied", b_at + timedelta(days=1), "police.birth_registration",
+                  "dissatisfied")
+    return events + [
+        rating("A", f"r0-{ids['A']}", "basically_satisfied", a_at - timedelta(seconds=30), "tax.newborn_premium",
+               "satisfied"),
+        decision(a_tax, "rejected", a_at + timedelta(days=1)),
+        new_event("EscalationResolved", ids["D"], {"escalation_id": f"esc-{ids['D']}-applicant",
+                                                   "resolution": "done"}, actor=SUPERVISOR,
+                  region_code="440205", occurred_at=at(date(2026, 6, 10))),
+    ], late
+
+
+QUERIES = [dict(group_by=g) for g in K.GROUP_BY] + [dict(group_by="bundle", department="police"),
+                                                    dict(group_by="day", region="440205")]
+
+
+@pytest.mark.postgres
+def test_a_batch_gives_the_rows_and_figures_that_applying_its_events_one_by_one_gives(database_url):
+    week, late = rerated(f"kpi-{RUN}-batw")
+    events = synthetic(f"kpi-{RUN}-bat", 16, seed=11) + week
+    kinds = {e.type for e in events}
+    escalated = len({e.payload["escalation_id"] for e in events if e.type == "CaseEscalated"})
+    assert {"MaterialsSupplemented", "ApplicationWithdrawn", "TaskCancelled", "CaseCompleted", "CaseRated",
+            "DeadlineBreached", "CaseEscalated", "EscalationResolved"} <= kinds
+    police = "police.birth_registration"
+    police_ran = {e.key for e in events if e.type == "TaskDispatched" and e.payload["service_id"] == police}
+    synthetic_ratings = [e for e in events if e.type == "CaseRated" and e.key.startswith(f"kpi-{RUN}-bat-")]
+    police_grades = sum(1 for e in synthetic_ratings
+                        if e.key in police_ran and police in {r["service_id"] for r in e.payload["services"]})
+    grades = Counter(e.payload["grade"] for e in synthetic_ratings)
+    tax_approved = len({e.key for e in events if e.type == "DecisionRecorded" and e.payload["outcome"] == "approved"
+                        and e.payload["service_id"] == "tax.newborn_premium"})
+    one, batched = Model(database_url, "one"), Model(database_url, "bat")
+    try:
+        for seed in (1, 2, 3, 4):
+            log = scramble(events, seed) + [late]  # any order, a few events twice, some twice in one batch
+            one.build(log)
+            rnd = random.Random(seed)
+            # the whole log as one batch, or cut into batches of uneven size (one of them a single event)
+            cuts = [] if seed == 1 else sorted({*rnd.sample(range(1, len(log) - 1), 5), 7, 8})
+            batched.build_batches(log, cuts)
+            assert batched.snapshot() == one.snapshot(), f"seed {seed}"
+            figures = [batched.kpis(**q) for q in QUERIES]
+            assert figures == [one.kpis(**q) for q in QUERIES], f"seed {seed}"
+            total = figures[0]["total"]
+            assert (total["received"], total["escalations"], total["escalations_resolved"]) == (16 + 5, escalated, 1)
+            # A's earlier second rating counts, with its grade for tax; B's later one does not
+            departments = {g["key"]: g for g in figures[1]["groups"]}
+            assert (departments["tax"]["ratings"]["satisfied"], departments["tax"]["rated"]) == (1, 2)
+            assert departments["tax"]["completed_approved"] == tax_approved  # A's tax task among them
+            assert departments["police"]["rated"] == police_grades
+            # and the cases' grades: A's earlier one, B's first one, D's
+            assert total["ratings"] == {g: grades[g] + (g in ("basically_satisfied", "satisfied", "dissatisfied"))
+                                        for g in K.GRADES}
+    finally:
+        one.close()
+        batched.close()
+
+
+class CountingConnection:
+    """A connection that counts the statements sent through it."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn, self.statements = conn, 0
+
+    def execute(self, *args, **kw):
+        self.statements += 1
+        return self.conn.execute(*args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+@pytest.mark.postgres
+def test_a_checkpoint_costs_the_same_few_statements_whatever_its_size(model):
+    """What keeps the KPIs up with the system: the statements per checkpoint do not grow with its events."""
+    events = synthetic(f"kpi-{RUN}-cost", 40, seed=5)
+    log = sorted(events, key=lambda e: e.envelope.occurred_at)[:520]  # many cases open at once, as live
+    counting = CountingConnection(model.conn)
+    with model.conn.transaction():
+        model.projection.apply_batch(counting, log[:20])
+        small, counting.statements = counting.statements, 0
+        model.projection.apply_batch(counting, log[20:])
+    assert len(log[20:]) == 500 and counting.statements <= 14 and small <= 14
+    received = len({e.key for e in log if e.type == "ApplicationSubmitted"})
+    assert received > 20 and model.kpis()["total"]["received"] == received
 
 
 def check_sql_against_the_pure_rules(m: Model, today: date = date(2026, 6, 12)) -> None:
