@@ -141,8 +141,6 @@ class CascadeProcessor(BaseProcessor):
         self.start = self.config.start
         self.max_batch = self.config.max_poll_records
         self.tick_s = self.config.tick_s
-        # a short fetch wait: an acknowledgement releases the next change of its key at once
-        self.consumer_options = {"fetch_max_wait_ms": 100}
         self.conn: psycopg.Connection | None = None
         self._next_gauges = 0.0
         self.listening_since: float | None = None  # since the last partition assignment

@@ -51,7 +51,6 @@ case_timeline. A projection built with `schema="x"` uses the same tables in sche
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -71,6 +70,7 @@ from events.envelope import Event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 
 from .case_state import blocked_at_completion, is_register_sync
+from .batch_rows import rows_json
 from .case_view_sql import TABLES, CaseViewSql
 from .postgres_projection import check_schema, drop_schema  # noqa: F401 (drop_schema: part of this module's API)
 from .postgres_projection import create_schema as _create_schema
@@ -121,15 +121,8 @@ def _sql_for(schema: str) -> CaseViewSql:
     return _SQL_CACHE[schema]
 
 
-def _json_value(value: Any) -> str:
-    if isinstance(value, date):  # and datetime: ISO text, which PostgreSQL reads back to the microsecond
-        return value.isoformat()
-    raise TypeError(f"cannot store a {type(value).__name__} in the case view")
-
-
 def _rows(rows) -> Jsonb:
-    return Jsonb(list(rows), dumps=lambda obj: json.dumps(obj, ensure_ascii=False, separators=(",", ":"),
-                                                          default=_json_value))
+    return Jsonb(list(rows), dumps=rows_json)
 
 
 class _Segment:
@@ -289,6 +282,7 @@ class CaseViewProjection:
     every case topic). A test or a shadow rebuild passes its own `name` (its offsets and
     processed ids), `schema` (its tables; create them with `create_schema`) and, if it wants
     to skip other cases cheaply, `keep(case_id) -> bool`."""
+    event_types = HANDLED   # others are skipped by their header, undecoded (projectors/runtime.py)
 
     def __init__(self, name: str = NAME, *, schema: str = "public", topics: tuple[str, ...] | None = None,
                  catalog: Catalog | None = None, keep: Callable[[str], bool] | None = None):

@@ -39,6 +39,7 @@ class Item:
     value: bytes | None
     event: Event | None = None
     problem: str | None = None   # why it could not be decoded
+    skipped: bool = False        # a type the processor does not handle (seen in the headers, never decoded)
 
     @property
     def tp(self) -> TopicPartition:

@@ -75,8 +75,15 @@ def create_schema(conn: psycopg.Connection, schema: str) -> None:
     _create_schema(conn, schema, MIGRATION, "deadline_clocks")
 
 
+HANDLED = frozenset({"ApplicationSubmitted", "TaskDispatched", "TaskCancelled", "DecisionRecorded",
+                     "MaterialsSupplemented", "CaseCompleted", "ApplicationWithdrawn", "CaseEscalated",
+                     "EscalationReplied", "EscalationExtended", "EscalationResolved", "RectificationOpened",
+                     "RectificationReplied"})
+
+
 class DeadlineClockProjection:
     """The running deadlines. `keep(case_id)` lets a test follow only its own cases."""
+    event_types = HANDLED   # the types it has a handler for (_on_<type>)
 
     def __init__(self, name: str = NAME, *, schema: str = "public", topics: tuple[str, ...] | None = None,
                  catalog: Catalog | None = None, keep: Callable[[str], bool] | None = None):

@@ -33,6 +33,7 @@ HANDLED = ("CaseEscalated", "EscalationReplied", "EscalationExtended", "Escalati
 
 
 class EscalationQueueProjection(UnqualifiedTables):
+    event_types = frozenset(HANDLED)
     topics = (APPLICATIONS, CASES)
     migration = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0009_oversight.sql"
     probe_table = "escalation_queue"

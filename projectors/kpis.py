@@ -263,6 +263,7 @@ class KpiProjection:
     """The KPIs. `KpiProjection()` is the live one (name "kpis", public schema, every case topic).
     A test or a shadow rebuild passes its own `name`, `schema` (create it with `create_schema`),
     `topics` and, to skip other cases cheaply, `keep(case_id) -> bool`."""
+    event_types = HANDLED
 
     def __init__(self, name: str = NAME, *, schema: str = "public", topics: tuple[str, ...] | None = None,
                  catalog: Catalog | None = None, keep: Callable[[str], bool] | None = None,

@@ -60,6 +60,7 @@ class ProjectionProcessor(BaseProcessor):
         self._batch = getattr(projection, "apply_batch", None)
         self.follows_generation = getattr(projection, "schema", "public") == "public"
         self.search_path = getattr(projection, "search_path", None)
+        self.event_types = getattr(projection, "event_types", None)
 
     def wants(self, event: Event) -> bool:
         return self._wants(event) if self._wants else True

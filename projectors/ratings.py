@@ -36,6 +36,7 @@ GRADE_LABELS = {"very_satisfied": {"zh": "非常满意", "en": "Very satisfied"}
 
 
 class RatingsProjection(UnqualifiedTables):
+    event_types = frozenset(HANDLED)
     migration = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0009_oversight.sql"
     probe_table = "case_ratings"
     tables = ("case_ratings", "rectifications")

@@ -27,6 +27,7 @@ process, a thread each, sharing a producer: each keeps its own group, so each sc
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -59,6 +60,12 @@ CHECKPOINT_EVENTS = Histogram("onething_checkpoint_events", "Messages in one che
 
 TRANSIENT: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError, KafkaError)
 LAG_EVERY_S = 5.0
+# How long the broker may hold a fetch when there is nothing to return. It answers as soon as a
+# message arrives, so a long wait costs no latency; a short one rebuilds the fetch request for
+# every partition several times a second while the system is idle.
+FETCH_MAX_WAIT_MS = int(os.environ.get("ONETHING_FETCH_MAX_WAIT_MS") or 10_000)
+# How long one poll waits for messages before the loop looks at its timers (ticks, lag, stop).
+POLL_MS = int(os.environ.get("ONETHING_POLL_MS") or 5000)
 KAFKA_COMMIT_EVERY_S = 1.0
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0
 
@@ -84,6 +91,7 @@ class BaseProcessor:
     backoff_max_s: float = BACKOFF_MAX_S   # longest wait between tries after a transient failure
     transient: tuple[type[BaseException], ...] = ()
     consumer_options: dict = {}
+    event_types: frozenset[str] | None = None   # the types it handles: others are skipped by their header, undecoded
 
     def wants(self, event) -> bool:
         return True
@@ -136,18 +144,18 @@ class Worker:
     """Runs one processor: its consumer, its PostgreSQL connection, its checkpoints."""
 
     def __init__(self, processor: Processor, bootstrap: str, database_url: str, *,
-                 producer: KafkaProducer | None = None, poll_ms: int = 1000):
+                 producer: KafkaProducer | None = None, poll_ms: int | None = None):
         self.p = processor
         self.name, self.group = processor.name, processor.group
         self.database_url = database_url
-        self.poll_ms = poll_ms
+        self.poll_ms = poll_ms or POLL_MS
         self.max_batch = _attr(processor, "max_batch", 500)
         self.transient = TRANSIENT + tuple(_attr(processor, "transient", ()))
         self.backoff_max = float(_attr(processor, "backoff_max_s", BACKOFF_MAX_S))
         self._own_producer = producer is None
         self.producer = producer or bus.make_producer(bootstrap, client_id=f"onething-{self.group}")
         options = {"max_poll_records": self.max_batch, "max_poll_interval_ms": 300_000,
-                   **dict(_attr(processor, "consumer_options", {}) or {})}
+                   "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **dict(_attr(processor, "consumer_options", {}) or {})}
         self.consumer = bus.make_consumer(bootstrap, self.group, **options)
         self._wait_for_topics(list(processor.topics))
         self.consumer.subscribe(list(processor.topics), listener=_Rebalance(self))
@@ -157,6 +165,8 @@ class Worker:
         self.retry_at = 0.0
         self.backoff = 0.0
         self.tick_s = _attr(processor, "tick_s", None)
+        types = _attr(processor, "event_types", None)
+        self.event_types = frozenset(types) if types is not None else None
         self.next_tick = 0.0
         self.next_lag = 0.0
         self.next_kafka_commit = 0.0
@@ -209,9 +219,16 @@ class Worker:
         self.p.revoked(tps) if hasattr(self.p, "revoked") else None
 
     def _assigned(self, tps: set[TopicPartition]) -> None:
+        """Pause the new partitions and seek them to their stored offsets now; if PostgreSQL
+        cannot be read here (kafka-python would swallow the error), they stay paused and the
+        loop seeks them once it can."""
         if tps:
             self.consumer.pause(*tps)
             self.to_seek |= tps
+            try:
+                self._seek_from_store()
+            except Exception as exc:
+                log.warning("runtime.seek_deferred", group=self.group, error=type(exc).__name__)
 
     def _seek_from_store(self) -> None:
         tps = set(self.to_seek) & self.consumer.assignment()
@@ -296,11 +313,17 @@ class Worker:
     # -- a checkpoint ------------------------------------------------------------------------
     def _items(self, records: dict) -> list[Item]:
         items: list[Item] = []
+        types = self.event_types
         for tp, messages in records.items():
             floor = self.expected.get(tp)
             for m in messages:
                 if floor is not None and m.offset < floor:
                     continue  # already applied (a fetch that raced a seek)
+                if types is not None and m.headers:
+                    declared = next((v for k, v in m.headers if k == "event_type"), None)
+                    if declared is not None and declared.decode(errors="replace") not in types:
+                        items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, skipped=True))
+                        continue
                 try:
                     items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, codec.decode(m.value)))
                 except DecodeError as exc:
@@ -339,6 +362,8 @@ class Worker:
             usable: list[Item] = []
             for i, it in enumerate(items):
                 reason = it.problem or poison.get(i)
+                if it.skipped:
+                    continue
                 if reason:
                     step.dead_letter(self.group, it, reason)
                 elif self.p.wants(it.event) if hasattr(self.p, "wants") else True:

@@ -124,3 +124,10 @@ def test_only_a_service_escalates_by_itself():
     for scope in ("case", "escalation_reply", "escalation_resolution", "rectification"):
         raised = alarms([row(scope=scope, subject="" if scope == "case" else "x")], date(2026, 10, 20))
         assert [a.event.type for a in raised] == ["DeadlineBreached"]
+
+
+def test_the_clock_declares_every_type_it_handles():
+    """The runtime skips undeclared types undecoded: a handler missing from the list would never run."""
+    from projectors.deadlines import HANDLED, DeadlineClockProjection
+
+    assert HANDLED == {n[4:] for n in dir(DeadlineClockProjection) if n.startswith("_on_")}
