@@ -162,6 +162,9 @@ class WorkingCalendar:
     arrangements: Mapping[int, YearArrangement] = field(default_factory=dict)
     builtin: Callable[[date], bool | None] | None = _chinese_calendar_lookup
     _known_builtin_years: dict[int, bool] = field(default_factory=dict, init=False, repr=False)
+    # the builtin's answers, remembered: chinese_calendar validates and scans its tables on each call,
+    # and every dispatched task asks it for several days
+    _builtin_days: dict[date, bool] = field(default_factory=dict, init=False, repr=False)
     _warned: set[int] = field(default_factory=set, init=False, repr=False)
     _lock: Lock = field(default_factory=Lock, init=False, repr=False)
 
@@ -184,7 +187,11 @@ class WorkingCalendar:
         if arrangement is not None:
             return arrangement.is_working_day(d)
         if self.knows(d.year):
-            answer = self.builtin(d)
+            answer = self._builtin_days.get(d)
+            if answer is None:
+                answer = self.builtin(d)
+                if answer is not None:
+                    self._builtin_days[d] = answer
             if answer is not None:
                 return answer
         guessed.add(d.year)

@@ -7,9 +7,10 @@ crash and emit exactly the same events (consumers drop the repeats). No clock, n
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
+from types import MappingProxyType
 from typing import Any
 
 from catalog.model import Catalog
@@ -62,17 +63,36 @@ class CaseError(ValueError):
 
 
 # -- dependencies --------------------------------------------------------------------------
+# Both depend only on the catalog and the case's set of services, and the fold asks them for
+# every service at every step: remembered per (catalog, services) they were half of dispatch's CPU.
+_DEPS: dict[int, tuple[Catalog, dict]] = {}
+
+
+def _memo(catalog: Catalog) -> dict:
+    held = _DEPS.get(id(catalog))
+    if held is None or held[0] is not catalog:
+        held = _DEPS[id(catalog)] = (catalog, {})
+    return held[1]
+
+
 def awaited_outputs(catalog: Catalog, sid: str, case_services: Iterable[str]) -> tuple[str, ...]:
     """What a service needs that another service of the same case produces (the catalog's
     rule: such a need is never asked of the applicant, it flows between services)."""
-    ids = set(case_services)
-    return tuple(o for o in catalog.service(sid).needs if catalog.producers.get(o) in ids - {sid})
+    ids = frozenset(case_services)
+    memo, key = _memo(catalog), ("awaited", sid, ids)
+    if key not in memo:
+        memo[key] = tuple(o for o in catalog.service(sid).needs if catalog.producers.get(o) in ids - {sid})
+    return memo[key]
 
 
-def prerequisites(catalog: Catalog, service_ids: Iterable[str]) -> dict[str, set[str]]:
+def prerequisites(catalog: Catalog, service_ids: Iterable[str]) -> Mapping[str, frozenset[str]]:
     """Which of the case's services each one waits for (the producers of what it awaits)."""
-    ids = set(service_ids)
-    return {sid: {catalog.producers[o] for o in awaited_outputs(catalog, sid, ids)} for sid in ids}
+    ids = frozenset(service_ids)
+    memo, key = _memo(catalog), ("prerequisites", ids)
+    if key not in memo:
+        memo[key] = MappingProxyType(
+            {sid: frozenset(catalog.producers[o] for o in awaited_outputs(catalog, sid, ids)) for sid in ids})
+    return memo[key]
 
 
 def _ready(state: CaseState, catalog: Catalog, sid: str) -> bool:
