@@ -112,7 +112,7 @@ def _free_block(n: int, start: int = 19600, stop: int = 20000) -> int:
 
 @pytest.fixture(scope="module")
 def live(running_stack, tmp_path_factory):
-    """The system (api, dispatch, case view, cascade, deadlines, oversight, … and two adapters) and
+    """The system (api, core, read models, the adapters of two departments, the deadline clock) and
     a Prometheus scraping it; both stopped afterwards."""
     settings = running_stack
     if not shutil.which("prometheus"):
@@ -167,7 +167,7 @@ def _target_errors(prom: LocalPrometheus) -> dict[str, str]:
 def test_prometheus_scrapes_every_process_and_finds_the_key_series(live):
     prom, sup = live
     expected = set(sup.children)
-    assert {"api", "dispatch", "case-view", "cascade"} <= expected
+    assert expected == {"api", "core", "read-models", "adapters", "deadlines"}
 
     def all_up() -> bool:
         sup.check()
@@ -179,8 +179,10 @@ def test_prometheus_scrapes_every_process_and_finds_the_key_series(live):
 
     wanted = {
         "every process up": 'up{job="onething"} == 1',
-        "lag of dispatch (faust, from the broker)": 'onething_consumer_lag{group="dispatch",process="dispatch"}',
-        "lag of the case view": 'onething_consumer_lag{group="projection.case_view"}',
+        "lag of dispatch": 'onething_consumer_lag{group="dispatch",process="core"}',
+        "lag of the case view": 'onething_consumer_lag{group="projection.case_view",process="read-models"}',
+        "lag of an adapter": 'onething_consumer_lag{group=~"adapter\\..*",process="adapters"}',
+        "checkpoints of the runtime": 'onething_checkpoints_total{group="dispatch",outcome="committed"}',
         "events consumed by dispatch": 'onething_events_consumed_total{group="dispatch"}',
         "events consumed by the case view": 'onething_events_consumed_total{group="projection.case_view"}',
         "events produced": 'onething_events_produced_total{event_type="TaskDispatched"}',
