@@ -7,6 +7,7 @@ crash and emit exactly the same events (consumers drop the repeats). No clock, n
 """
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -14,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from catalog.model import Catalog
+from events import codec
 from events.envelope import Event, derive, derived_event_id
 
 from . import deadline_clock
@@ -22,6 +24,14 @@ WAITING, DISPATCHED, ACCEPTED, CORRECTION, APPROVED, REJECTED, BLOCKED, CANCELLE
     "waiting", "dispatched", "accepted", "correction_requested", "approved", "rejected", "blocked", "cancelled")
 FINAL = frozenset({APPROVED, REJECTED, BLOCKED, CANCELLED})
 OPEN, AWAITING_APPLICANT, COMPLETED, WITHDRAWN = "open", "awaiting_applicant", "completed", "withdrawn"
+# A case whose events came before its submission: Kafka orders a partition, not the topics of one
+# case, so a decision on `decisions.<dept>` can be read before the `applications` message it
+# follows (e.g. a crash after the tasks were sent and before the state was stored: departments
+# decide while dispatch restarts). Such events wait in the state and are folded right after the
+# submission, in the order they came; their derived events' ids come from their causes, so the
+# outcome is the order-independent one.
+UNSUBMITTED = "unsubmitted"
+MAX_EARLY = 100   # events held for a case never submitted (a stray or foreign one): beyond this, dead letters
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class CaseState:
     seen: frozenset[str] = frozenset()
     sequence: int = 0                            # of the derived events this case emitted
     rating_id: str | None = None                 # 好差评: a case is rated once
+    early: tuple[Event, ...] = ()                # while UNSUBMITTED: its events, in arrival order
 
     @property
     def done(self) -> bool:
@@ -232,11 +243,20 @@ def step(state: CaseState | None, event: Event, catalog: Catalog) -> tuple[CaseS
     if state is not None and event.id in state.seen:
         return state, []
     if event.type == "ApplicationSubmitted":
-        if state is not None:
+        if state is not None and state.status != UNSUBMITTED:
             return state, []  # a second submission under the same case id is a repeat
-        return start(event, catalog)
-    if state is None:
-        raise CaseError(f"{event.type} for a case that was never submitted")
+        started, emitted = start(event, catalog)
+        for early in (state.early if state is not None else ()):
+            started, more = step(started, early, catalog)
+            emitted += more
+        return started, emitted
+    if state is None or state.status == UNSUBMITTED:
+        held = state.early if state is not None else ()
+        if len(held) >= MAX_EARLY:
+            raise CaseError(f"{event.type} for a case that was never submitted ({len(held)} events waiting)")
+        return CaseState(event.key, "", event.envelope.region_code, UNSUBMITTED, {}, {}, {},
+                         seen=(state.seen if state is not None else frozenset()) | {event.id},
+                         early=(*held, event)), []
     state = replace(state, seen=state.seen | {event.id})
     if event.type == "CaseRated":
         return _on_rating(state, event, catalog)
@@ -356,6 +376,7 @@ def to_json(state: CaseState) -> dict[str, Any]:
                      for sid, s in state.services.items()},
         "outputs": state.outputs, "seen": sorted(state.seen), "sequence": state.sequence,
         "rating_id": state.rating_id,
+        "early": [base64.b64encode(codec.encode(e)).decode() for e in state.early],
     }
 
 
@@ -365,7 +386,8 @@ def from_json(data: dict[str, Any]) -> CaseState:
                                   _day(s.get("paused_on"))) for sid, s in data["services"].items()}
     return CaseState(data["case_id"], data["bundle_code"], data["region_code"], data["status"], dict(data["form"]),
                      {k: dict(v) for k, v in data["materials"].items()}, services, dict(data["outputs"]),
-                     frozenset(data["seen"]), data["sequence"], data.get("rating_id"))
+                     frozenset(data["seen"]), data["sequence"], data.get("rating_id"),
+                     tuple(codec.decode(base64.b64decode(e)) for e in data.get("early") or ()))
 
 
 def _day(text: str | None) -> date | None:
