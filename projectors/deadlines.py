@@ -22,11 +22,23 @@ Order. The projection reads `applications`, `cases`, every `tasks.<dept>` and
 `decisions.<dept>`; a decision may arrive before its task. Per row, (attempt, closed) only
 moves forward: a TaskDispatched of attempt n sets the due date of attempt n and never reopens
 attempt n once a decision on it closed it; a later attempt reopens it.
+
+Batches. Every event of the system passes through the clock, so a checkpoint must cost it a few
+statements, not a few per event: `apply_batch` reads the clocks the batch's events touch (all of
+a case's for its completion or withdrawal) once, folds the events onto them in the batch's order
+by the per-event rules (projectors/deadlines_facts.py) and writes back the changed rows and the
+submissions, one statement each (projectors/deadlines_sql.py): three statements in two round
+trips for any batch, and the rows of applying the events one by one, the order-dependent rules
+included; `apply(event)` is a batch of one. The read takes no lock: a case's events travel on one
+partition of co-partitioned topics, so one member writes its clocks (the offsets' compare-and-set
+that opens a checkpoint fences one that lost the partition); the tick writes only its marks,
+which the fold never writes.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -38,15 +50,17 @@ from psycopg import sql
 
 from catalog.loader import load_catalog
 from catalog.model import Catalog
-from catalog.working_days import add_working_days
 from events import bus
 from events.envelope import SYSTEM, Event, derived_event_id, new_event, now_utc
 from infra import metrics
 from infra.topics import APPLICATIONS, CASES
 
 from . import deadline_clock as clock
+from .batch_rows import rows_json
 from .case_state import is_register_sync
 from .case_view import default_topics
+from .deadlines_facts import ClockRows
+from .deadlines_sql import statements
 from .postgres_projection import check_schema as _check_schema
 from .postgres_projection import create_schema as _create_schema
 from .timeline_text import attempt_of
@@ -92,42 +106,7 @@ class DeadlineClockProjection:
         self.catalog = catalog or load_catalog()
         self.topics = tuple(topics) if topics else default_topics(self.catalog)
         self.keep = keep
-        t = sql.Identifier(self.schema, "deadline_clocks")
-        c = sql.Identifier(self.schema, "deadline_cases")
-        self._clocks, self._cases = t, c
-        self._open = sql.SQL(
-            "INSERT INTO {t} AS k (case_id, scope, subject_id, department, task_id, attempt, due_date,"
-            " cause_event_id, correlation_id, region_code) VALUES (%(case_id)s, %(scope)s, %(subject)s,"
-            " %(department)s, %(task_id)s, %(attempt)s, %(due)s, %(cause)s, %(correlation)s, %(region)s) "
-            "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
-            " department = coalesce(EXCLUDED.department, k.department),"
-            " task_id = CASE WHEN EXCLUDED.attempt >= k.attempt THEN EXCLUDED.task_id ELSE k.task_id END,"
-            " due_date = CASE WHEN EXCLUDED.attempt >= k.attempt THEN EXCLUDED.due_date ELSE k.due_date END,"
-            " cause_event_id = CASE WHEN EXCLUDED.attempt >= k.attempt THEN EXCLUDED.cause_event_id"
-            "  ELSE k.cause_event_id END,"
-            " correlation_id = coalesce(k.correlation_id, EXCLUDED.correlation_id),"
-            " region_code = coalesce(k.region_code, EXCLUDED.region_code),"
-            " paused_on = CASE WHEN EXCLUDED.attempt > k.attempt THEN NULL ELSE k.paused_on END,"
-            " closed_at = CASE WHEN EXCLUDED.attempt > k.attempt THEN NULL ELSE k.closed_at END,"
-            " attempt = greatest(k.attempt, EXCLUDED.attempt)").format(t=t)
-        self._close = sql.SQL(
-            "INSERT INTO {t} AS k (case_id, scope, subject_id, department, attempt, closed_at)"
-            " VALUES (%(case_id)s, %(scope)s, %(subject)s, %(department)s, %(attempt)s, %(at)s) "
-            "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
-            " closed_at = CASE WHEN EXCLUDED.attempt >= k.attempt THEN coalesce(k.closed_at, EXCLUDED.closed_at)"
-            "  ELSE k.closed_at END, attempt = greatest(k.attempt, EXCLUDED.attempt),"
-            " paused_on = CASE WHEN EXCLUDED.attempt >= k.attempt THEN NULL ELSE k.paused_on END,"
-            " department = coalesce(k.department, EXCLUDED.department)").format(t=t)
-        self._pause = sql.SQL(
-            "INSERT INTO {t} AS k (case_id, scope, subject_id, department, attempt, paused_on)"
-            " VALUES (%(case_id)s, %(scope)s, %(subject)s, %(department)s, %(attempt)s, %(day)s) "
-            "ON CONFLICT (case_id, scope, subject_id) DO UPDATE SET"
-            " paused_on = CASE WHEN EXCLUDED.attempt >= k.attempt AND k.closed_at IS NULL"
-            "  THEN coalesce(k.paused_on, EXCLUDED.paused_on) ELSE k.paused_on END,"
-            " attempt = greatest(k.attempt, EXCLUDED.attempt)").format(t=t)
-        self._close_case = sql.SQL(
-            "UPDATE {t} SET closed_at = coalesce(closed_at, %(at)s) WHERE case_id = %(case_id)s"
-            " AND scope IN ('case', 'service')").format(t=t)
+        self.q = statements(self.schema)
 
     # -- the Projection protocol --------------------------------------------------------------
     tables = ("deadline_clocks", "deadline_cases")
@@ -143,113 +122,111 @@ class DeadlineClockProjection:
         ticker.tick_step(step, today_in_china(), lambda case_id: step.owns(case_id, self.topics[0]))
 
     def reset(self, conn: psycopg.Connection) -> None:
-        conn.execute(sql.SQL("TRUNCATE {}, {}").format(self._clocks, self._cases))
+        conn.execute(self.q.reset)
 
     def wants(self, event: Event) -> bool:
         return self.keep is None or self.keep(event.key)
 
     def apply(self, conn: psycopg.Connection, event: Event) -> None:
-        if is_register_sync(event) or (self.keep is not None and not self.keep(event.key)):
+        self.apply_batch(conn, [event])
+
+    def apply_batch(self, conn: psycopg.Connection, events: Iterable[Event]) -> None:
+        """One read of the clocks the events touch, the events folded onto them in order
+        (deadlines_facts.py), then at most two writes: two round trips, in one pipeline.
+        Raises what any rule or statement raises (nothing is written then); the runtime isolates
+        the bad event by re-running the batch one event at a time."""
+        fed = [e for e in events if e.type in HANDLED and self.wants(e) and not is_register_sync(e)]
+        if not fed:
             return
-        handler = getattr(self, f"_on_{event.type}", None)
-        if handler is not None:
-            handler(conn, event, event.payload)
+        q, rows = self.q, ClockRows()
+        for e in fed:
+            rows.ask(e.type, e.key, e.payload)
+        keys, whole_cases = rows.to_read()
+        # one event's statements are cheaper sent one by one than through psycopg's pipeline mode
+        with conn.pipeline() if len(fed) > 1 else nullcontext():
+            rows.load(conn.execute(q.rows_of, (rows_json(keys), whole_cases)).fetchall())
+            for e in fed:
+                getattr(self, f"_on_{e.type}")(rows, e, e.payload)
+            if rows.submissions:
+                conn.execute(q.cases, (rows_json(list(rows.submissions.values())),))
+            changed = rows.changed()
+            if changed:
+                conn.execute(q.write, (rows_json(changed),))
 
-    # -- per event type -------------------------------------------------------------------------
-    def _row(self, event: Event, scope: str, subject: str = "", **kw: Any) -> dict[str, Any]:
-        env = event.envelope
-        return {"case_id": event.key, "scope": scope, "subject": subject, "department": kw.get("department"),
-                "task_id": kw.get("task_id"), "attempt": kw.get("attempt", 0), "due": kw.get("due"),
-                "cause": event.id, "correlation": env.correlation_id, "region": env.region_code,
-                "at": env.occurred_at, "day": clock.china_date(env.occurred_at)}
-
-    def _on_ApplicationSubmitted(self, conn, event: Event, p: dict) -> None:
+    # -- per event type: which clock rule it is (deadlines_facts.ClockRows) -----------------------
+    def _on_ApplicationSubmitted(self, rows: ClockRows, event: Event, p: dict) -> None:
         submitted = clock.china_date(event.envelope.occurred_at)
-        conn.execute(sql.SQL("INSERT INTO {} (case_id, bundle_code, submitted_on) VALUES (%s, %s, %s) "
-                             "ON CONFLICT (case_id) DO NOTHING").format(self._cases),
-                     (event.key, p["bundle_code"], submitted))
+        rows.submitted(event.key, p["bundle_code"], submitted)
         days = clock.case_promised_days(self.catalog, p["bundle_code"])
         if days is not None:
-            conn.execute(self._open, self._row(event, "case", due=clock.due_after(submitted, days)))
+            self._open(rows, event, "case", "", due=clock.due_after(submitted, days))
 
-    def _on_TaskDispatched(self, conn, event: Event, p: dict) -> None:
+    def _on_TaskDispatched(self, rows: ClockRows, event: Event, p: dict) -> None:
         if p.get("due_date") is None:
             return
-        conn.execute(self._open, self._row(event, "service", p["service_id"], department=p["department"],
-                                           task_id=p["task_id"], attempt=attempt_of(p["task_id"]),
-                                           due=p["due_date"]))
+        self._open(rows, event, "service", p["service_id"], department=p["department"], task_id=p["task_id"],
+                   attempt=attempt_of(p["task_id"]), due=p["due_date"])
 
-    def _on_TaskCancelled(self, conn, event: Event, p: dict) -> None:
-        conn.execute(self._close, self._row(event, "service", p["service_id"], department=p["department"],
-                                            attempt=attempt_of(p["task_id"])))
+    def _on_TaskCancelled(self, rows: ClockRows, event: Event, p: dict) -> None:
+        rows.close(event.key, "service", p["service_id"], department=p["department"],
+                   attempt=attempt_of(p["task_id"]), at=event.envelope.occurred_at)
 
-    def _on_DecisionRecorded(self, conn, event: Event, p: dict) -> None:
-        row = self._row(event, "service", p["service_id"], department=p["department"],
-                        attempt=attempt_of(p["task_id"]))
+    def _on_DecisionRecorded(self, rows: ClockRows, event: Event, p: dict) -> None:
+        attempt = attempt_of(p["task_id"])
         if p["outcome"] in FINAL_OUTCOMES:
-            conn.execute(self._close, row)
+            rows.close(event.key, "service", p["service_id"], department=p["department"], attempt=attempt,
+                       at=event.envelope.occurred_at)
         elif p["outcome"] == "correction_requested":
-            conn.execute(self._pause, row)
-            # the case's own clock stands still too, from the first request of this round
-            conn.execute(sql.SQL("UPDATE {} SET paused_on = coalesce(paused_on, %(day)s) WHERE case_id = %(case_id)s"
-                                 " AND scope = 'case' AND closed_at IS NULL").format(self._clocks), row)
+            day = clock.china_date(event.envelope.occurred_at)
+            rows.pause(event.key, "service", p["service_id"], department=p["department"], attempt=attempt, day=day)
+            rows.pause_case(event.key, day)  # the case's own clock stands still too
 
-    def _on_MaterialsSupplemented(self, conn, event: Event, p: dict) -> None:
+    def _on_MaterialsSupplemented(self, rows: ClockRows, event: Event, p: dict) -> None:
         """补正 done: the case's clock resumes, its due date pushed back by the days it waited (the
         services' new due dates come with their re-dispatch)."""
-        row = conn.execute(sql.SQL("SELECT due_date, paused_on FROM {} WHERE case_id = %s AND scope = 'case' "
-                                   "AND paused_on IS NOT NULL FOR UPDATE").format(self._clocks),
-                           (event.key,)).fetchone()
-        if row is None:
-            return
-        due, paused_on = row
-        conn.execute(sql.SQL("UPDATE {} SET due_date = %s, paused_on = NULL, cause_event_id = %s "
-                             "WHERE case_id = %s AND scope = 'case'").format(self._clocks),
-                     (clock.resumed_due(due, paused_on, event.envelope.occurred_at), event.id, event.key))
+        rows.resume_case(event.key, event.envelope.occurred_at, event.id)
 
-    def _on_CaseCompleted(self, conn, event: Event, p: dict) -> None:
-        conn.execute(self._close_case, self._row(event, "case"))
+    def _on_CaseCompleted(self, rows: ClockRows, event: Event, p: dict) -> None:
+        rows.close_case(event.key, event.envelope.occurred_at)
 
-    def _on_ApplicationWithdrawn(self, conn, event: Event, p: dict) -> None:
-        conn.execute(self._close_case, self._row(event, "case"))
+    def _on_ApplicationWithdrawn(self, rows: ClockRows, event: Event, p: dict) -> None:
+        rows.close_case(event.key, event.envelope.occurred_at)
 
-    def _on_CaseEscalated(self, conn, event: Event, p: dict) -> None:
+    def _on_CaseEscalated(self, rows: ClockRows, event: Event, p: dict) -> None:
         d = clock.escalation_deadlines(event.envelope.occurred_at)
         eid = p["escalation_id"]
-        conn.execute(self._open, self._row(event, "escalation_reply", eid, department=p.get("department"),
-                                           due=d.reply_due))
-        conn.execute(self._open, self._row(event, "escalation_resolution", eid, department=p.get("department"),
-                                           due=d.resolve_due))
+        self._open(rows, event, "escalation_reply", eid, department=p.get("department"), due=d.reply_due)
+        self._open(rows, event, "escalation_resolution", eid, department=p.get("department"), due=d.resolve_due)
 
-    def _on_EscalationReplied(self, conn, event: Event, p: dict) -> None:
-        conn.execute(self._close, self._row(event, "escalation_reply", p["escalation_id"]))
+    def _on_EscalationReplied(self, rows: ClockRows, event: Event, p: dict) -> None:
+        rows.close(event.key, "escalation_reply", p["escalation_id"], department=None, attempt=0,
+                   at=event.envelope.occurred_at)
 
-    def _on_EscalationExtended(self, conn, event: Event, p: dict) -> None:
-        """The resolution limit counts from the escalation's day: REPLY_WITHIN working days before
-        its reply deadline. An extension seen before its escalation (they travel on different
-        topics) does not move this clock; the supervisor queue still records it."""
-        row = conn.execute(sql.SQL("SELECT due_date FROM {} WHERE case_id = %s AND scope = 'escalation_reply'"
-                                   " AND subject_id = %s").format(self._clocks),
-                           (event.key, p["escalation_id"])).fetchone()
-        if row is None or row[0] is None:
-            return
-        opened = add_working_days(row[0], -clock.REPLY_WITHIN)
-        due = clock.escalation_deadlines(opened, int(p["resolve_within_working_days"])).resolve_due
-        conn.execute(sql.SQL("UPDATE {} SET due_date = %s, cause_event_id = %s WHERE case_id = %s"
-                             " AND scope = 'escalation_resolution' AND subject_id = %s").format(self._clocks),
-                     (due, event.id, event.key, p["escalation_id"]))
+    def _on_EscalationExtended(self, rows: ClockRows, event: Event, p: dict) -> None:
+        """An extension seen before its escalation (they travel on different topics) does not move
+        the clock; the supervisor queue still records it."""
+        rows.extend(event.key, p["escalation_id"], p["resolve_within_working_days"], event.id)
 
-    def _on_EscalationResolved(self, conn, event: Event, p: dict) -> None:
+    def _on_EscalationResolved(self, rows: ClockRows, event: Event, p: dict) -> None:
         for scope in ("escalation_reply", "escalation_resolution"):
-            conn.execute(self._close, self._row(event, scope, p["escalation_id"]))
+            rows.close(event.key, scope, p["escalation_id"], department=None, attempt=0,
+                       at=event.envelope.occurred_at)
 
-    def _on_RectificationOpened(self, conn, event: Event, p: dict) -> None:
-        conn.execute(self._open, self._row(event, "rectification", p["rectification_id"],
-                                           department=p["department"], due=p["due_date"]))
+    def _on_RectificationOpened(self, rows: ClockRows, event: Event, p: dict) -> None:
+        self._open(rows, event, "rectification", p["rectification_id"], department=p["department"],
+                   due=p["due_date"])
 
-    def _on_RectificationReplied(self, conn, event: Event, p: dict) -> None:
-        conn.execute(self._close, self._row(event, "rectification", p["rectification_id"],
-                                            department=p["department"]))
+    def _on_RectificationReplied(self, rows: ClockRows, event: Event, p: dict) -> None:
+        rows.close(event.key, "rectification", p["rectification_id"], department=p["department"], attempt=0,
+                   at=event.envelope.occurred_at)
+
+    @staticmethod
+    def _open(rows: ClockRows, event: Event, scope: str, subject: str, *, department: str | None = None,
+              task_id: str | None = None, attempt: int = 0, due: Any) -> None:
+        """A due date set by `event`: it is the cause the tick's ids hang off."""
+        env = event.envelope
+        rows.open(event.key, scope, subject, department=department, task_id=task_id, attempt=attempt, due=due,
+                  cause=event.id, correlation=env.correlation_id, region=env.region_code)
 
 
 # -- the tick ----------------------------------------------------------------------------------------

@@ -1,20 +1,35 @@
 """The working-day clock (pure): due dates across 春节 and 国庆 with their 调休 Saturdays, agreeing
 with `chinese-calendar`; the 补正 pause; the stage of a deadline; what the tick raises, with
-ids that do not change when it is asked again (a restart emits no duplicate)."""
+ids that do not change when it is asked again (a restart emits no duplicate). And the clock's
+projection on real PostgreSQL: a batch, cut anywhere, gives the rows applying its events one by
+one gives, for realistic logs in any order, in three statements."""
 from __future__ import annotations
 
+import random
+import uuid
+from collections import Counter
+from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
 
 import chinese_calendar
+import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from catalog.loader import load_catalog
+from events.envelope import Actor, Event, new_event
+from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
+from projectors import case_state
 from projectors import deadline_clock as clock
 from projectors.deadline_clock import Stage
-from projectors.deadlines import alarms, today_in_china
+from projectors.deadlines import DeadlineClockProjection, alarms, create_schema, today_in_china
 
+from .support.newborn import submission
+
+CAT = load_catalog()
+RUN = uuid.uuid4().hex[:8]
 COVERED = st.dates(min_value=date(2024, 1, 1), max_value=date(2026, 9, 30))  # + 60 working days stays in 2026
 
 
@@ -131,3 +146,239 @@ def test_the_clock_declares_every_type_it_handles():
     from projectors.deadlines import HANDLED, DeadlineClockProjection
 
     assert HANDLED == {n[4:] for n in dir(DeadlineClockProjection) if n.startswith("_on_")}
+
+
+# -- the projection on real PostgreSQL: a batch gives the rows one by one gives ------------------------
+CHINA = timezone(timedelta(hours=8))
+APPLICANT = Actor("p_test_applicant", "applicant", "online")
+SUPERVISOR = Actor("sup", "supervisor", "online")
+
+
+def beijing(day: date, hour: int = 10) -> datetime:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=CHINA).astimezone(timezone.utc)
+
+
+def case_log(case_id: str, rnd: random.Random, day0: date) -> list[Event]:
+    """One newborn case as the system writes it, the tasks, cancellations, completion and
+    rectifications derived by the dispatch fold itself (case_state): decisions accepted first,
+    a 补正 and its supplement on some first attempts, a refusal, a withdrawal part-way, a bad
+    rating answered, an escalation replied to, extended (sometimes twice) and resolved."""
+    t = [beijing(day0)]
+
+    def now(minutes: int = 7) -> datetime:
+        t[0] += timedelta(minutes=minutes)
+        return t[0]
+
+    def at(kind: str, payload: dict, actor: Actor = APPLICANT, minutes: int = 7) -> Event:
+        return new_event(kind, case_id, payload, actor=actor, region_code="440203", occurred_at=now(minutes))
+
+    sub = submission(case_id)
+    sub = replace(sub, envelope=replace(sub.envelope, occurred_at=now()))
+    state, out = case_state.start(sub, CAT)
+    log, queue = [sub, *out], [e for e in out if e.type == "TaskDispatched"]
+
+    def fold(event: Event) -> None:
+        nonlocal state
+        state, derived = case_state.step(state, event, CAT)
+        log.extend([event, *derived])
+        queue.extend(e for e in derived if e.type == "TaskDispatched")
+
+    def decide(task: Event, outcome: str) -> Event:
+        p = task.payload
+        return new_event("DecisionRecorded", case_id,
+                         {"task_id": p["task_id"], "department": p["department"], "service_id": p["service_id"],
+                          "kind": "case_service", "outcome": outcome, "reason": None,
+                          "missing_materials": ["marriage_certificate"] if outcome == "correction_requested" else [],
+                          "outputs": {o: f"{o.upper()}-{case_id[-6:]}" for o in CAT.service(p["service_id"]).produces}
+                          if outcome == "approved" else {}},
+                         actor=Actor(p["department"], "department", "department"), region_code="440203",
+                         cause=task, occurred_at=now(rnd.choice([5, 60, 1500])))
+
+    withdraw_after = rnd.choice([None, None, None, 1, 3])
+    decided = 0
+    while queue and not state.done:
+        task = queue.pop(0)
+        fold(decide(task, "accepted"))
+        if task.payload["task_id"].endswith(":1") and rnd.random() < 0.4:
+            fold(decide(task, "correction_requested"))
+            now(rnd.choice([30, 600, 1440, 3000, 8000]))   # the applicant takes minutes, hours or days
+            fold(at("MaterialsSupplemented", {"materials": [{"code": "marriage_certificate", "source": "uploaded",
+                                                             "ref": "doc-m"}], "form": {}}))
+            continue
+        fold(decide(task, "rejected" if rnd.random() < 0.08 else "approved"))
+        decided += 1
+        if decided == withdraw_after:
+            fold(at("ApplicationWithdrawn", {"reason": None}))
+            break
+    if state.status == case_state.COMPLETED and rnd.random() < 0.6:
+        fold(at("CaseRated", {"rating_id": f"r-{case_id}", "grade": "dissatisfied", "comment": None,
+                              "services": [{"service_id": "tax.newborn_premium", "grade": "very_dissatisfied",
+                                            "comment": None}]}))
+        for e in [e for e in log if e.type == "RectificationOpened"][: rnd.randint(0, 3)]:
+            log.append(at("RectificationReplied", {"rectification_id": e.payload["rectification_id"],
+                                                   "department": e.payload["department"], "reply": "已整改"},
+                          Actor(e.payload["department"], "department", "department"), 900))
+    if rnd.random() < 0.6:
+        eid = f"esc-{case_id}"
+        log.append(at("CaseEscalated", {"escalation_id": eid, "origin": "applicant", "reason": "stuck",
+                                        "service_id": None, "department": rnd.choice([None, "tax"]),
+                                        "comment": None}))
+        steps = [("EscalationReplied", {"escalation_id": eid, "reply": "已督办"}),
+                 ("EscalationExtended", {"escalation_id": eid, "resolve_within_working_days": rnd.randint(6, 10),
+                                         "reason": "等待材料"}),
+                 ("EscalationExtended", {"escalation_id": eid, "resolve_within_working_days": 10, "reason": "再等"}),
+                 ("EscalationResolved", {"escalation_id": eid, "resolution": "已办结"})]
+        for kind, payload in steps[: rnd.randint(1, 4)]:
+            log.append(at(kind, payload, SUPERVISOR, 1500))
+    return log
+
+
+def clock_log(prefix: str, cases: int, seed: int) -> list[Event]:
+    """Cases filed over a fortnight across 国庆 and its 调休 Saturday, interleaved by time as the
+    system writes them (each case's own events in its order)."""
+    rnd = random.Random(seed)
+    days = [date(2026, 9, 21) + timedelta(days=i) for i in range(14)]
+    events = [e for i in range(cases) for e in case_log(f"{prefix}-{i:02d}", rnd, rnd.choice(days))]
+    return sorted(events, key=lambda e: e.envelope.occurred_at)   # stable: derived events keep their cause's time
+
+
+def topic_of(e: Event) -> str:
+    if e.type in ("TaskDispatched", "TaskCancelled", "RectificationOpened"):
+        return tasks_topic(e.payload["department"])
+    if e.type in ("DecisionRecorded", "RectificationReplied"):
+        return decisions_topic(e.payload["department"])
+    return CASES if e.type == "CaseCompleted" else APPLICATIONS
+
+
+def as_consumed(events: list[Event], seed: int) -> list[Event]:
+    """What the clock's consumer sees: each topic in its own order, the topics interleaved."""
+    rnd = random.Random(seed)
+    streams: dict[str, list[Event]] = {}
+    for e in events:
+        streams.setdefault(topic_of(e), []).append(e)
+    out = []
+    while streams:
+        t = rnd.choice(sorted(streams))
+        n = rnd.randint(1, 6)
+        out += streams[t][:n]
+        streams[t] = streams[t][n:]
+        if not streams[t]:
+            del streams[t]
+    return out
+
+
+class Clocks:
+    """A clock projection in a schema of its own, built by applying events directly."""
+
+    def __init__(self, database_url: str, label: str):
+        self.schema = f"dl_batch_{RUN}_{label}"
+        self.conn = psycopg.connect(database_url, autocommit=True)
+        create_schema(self.conn, self.schema)
+        self.projection = DeadlineClockProjection(f"dl_batch_{RUN}_{label}", schema=self.schema, catalog=CAT)
+
+    def one_by_one(self, events: list[Event]) -> dict:
+        with self.conn.transaction():
+            self.projection.reset(self.conn)
+            for e in events:
+                self.projection.apply(self.conn, e)
+        return self.snapshot()
+
+    def in_batches(self, events: list[Event], cuts: list[int]) -> dict:
+        bounds = [0, *cuts, len(events)]
+        with self.conn.transaction():
+            self.projection.reset(self.conn)
+            for lo, hi in zip(bounds, bounds[1:]):
+                self.projection.apply_batch(self.conn, events[lo:hi])
+        return self.snapshot()
+
+    def snapshot(self) -> dict:
+        return {table: sorted(self.conn.execute(f"SELECT * FROM {self.schema}.{table}").fetchall(), key=repr)
+                for table in ("deadline_clocks", "deadline_cases")}
+
+    def close(self) -> None:
+        self.conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+        self.conn.close()
+
+
+def differences(got: dict, expected: dict) -> dict:
+    """Per table, the rows only the batches wrote and the rows only one by one wrote."""
+    return {t: {"batched": sorted(set(got[t]) - set(expected[t]), key=repr),
+                "one_by_one": sorted(set(expected[t]) - set(got[t]), key=repr)} for t in got if got[t] != expected[t]}
+
+
+def uneven_cuts(n: int, seed: int) -> list[int]:
+    """Where to cut a log of n events into batches of 1 to 80, a one-event batch (40:41) among them."""
+    rnd, cuts, at = random.Random(seed), {40, 41}, 0
+    while (at := at + rnd.randint(1, 80)) < n:
+        cuts.add(at)
+    return sorted(c for c in cuts if 0 < c < n)
+
+
+def scramble(events: list[Event], seed: int) -> list[Event]:
+    """Any order at all (stronger than Kafka's per-partition order), with a few events twice."""
+    rnd = random.Random(seed)
+    out = list(events) + rnd.sample(events, len(events) // 20)
+    rnd.shuffle(out)
+    return out
+
+
+@pytest.mark.postgres
+def test_a_batch_gives_the_rows_that_applying_its_events_one_by_one_gives(database_url):
+    events = clock_log(f"case-dlb-{RUN}", 24, seed=5)
+    kinds = Counter(e.type for e in events)
+    assert {"MaterialsSupplemented", "ApplicationWithdrawn", "TaskCancelled", "CaseCompleted", "CaseEscalated",
+            "EscalationReplied", "EscalationExtended", "EscalationResolved", "RectificationOpened",
+            "RectificationReplied"} <= set(kinds), kinds
+    assert any(e.type == "DecisionRecorded" and e.payload["outcome"] == "correction_requested" for e in events)
+    one, batched = Clocks(database_url, "one"), Clocks(database_url, "bat")
+    try:
+        in_order = one.one_by_one(events)
+        causes = Counter(r[1] for r in in_order["deadline_clocks"]
+                         if r[9] in {e.id for e in events if e.type in ("MaterialsSupplemented", "EscalationExtended")})
+        assert causes["case"] and causes["escalation_resolution"]   # due dates moved by a 补正 and an extension
+        assert len(in_order["deadline_cases"]) == 24 and any(r[8] is None for r in in_order["deadline_clocks"])
+        orders = {"written": lambda seed: events, "consumed": lambda seed: as_consumed(events, seed),
+                  "any": lambda seed: scramble(events, seed)}
+        for seed, (order, whole) in enumerate([("written", True), ("consumed", True), ("written", False),
+                                               ("consumed", False), ("consumed", False), ("any", False),
+                                               ("any", False)]):
+            log = orders[order](seed)
+            expected = one.one_by_one(log)
+            cuts = [] if whole else uneven_cuts(len(log), seed)   # one batch of everything, or uneven ones
+            got = batched.in_batches(log, cuts)
+            assert got == expected, (order, seed, differences(got, expected))
+    finally:
+        one.close()
+        batched.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_costs_three_statements_and_a_bad_extension_fails_it_whole(database_url):
+    clocks = Clocks(database_url, "cnt")
+    try:
+        events = clock_log(f"case-dlc-{RUN}", 12, seed=8)
+        sent = []
+        conn = clocks.conn
+
+        class Counting:
+            def execute(self, *args, **kw):
+                sent.append(args[0])
+                return conn.execute(*args, **kw)
+
+            def __getattr__(self, name):
+                return getattr(conn, name)
+
+        with conn.transaction():
+            clocks.projection.apply_batch(Counting(), events)
+        assert len(events) > 150 and len(sent) == 3
+        # an extension beyond the limit raises (the runtime then dead-letters it alone), nothing is written
+        escalated = next(e for e in events if e.type == "CaseEscalated")
+        bad = new_event("EscalationExtended", escalated.key, {"escalation_id": escalated.payload["escalation_id"],
+                                                             "resolve_within_working_days": 11, "reason": "x"},
+                        actor=SUPERVISOR, region_code="440203")
+        before = clocks.snapshot()
+        with pytest.raises(ValueError, match="resolve_within"), conn.transaction():
+            clocks.projection.apply_batch(conn, [events[0], bad])
+        assert clocks.snapshot() == before
+    finally:
+        clocks.close()
