@@ -2,6 +2,8 @@
 
 A department implements `Backend.handle(task, conn)` — decide (or apply a register sync)
 and write its own records through `conn` — and runs `Adapter(backend, bootstrap, database_url).run()`.
+A backend that can decide many tasks cheaper than one at a time may also implement
+`handle_batch(tasks, conn)` (`BatchBackend`): the SDK then hands it the batch's fresh tasks at once.
 The adapter is a processor of the project's one runtime (projectors/runtime.py), so it gets the
 runtime's guarantees and its batching for free:
 - idempotent on task id: decisions are stored with the backend's own writes in the checkpoint's
@@ -18,7 +20,7 @@ runtime's guarantees and its batching for free:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +72,17 @@ class Backend(Protocol):
         """The applicant withdrew: stop work on the task."""
 
 
+class BatchBackend(Backend, Protocol):
+    def handle_batch(self, tasks: Sequence[Event], conn: psycopg.Connection) -> Sequence[list[Decision]]:
+        """Optional: decide on several tasks at once, as `handle` on each in turn would — one list
+        of decisions per task, in their order. The SDK passes only tasks it has no stored
+        decision for (each task id once, none cancelled), in partition order, and never a task
+        that came after a cancellation or rectification in the batch together with what came
+        before it. An exception fails the whole batch (the SDK's transaction rolls back; a
+        `BackendUnavailable` retries it, anything else has the runtime re-run it one task at a
+        time)."""
+
+
 @dataclass
 class AdapterStats:
     handled: int = 0
@@ -119,14 +132,52 @@ class AdapterProcessor(BaseProcessor):
         stored: dict[str, list[Decision]] = {}
         cancelled: set[str] = set()
         if ids:
-            for task_id, _pos, o, r, m, out in conn.execute(_STORED, (self.department, ids)).fetchall():
-                stored.setdefault(task_id, []).append(Decision(o, r, tuple(m or ()), dict(out or {})))
-            cancelled = {r[0] for r in conn.execute(_CANCELLED, (self.department, ids)).fetchall()}
+            with conn.pipeline():  # both reads in one round trip
+                decided = conn.execute(_STORED, (self.department, ids))
+                withdrawn = conn.execute(_CANCELLED, (self.department, ids))
+                for task_id, _pos, o, r, m, out in decided.fetchall():
+                    stored.setdefault(task_id, []).append(Decision(o, r, tuple(m or ()), dict(out or {})))
+                cancelled = {r[0] for r in withdrawn.fetchall()}
         rows: list[tuple] = []
         counts = AdapterStats()
         outcomes: list[str] = []
+        # consecutive TaskDispatched are decided together (the backend's `handle_batch`, if it has
+        # one): `run` holds them in partition order, `fresh` those that reach the backend
+        run: list[Event] = []
+        fresh: dict[str, Event] = {}
+        event_ids: dict[str, list[str]] = {}   # of the decisions just made (derived once)
+
+        def settle() -> None:
+            nonlocal rows
+            if fresh:
+                for task, decisions in zip(fresh.values(), self._decide_all(list(fresh.values()), conn)):
+                    tid = task.payload["task_id"]
+                    stored[tid] = decisions
+                    counts.handled += 1
+                    outcomes.extend(d.outcome for d in decisions)
+                    eids = event_ids[task.id] = [_event_id(task, n) for n in range(len(decisions))]
+                    rows += [(self.department, tid, n, eids[n], d.outcome, d.reason, list(d.missing_materials),
+                              json.dumps(d.outputs)) for n, d in enumerate(decisions)]
+                fresh.clear()
+            for task in run:
+                eids = event_ids.get(task.id)
+                for n, d in enumerate(stored[task.payload["task_id"]]):
+                    step.emit(decisions_topic(self.department), self._event(task, n, d, eids[n] if eids else None))
+            run.clear()
+
         for item in step.items:
             task = item.event
+            if task.type == "TaskDispatched":
+                tid = task.payload["task_id"]
+                if tid in stored or tid in fresh:
+                    counts.replayed += 1       # decided before, or earlier in this batch: never asked again
+                elif tid in cancelled:
+                    continue
+                else:
+                    fresh[tid] = task
+                run.append(task)
+                continue
+            settle()  # what came before a cancellation is decided before it
             if task.type == "TaskCancelled":
                 tid = task.payload["task_id"]
                 conn.execute("INSERT INTO adapter_cancellations (department, task_id) VALUES (%s, %s) "
@@ -135,24 +186,9 @@ class AdapterProcessor(BaseProcessor):
                 self.backend.cancel(task, conn)
             elif task.type == "RectificationOpened":
                 self._rectification(step, task)
-            elif task.type != "TaskDispatched":
-                step.dead_letter(self.group, item, f"unexpected event type {task.type}")
             else:
-                tid = task.payload["task_id"]
-                if tid in stored:
-                    counts.replayed += 1
-                    decisions = stored[tid]
-                elif tid in cancelled:
-                    continue
-                else:
-                    decisions = self._decide(task, conn)
-                    stored[tid] = decisions
-                    counts.handled += 1
-                    outcomes += [d.outcome for d in decisions]
-                    rows += [(self.department, tid, n, _event_id(task, n), d.outcome, d.reason,
-                              list(d.missing_materials), json.dumps(d.outputs)) for n, d in enumerate(decisions)]
-                for n, d in enumerate(decisions):
-                    step.emit(decisions_topic(self.department), self._event(task, n, d))
+                step.dead_letter(self.group, item, f"unexpected event type {task.type}")
+        settle()
         if rows:
             conn.cursor().executemany(_STORE, rows)
 
@@ -165,13 +201,33 @@ class AdapterProcessor(BaseProcessor):
 
         step.on_commit(done)
 
+    def _decide_all(self, tasks: list[Event], conn: psycopg.Connection) -> list[list[Decision]]:
+        """The backend's decisions on `tasks`: by its `handle_batch` when it has one, else one
+        `handle` after the other."""
+        batch = getattr(self.backend, "handle_batch", None)
+        if batch is None:
+            return [self._decide(task, conn) for task in tasks]
+        try:
+            results = [list(ds) for ds in batch(tasks, conn)]
+        except BackendUnavailable:
+            self._unavailable()
+            raise
+        if len(results) != len(tasks):
+            raise RuntimeError(f"the backend answered {len(results)} of {len(tasks)} tasks")
+        if not all(results):
+            raise InvalidTask("the backend returned no decision")
+        return results
+
+    def _unavailable(self) -> None:
+        BACKEND_UP.labels(self.department).set(0)
+        BACKEND_RETRIES.labels(self.department).inc()
+        self.stats.backend_waits += 1
+
     def _decide(self, task: Event, conn: psycopg.Connection) -> list[Decision]:
         try:
             decisions = self.backend.handle(task, conn)
         except BackendUnavailable:
-            BACKEND_UP.labels(self.department).set(0)
-            BACKEND_RETRIES.labels(self.department).inc()
-            self.stats.backend_waits += 1
+            self._unavailable()
             raise
         if not decisions:
             raise InvalidTask("the backend returned no decision")
@@ -199,7 +255,7 @@ class AdapterProcessor(BaseProcessor):
                 actor=Actor(self.department, "department", "department"), region_code=task.envelope.region_code,
                 cause=task, event_id=derived_event_id(task.id, "RectificationReplied")))
 
-    def _event(self, task: Event, position: int, d: Decision) -> Event:
+    def _event(self, task: Event, position: int, d: Decision, event_id: str | None = None) -> Event:
         p = task.payload
         return new_event(
             "DecisionRecorded", task.key,
@@ -207,7 +263,7 @@ class AdapterProcessor(BaseProcessor):
              "kind": p.get("kind", "case_service"), "outcome": d.outcome, "reason": d.reason,
              "missing_materials": list(d.missing_materials), "outputs": dict(d.outputs)},
             actor=self.actor, region_code=task.envelope.region_code, cause=task,
-            event_id=_event_id(task, position),
+            event_id=event_id or _event_id(task, position),
         )
 
 

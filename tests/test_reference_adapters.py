@@ -26,10 +26,11 @@ from catalog.validators import check_resident_id
 from department_adapters.reference import BackendConfig, CorrectionRule, RejectRule, SimulatedBackend
 from department_adapters.reference import numbers, registers
 from department_adapters.reference.run import build_backend, case_backend, run_all
-from department_adapters.sdk import Adapter, BackendUnavailable, InvalidTask
+from department_adapters.sdk import Adapter, AdapterProcessor, BackendUnavailable, Decision, InvalidTask
 from events import bus
 from events.envelope import Event, new_event
 from infra.topics import DEADLETTER, decisions_topic, tasks_topic
+from projectors.checkpoint import Item, Step
 
 from .support import topics
 from .support.newborn import as_event_form, newborn_form, newborn_materials, resident_id
@@ -433,6 +434,112 @@ def test_resident_ids_spill_to_the_next_county_when_a_day_is_full(database_url):
         conn.rollback()  # leaves the shared counters as they were
     assert rid[:6] != "440203" and rid[:4] == "4402" and check_resident_id(rid) is None
     assert int(rid[16]) % 2 == 1
+
+
+def test_resident_ids_of_a_batch_are_those_issued_one_at_a_time(database_url):
+    """Set-based resident IDs (a batch's police tasks) spill over exactly like one at a time."""
+    born = date(1999, 1, 2)  # a day no other test issues IDs for
+    a, c, m = ("440203", born, "female"), ("440201", born, "female"), ("440203", born, "male")
+    requests = [a, c, a, a, m]  # 440203 has two female codes left: the third spills to 440201, after c's
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO department_register_counters (counter, value) VALUES (%s, 497)"
+                     " ON CONFLICT (counter) DO UPDATE SET value = 497", (f"resident_id:440203:{born:%Y%m%d}:female",))
+        with conn.transaction(force_rollback=True):
+            one = [numbers.issue_resident_id(conn, *r) for r in requests]
+        with conn.transaction(force_rollback=True):
+            batch = numbers.take_resident_ids(conn, requests)
+        conn.rollback()  # leaves the shared counters as they were
+    assert batch == one and len(set(one)) == len(one)
+    assert [rid[:6] for rid in one] == ["440203", "440201", "440203", "440201", "440203"]
+    assert all(check_resident_id(rid) is None for rid in one)
+
+
+def test_a_batch_decides_and_records_as_one_task_at_a_time(database_url):
+    """`handle_batch` (what the SDK calls with a poll's fresh tasks) against `handle` one task
+    after the other, from the same counters: the same decisions, register rows and work items."""
+    departments = sorted({CATALOG.service(s).department for s in NEWBORN})
+    tasks: dict[str, list[Event]] = {d: [] for d in departments}
+    for n in range(3):
+        case = case_id()
+        for sid in NEWBORN:  # the second case promised its invoice: a correction among approvals
+            tasks[CATALOG.service(sid).department].append(
+                task(sid, case, promised=("medical_invoice",) if n == 1 else ()))
+    task_ids = [t.payload["task_id"] for ts in tasks.values() for t in ts]
+
+    def recorded(conn: psycopg.Connection) -> dict[str, list[tuple]]:
+        rows = {table_of(sid): conn.execute(f"SELECT * FROM {table_of(sid)} WHERE task_id = ANY(%s) ORDER BY task_id",
+                                            (task_ids,)).fetchall() for sid in NEWBORN}
+        rows["work"] = conn.execute("SELECT * FROM department_work_items WHERE task_id = ANY(%s) "
+                                    "ORDER BY department, task_id", (task_ids,)).fetchall()
+        return rows
+
+    with psycopg.connect(database_url) as conn:
+        # no other writer takes numbers between the two runs, so both start from the same counters
+        conn.execute("LOCK TABLE department_register_counters IN EXCLUSIVE MODE")
+        with conn.transaction(force_rollback=True):
+            one = {d: [build_backend(d, FAST).handle(t, conn) for t in ts] for d, ts in tasks.items()}
+            one_rows = recorded(conn)
+        with conn.transaction(force_rollback=True):
+            batch = {d: build_backend(d, FAST).handle_batch(ts, conn) for d, ts in tasks.items()}
+            batch_rows = recorded(conn)
+        conn.rollback()  # a dry run: the shared registers and counters keep nothing
+
+    assert batch == one
+    assert batch_rows == one_rows
+    finals = [ds[1].outcome for d in departments for ds in one[d]]
+    assert finals.count("correction_requested") == 1 and finals.count("approved") == len(finals) - 1
+    assert all(len(rows) == 3 for table, rows in one_rows.items() if table != table_of(
+        "medical_insurance.childbirth_reimbursement") and table != "work")
+    cards = [int(ds[1].outputs["social_security_card_no"][1:]) for ds in batch["hrss"]]
+    assert cards == list(range(cards[0], cards[0] + 3)), "a batch's numbers are consecutive, in task order"
+
+
+class _HandleOnly:
+    """A department team's backend that implements only `handle`."""
+
+    def __init__(self, department: str):
+        self.department = department
+        self.calls: list[str] = []
+
+    def handle(self, t: Event, conn: psycopg.Connection) -> list[Decision]:
+        self.calls.append(t.payload["task_id"])
+        return [Decision("accepted"), Decision("approved", outputs={"n": str(len(self.calls))})]
+
+    def cancel(self, t: Event, conn: psycopg.Connection) -> None:
+        self.calls.append("cancel " + t.payload["task_id"])
+
+
+class _Batched(_HandleOnly):
+    def __init__(self, department: str):
+        super().__init__(department)
+        self.batches: list[list[str]] = []
+
+    def handle_batch(self, tasks: list[Event], conn: psycopg.Connection) -> list[list[Decision]]:
+        self.batches.append([t.payload["task_id"] for t in tasks])
+        return [self.handle(t, conn) for t in tasks]
+
+
+def test_the_sdk_gives_a_batch_backend_the_same_tasks_in_the_same_order(database_url):
+    """A poll's batch with a repeat, a cancellation before a task and one after it: a backend
+    with `handle_batch` gets the fresh tasks in runs that end at each cancellation, each task
+    once; the decisions emitted are those of a backend asked one task at a time."""
+    sid = "hrss.social_security_card"
+    t1, t2, t3, t4 = (task(sid, case_id()) for _ in range(4))
+    events = [t1, t2, t1, cancellation(t3), t3, t4, cancellation(t4)]
+    emitted = {}
+    for kind in (_HandleOnly, _Batched):
+        backend = kind(f"sdk_t{uuid.uuid4().hex[:8]}")
+        processor = AdapterProcessor(backend)
+        with psycopg.connect(database_url) as conn, conn.transaction(force_rollback=True):
+            step = Step(conn, items=[Item(tasks_topic(backend.department), 0, n, e.key.encode(), None, e)
+                                     for n, e in enumerate(events)])
+            processor.process(step)
+        assert backend.calls == [t1.payload["task_id"], t2.payload["task_id"], "cancel " + t3.payload["task_id"],
+                                 t4.payload["task_id"], "cancel " + t4.payload["task_id"]]
+        emitted[kind] = [(e.id, e.payload["task_id"], e.payload["outcome"], e.payload["outputs"]) for _, e in step.out]
+    assert backend.batches == [[t1.payload["task_id"], t2.payload["task_id"]], [t4.payload["task_id"]]]
+    assert emitted[_Batched] == emitted[_HandleOnly]
+    assert [tid for _, tid, _, _ in emitted[_Batched]] == [t.payload["task_id"] for t in (t1, t1, t2, t2, t1, t1, t4, t4)]
 
 
 def test_simulated_decisions_carry_a_newborn_case_through_the_fold_to_completion(database_url):

@@ -10,14 +10,19 @@ a re-dispatch after a supplement is a new task (attempt n+1) and is decided afre
 
 Every write goes through the `conn` the SDK passes, inside the SDK's transaction: the
 register record, the work item and the SDK's decision record commit together or not at all.
+
+`handle_batch` (the SDK's batch entry point; `handle` is a batch of one) decides a whole batch
+with a few round trips: every task is checked and decided first, without the database; the
+approved ones' issuing functions run dry to learn which numbers they need, those are taken
+set-based (numbers.py), and the records and work items are written in a pipeline.
 """
 from __future__ import annotations
 
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -30,7 +35,7 @@ from catalog.validators import check_region_code
 from department_adapters.sdk import BackendUnavailable, Decision, InvalidTask
 from events.envelope import Event
 
-from . import registers
+from . import numbers, registers
 from .config import BackendConfig
 from .registers import Issue, Record
 
@@ -68,29 +73,50 @@ class SimulatedBackend:
         self.stats = BackendStats()
         self._rng = random.Random(self.config.seed)
         self._down = False
+        self._registers: dict[str, registers.Register] = {}
 
     # -- the SDK's interface -----------------------------------------------------------------
     def handle(self, task: Event, conn: psycopg.Connection) -> list[Decision]:
-        self.stats.calls += 1
-        self._check_available()
-        p = task.payload
-        if p.get("kind") == "register_sync":
-            # one change, many updates is the register-copy backend's job (register_copy.ByKind
-            # routes it there); answering "applied" here would tell the cascade a lie
-            raise InvalidTask("register syncs are not decided by the case-service backend")
-        svc = self._service(p.get("service_id", ""))
-        if self.config.processing_s:
-            time.sleep(self.config.processing_s)
-        verdict = self._verdict(svc, p)
-        record_no = None
-        if verdict.outcome == "approved":
-            record_no, outputs = self._issue(task, svc, conn)
-            verdict = Decision("approved", outputs=outputs)
-        self._record_work(conn, task, verdict, record_no)
-        self.stats.decided[verdict.outcome] += 1
-        log.info("reference.decided", department=self.simulates, task_id=p["task_id"], service_id=svc.id,
-                 attempt=_attempt(p["task_id"]), outcome=verdict.outcome, missing=list(verdict.missing_materials))
-        return [Decision("accepted"), verdict]
+        return self.handle_batch([task], conn)[0]
+
+    def handle_batch(self, tasks: Sequence[Event], conn: psycopg.Connection) -> list[list[Decision]]:
+        """Decide `tasks` (the SDK's batch entry point): one list of decisions per task, the
+        same as `handle` one task after the other would give, with the batch's numbers taken
+        set-based and its records written in a few pipelined statements (a few round trips a
+        batch instead of several a task). Any exception fails the whole batch; nothing of it is
+        written (the SDK's transaction rolls back)."""
+        verdicts: list[tuple[Event, Service, Decision]] = []
+        for task in tasks:
+            self.stats.calls += 1
+            self._check_available()
+            p = task.payload
+            if p.get("kind") == "register_sync":
+                # one change, many updates is the register-copy backend's job (register_copy.ByKind
+                # routes it there); answering "applied" here would tell the cascade a lie
+                raise InvalidTask("register syncs are not decided by the case-service backend")
+            svc = self._service(p.get("service_id", ""))
+            if self.config.processing_s:
+                time.sleep(self.config.processing_s)
+            verdicts.append((task, svc, self._verdict(svc, p)))
+        issues, recorder = self._plan(conn, [(t, svc) for t, svc, v in verdicts if v.outcome == "approved"])
+        with conn.pipeline():  # round trips only where a result is needed (the numbers), one for the rest
+            issued = iter(self._issue(conn, issues, recorder))
+            decided: list[tuple[Event, Service, Decision, str | None]] = []
+            for task, svc, verdict in verdicts:
+                record_no = None
+                if verdict.outcome == "approved":
+                    record_no, outputs = next(issued)
+                    verdict = Decision("approved", outputs=outputs)
+                decided.append((task, svc, verdict, record_no))
+            self._record_work(conn, decided)
+        out = []
+        for task, svc, verdict, _ in decided:
+            p = task.payload
+            self.stats.decided[verdict.outcome] += 1
+            log.info("reference.decided", department=self.simulates, task_id=p["task_id"], service_id=svc.id,
+                     attempt=_attempt(p["task_id"]), outcome=verdict.outcome, missing=list(verdict.missing_materials))
+            out.append([Decision("accepted"), verdict])
+        return out
 
     def cancel(self, task: Event, conn: psycopg.Connection) -> None:
         """Stop work on the task: the work item is marked cancelled and any record it left in
@@ -189,14 +215,44 @@ class SimulatedBackend:
 
     # -- issuing ------------------------------------------------------------------------------
     def _register(self, svc: Service) -> registers.Register:
-        e_licenses = frozenset(o for o in svc.produces
-                               if o in self.catalog.materials and self.catalog.materials[o].e_license)
-        return registers.register_for(svc.id, svc.produces, e_licenses)
+        register = self._registers.get(svc.id)
+        if register is None:
+            e_licenses = frozenset(o for o in svc.produces
+                                   if o in self.catalog.materials and self.catalog.materials[o].e_license)
+            register = self._registers[svc.id] = registers.register_for(svc.id, svc.produces, e_licenses)
+        return register
 
-    def _issue(self, task: Event, svc: Service, conn: psycopg.Connection) -> tuple[str, dict[str, str]]:
-        p = task.payload
-        issue = Issue(conn, self.simulates, svc.id, p["task_id"], task.key, task_region(task),
-                      dict(p.get("fields") or {}), dict(p.get("inputs") or {}), date.today())
+    def _plan(self, conn: psycopg.Connection, approved: Sequence[tuple[Event, Service]]
+              ) -> tuple[list[tuple[Issue, Service]], numbers.Recorder]:
+        """A dry run of the issuing functions for the approved tasks (no database): it checks
+        what they check and notes which numbers the batch needs."""
+        today = date.today()
+        issues = [(Issue(conn, self.simulates, svc.id, task.payload["task_id"], task.key, task_region(task),
+                         dict(task.payload.get("fields") or {}), dict(task.payload.get("inputs") or {}), today),
+                   svc) for task, svc in approved]
+        recorder = numbers.Recorder()
+        for issue, svc in issues:
+            self._record(replace(issue, numbers=recorder), svc)
+        return issues, recorder
+
+    def _issue(self, conn: psycopg.Connection, issues: Sequence[tuple[Issue, Service]],
+               recorder: numbers.Recorder) -> list[tuple[str, dict[str, str]]]:
+        """Take the numbers the dry run noted at once, run the issuing functions with them (in
+        task order, so each task gets the numbers it would have got alone) and write the
+        records: (record number, outputs) of each task."""
+        if not issues:
+            return []
+        allocated = recorder.allocate(conn)
+        records, out = [], []
+        for issue, svc in issues:
+            issue = replace(issue, numbers=allocated)
+            table, record = self._record(issue, svc)
+            records.append((table, issue, record))
+            out.append((record.record_no, record.outputs))
+        registers.insert_many(conn, records)
+        return out
+
+    def _record(self, issue: Issue, svc: Service) -> tuple[str, Record]:
         register = self._register(svc)
         record = register.issue(issue)
         # exactly what the catalog says the service produces: no more, and nothing missing
@@ -205,17 +261,24 @@ class SimulatedBackend:
         if missing:
             n = issue.number(f"generic:{svc.id}")
             outputs.update({o: registers.generic_value(o, issue.region, n, False) for o in missing})
-        record = Record(record.record_no, {o: outputs[o] for o in svc.produces}, record.columns, record.region)
-        registers.insert(conn, register.table, issue, record)
-        return record.record_no, record.outputs
+        return register.table, Record(record.record_no, {o: outputs[o] for o in svc.produces}, record.columns,
+                                      record.region)
 
-    def _record_work(self, conn: psycopg.Connection, task: Event, d: Decision, record_no: str | None) -> None:
-        p = task.payload
-        conn.execute(
-            "INSERT INTO department_work_items (department, task_id, case_id, service_id, attempt, kind, outcome,"
-            " reason, missing, record_no, decided_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())",
-            (self.simulates, p["task_id"], task.key, p.get("service_id", ""), _attempt(p["task_id"]),
-             p.get("kind", "case_service"), d.outcome, d.reason, list(d.missing_materials), record_no))
+    def _record_work(self, conn: psycopg.Connection, decided: Sequence[tuple[Event, Service, Decision, str | None]]
+                     ) -> None:
+        rows = []
+        for task, _svc, d, record_no in decided:
+            p = task.payload
+            rows.append((self.simulates, p["task_id"], task.key, p.get("service_id", ""), _attempt(p["task_id"]),
+                         p.get("kind", "case_service"), d.outcome, d.reason, list(d.missing_materials), record_no))
+        if len(rows) == 1:
+            conn.execute(_WORK_ITEM, rows[0])
+        elif rows:
+            conn.cursor().executemany(_WORK_ITEM, rows)
+
+
+_WORK_ITEM = ("INSERT INTO department_work_items (department, task_id, case_id, service_id, attempt, kind, outcome,"
+              " reason, missing, record_no, decided_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())")
 
 
 def _needed(need: Need, typed_fields: Mapping[str, Any]) -> bool:

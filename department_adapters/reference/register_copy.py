@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,19 @@ FOLLOW_UPS: dict[tuple[str, str, str], dict[str, str]] = {
     ("company", "status", "deregistered"): {"*": "record_closed"},    # 企业注销: each office closes its record
     ("company", "status", "converted"): {"*": "successor_linked"},    # 个转企: records move to the new company
 }
+
+
+_COPY_ROW = ("INSERT INTO register_copies (department, register, register_key) VALUES (%s, %s, %s) "
+             "ON CONFLICT DO NOTHING")
+_LOCK_COPY = ("SELECT fields, field_sequences FROM register_copies WHERE department = %s AND register = %s "
+              "AND register_key = %s FOR UPDATE")
+_UPDATE_COPY = ("UPDATE register_copies SET fields = %s, field_sequences = %s, sequence = GREATEST(sequence, %s), "
+                "updated_at = now() WHERE department = %s AND register = %s AND register_key = %s")
+_APPLIED = ("INSERT INTO register_copy_applied (department, register, register_key, sequence, task_id, change_event_id,"
+            " applied_fields, stale_fields) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (department, register, register_key, sequence) DO NOTHING RETURNING id")
+_FOLLOW_UP = ("INSERT INTO register_copy_follow_ups (department, register, register_key, action, change_event_id) "
+              "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,9 @@ class RegisterCopyBackend:
             time.sleep(self.config.processing_s)
 
         key = task.key
-        conn.execute("INSERT INTO register_copies (department, register, register_key) VALUES (%s, %s, %s) "
-                     "ON CONFLICT DO NOTHING", (self.simulates, register, key))
-        fields, field_sequences = conn.execute(
-            "SELECT fields, field_sequences FROM register_copies WHERE department = %s AND register = %s "
-            "AND register_key = %s FOR UPDATE", (self.simulates, register, key)).fetchone()
+        with conn.pipeline():  # the copy's row created and locked in one round trip
+            conn.execute(_COPY_ROW, (self.simulates, register, key))
+            fields, field_sequences = conn.execute(_LOCK_COPY, (self.simulates, register, key)).fetchone()
         applied, stale = [], []
         for name, value in sorted(values.items()):
             if sequence > int(field_sequences.get(name, 0)):
@@ -124,27 +135,23 @@ class RegisterCopyBackend:
                 applied.append(name)
             else:
                 stale.append(name)  # a newer change already wrote it: keep the newer value
-        conn.execute("UPDATE register_copies SET fields = %s, field_sequences = %s, sequence = GREATEST(sequence, %s), "
-                     "updated_at = now() WHERE department = %s AND register = %s AND register_key = %s",
-                     (Jsonb(fields), Jsonb(field_sequences), sequence, self.simulates, register, key))
-        first = conn.execute(
-            "INSERT INTO register_copy_applied (department, register, register_key, sequence, task_id, change_event_id,"
-            " applied_fields, stale_fields) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (department, register, register_key, sequence) DO NOTHING RETURNING id",
-            (self.simulates, register, key, sequence, p["task_id"], change_event_id, applied, stale)).fetchone()
         outputs = {"copy_sequence": str(max([sequence] + [int(s) for s in field_sequences.values()])),
                    "applied_fields": ",".join(applied)}
         if stale:
             outputs["stale_fields"] = ",".join(stale)
         action = self._follow_up(register, {k: values[k] for k in applied})
-        if action:
-            conn.execute("INSERT INTO register_copy_follow_ups (department, register, register_key, action, "
-                         "change_event_id) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                         (self.simulates, register, key, action, change_event_id))
-            outputs["follow_up"] = action
+        with conn.pipeline():  # the writes in one round trip
+            conn.execute(_UPDATE_COPY, (Jsonb(fields), Jsonb(field_sequences), sequence, self.simulates, register,
+                                        key))
+            first = conn.execute(_APPLIED, (self.simulates, register, key, sequence, p["task_id"], change_event_id,
+                                            applied, stale))
+            if action:
+                conn.execute(_FOLLOW_UP, (self.simulates, register, key, action, change_event_id))
+                outputs["follow_up"] = action
+            repeat = first.fetchone() is None
         self.applied += 1
         log.info("register_copy.applied", department=self.simulates, register=register, key=key, sequence=sequence,
-                 applied=applied, stale=stale, repeat=first is None, follow_up=action)
+                 applied=applied, stale=stale, repeat=repeat, follow_up=action)
         return [Decision("applied", outputs=outputs)]
 
     def _follow_up(self, register: str, applied: Mapping[str, str | None]) -> str | None:
@@ -171,6 +178,24 @@ class ByKind:
 
     def handle(self, task: Event, conn: psycopg.Connection) -> list[Decision]:
         return self._for(task).handle(task, conn)
+
+    def handle_batch(self, tasks: Sequence[Event], conn: psycopg.Connection) -> list[list[Decision]]:
+        """The SDK's batch entry point: each run of consecutive tasks of one kind goes to its
+        backend, at once where that backend has a `handle_batch`, in the tasks' order."""
+        out: list[list[Decision]] = []
+        start = 0
+        while start < len(tasks):
+            backend = self._for(tasks[start])
+            end = start + 1
+            while end < len(tasks) and self._for(tasks[end]) is backend:
+                end += 1
+            batch = getattr(backend, "handle_batch", None)
+            if batch is not None:
+                out.extend(batch(tasks[start:end], conn))
+            else:
+                out.extend(backend.handle(t, conn) for t in tasks[start:end])
+            start = end
+        return out
 
     def cancel(self, task: Event, conn: psycopg.Connection) -> None:
         self._for(task).cancel(task, conn)

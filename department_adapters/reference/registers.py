@@ -18,11 +18,12 @@ No number has 18 digits in a row: the log masker would take it for a resident ID
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any
+from functools import lru_cache
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -39,6 +40,15 @@ RESIDENT_PREMIUM_YUAN = Decimal("400.00")
 FIRST_HOME_VISIT_DAYS = 7
 
 
+class NumberSource(Protocol):
+    """Where an issuing function's numbers come from when not straight from the counters
+    (numbers.Recorder / numbers.Allocated: a batch takes all its numbers at once)."""
+
+    def number(self, counter: str) -> int: ...
+
+    def resident_id(self, region: str, born: date, sex: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Issue:
     """What an issuing function may read, and the transaction to take numbers in."""
@@ -51,11 +61,20 @@ class Issue:
     fields: Mapping[str, str]
     inputs: Mapping[str, str]
     today: date
+    numbers: NumberSource | None = None   # None: each number taken from its counter when asked
 
     def number(self, counter: str) -> int:
+        if self.numbers is not None:
+            return self.numbers.number(counter)
         value = next_value(self.conn, counter)
         assert value is not None  # uncapped counters always give a value
         return value
+
+    def resident_id(self, born: date, sex: str) -> str:
+        """A new resident ID for a person born on `born`, registered in this task's region."""
+        if self.numbers is not None:
+            return self.numbers.resident_id(self.region, born, sex)
+        return issue_resident_id(self.conn, self.region, born, sex)
 
     def birth_date(self, required: bool = False) -> date | None:
         raw = self.fields.get("birth_date")
@@ -114,7 +133,7 @@ def _vaccination_record(i: Issue) -> Record:
 def _birth_registration(i: Issue) -> Record:
     born = i.birth_date(required=True)
     sex = i.fields.get("child_sex", "")
-    rid = issue_resident_id(i.conn, i.region, born, sex)
+    rid = i.resident_id(born, sex)
     return Record(rid, {"child_resident_id": rid},
                   {"birth_date": born, "child_sex": sex, "registration_parent": i.fields.get("registration_parent"),
                    "birth_certificate_no": i.inputs.get("birth_certificate_no")},
@@ -182,31 +201,62 @@ def register_for(service_id: str, produces: tuple[str, ...] = (), e_licenses: fr
 
 
 # -- writing and reading ------------------------------------------------------------------
-def insert(conn: psycopg.Connection, table: str, issue: Issue, record: Record) -> None:
-    cols: dict[str, Any] = {
+# statements rendered once per table (and column set), not at every call
+@lru_cache(maxsize=None)
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)),
+        sql.SQL(", ").join(sql.Placeholder() * len(columns))).as_string()
+
+
+@lru_cache(maxsize=None)
+def _void_sql(table: str) -> str:
+    where = "department = %s AND task_id = %s AND status = 'valid'" if table == GENERIC_TABLE \
+        else "task_id = %s AND status = 'valid'"
+    return (sql.SQL("UPDATE {} SET status = 'cancelled', cancelled_at = now() WHERE ").format(sql.Identifier(table))
+            + sql.SQL(where)).as_string()
+
+
+@lru_cache(maxsize=None)
+def _find_sql(table: str) -> str:
+    return sql.SQL("SELECT * FROM {} WHERE task_id = %s").format(sql.Identifier(table)).as_string()
+
+
+def _columns(issue: Issue, record: Record) -> dict[str, Any]:
+    return {
         "record_no": record.record_no, "task_id": issue.task_id, "case_id": issue.case_id,
         "service_id": issue.service_id, "region_code": record.region or issue.region,
         "outputs": Jsonb(record.outputs), **record.columns,
     }
-    conn.execute(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols)),
-        sql.SQL(", ").join(sql.Placeholder() * len(cols))), list(cols.values()))
+
+
+def insert(conn: psycopg.Connection, table: str, issue: Issue, record: Record) -> None:
+    cols = _columns(issue, record)
+    conn.execute(_insert_sql(table, tuple(cols)), list(cols.values()))
+
+
+def insert_many(conn: psycopg.Connection, records: Sequence[tuple[str, Issue, Record]]) -> None:
+    """`insert` for many (table, issue, record), one statement per table and column set, in
+    their order within it (pipelined by psycopg: no round trip each)."""
+    groups: dict[tuple[str, tuple[str, ...]], list[list[Any]]] = {}
+    for table, issue, record in records:
+        cols = _columns(issue, record)
+        groups.setdefault((table, tuple(cols)), []).append(list(cols.values()))
+    for (table, names), rows in groups.items():
+        if len(rows) == 1:
+            conn.execute(_insert_sql(table, names), rows[0])
+        else:
+            conn.cursor().executemany(_insert_sql(table, names), rows)
 
 
 def void(conn: psycopg.Connection, table: str, task_id: str, department: str) -> int:
     """Mark the task's record cancelled; returns how many records changed (0 or 1)."""
-    where = sql.SQL("task_id = %s AND status = 'valid'")
-    params: list[Any] = [task_id]
-    if table == GENERIC_TABLE:
-        where = sql.SQL("department = %s AND ") + where
-        params.insert(0, department)
-    cur = conn.execute(sql.SQL("UPDATE {} SET status = 'cancelled', cancelled_at = now() WHERE ").format(
-        sql.Identifier(table)) + where, params)
-    return cur.rowcount
+    params = [department, task_id] if table == GENERIC_TABLE else [task_id]
+    return conn.execute(_void_sql(table), params).rowcount
 
 
 def find(conn: psycopg.Connection, table: str, task_id: str) -> dict[str, Any] | None:
     """The record a task left in a register (for operators and tests), as a dict."""
-    cur = conn.execute(sql.SQL("SELECT * FROM {} WHERE task_id = %s").format(sql.Identifier(table)), (task_id,))
+    cur = conn.execute(_find_sql(table), (task_id,))
     row = cur.fetchone()
     return dict(zip([c.name for c in cur.description], row)) if row else None
