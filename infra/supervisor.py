@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -44,8 +45,10 @@ class Supervisor:
         """Each child serves /metrics on its own port: base (ONETHING_METRICS_BASE_PORT, 9400) + index."""
         args = [sys.executable, "-m", "infra.process", component] + ([arg] if arg else [])
         port = int(self.env.get("ONETHING_METRICS_BASE_PORT", "9400")) + len(self.children)
+        # a stable member id per child (static membership): restarted, it reclaims its partitions at once
+        instance = f"{self.env.get('ONETHING_INSTANCE_PREFIX') or socket.gethostname()}-{name}"
         self.children[name] = Child(name, args, self.log_dir / f"{name}.log",
-                                    env={"ONETHING_METRICS_PORT": str(port)})
+                                    env={"ONETHING_METRICS_PORT": str(port), "ONETHING_INSTANCE_ID": instance})
 
     def _start(self, child: Child) -> None:
         out = open(child.log_path, "ab")

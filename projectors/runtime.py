@@ -156,6 +156,10 @@ class Worker:
         self.producer = producer or bus.make_producer(bootstrap, client_id=f"onething-{self.group}")
         options = {"max_poll_records": self.max_batch, "max_poll_interval_ms": 300_000,
                    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **dict(_attr(processor, "consumer_options", {}) or {})}
+        if os.environ.get("ONETHING_INSTANCE_ID"):
+            # static membership (KIP-345): a restarted member with the same id takes its partitions
+            # back at once instead of the group waiting out the dead member's session
+            options.setdefault("group_instance_id", os.environ["ONETHING_INSTANCE_ID"])
         self.consumer = bus.make_consumer(bootstrap, self.group, **options)
         self._wait_for_topics(list(processor.topics))
         self.consumer.subscribe(list(processor.topics), listener=_Rebalance(self))
@@ -483,7 +487,7 @@ class Worker:
 
     def _report_lag(self) -> None:
         behind = self.behind()
-        metrics._forget_revoked(self.group, {(tp.topic, str(tp.partition)) for tp in behind})
+        metrics.forget_revoked(self.group, {(tp.topic, str(tp.partition)) for tp in behind})
         for tp, lag in behind.items():
             if lag is None and tp not in self.to_seek and self.expected.get(tp) is None:
                 continue
