@@ -24,7 +24,7 @@ from projectors.postgres_projection import rebuild
 
 from .support.fast_forward import end_offsets, skip_history
 from .support.newborn import submission
-from .support.topics import read_all, wait_for
+from .support.topics import read_since, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 CATALOG = load_catalog()
@@ -72,13 +72,14 @@ def test_kill_9_at_every_point_of_the_commit_sequence_loses_and_doubles_nothing(
         sup.stop()
     assert len(fired) == len(CRASHES), f"crash points not reached: {fired}"
 
-    tasks = read_all(bootstrap, [tasks_topic(d) for d in DEPARTMENTS],
-                     keep=lambda e: e.type == "TaskDispatched" and e.key in set(ids), timeout_s=120)
+    since = lambda topics: {tp: o for tp, o in start.items() if tp.topic in topics}  # noqa: E731
+    tasks = read_since(bootstrap, since({tasks_topic(d) for d in DEPARTMENTS}),
+                       lambda e: e.type == "TaskDispatched" and e.key in set(ids), timeout_s=120)
     by_id = {t.id: t for t in tasks}
     assert len({t.payload["task_id"] for t in by_id.values()}) == len(by_id) == len(ids) * len(NEWBORN), \
         "a service got no task, or two different tasks"
-    decisions = read_all(bootstrap, [decisions_topic(d) for d in DEPARTMENTS],
-                         keep=lambda e: e.type == "DecisionRecorded" and e.key in set(ids), timeout_s=120)
+    decisions = read_since(bootstrap, since({decisions_topic(d) for d in DEPARTMENTS}),
+                           lambda e: e.type == "DecisionRecorded" and e.key in set(ids), timeout_s=120)
     per_task: dict[str, set[str]] = {}
     for d in decisions:
         per_task.setdefault(d.payload["task_id"], set()).add(d.id)

@@ -24,7 +24,7 @@ from infra.topics import tasks_topic
 
 from .support.fast_forward import skip_history
 from .support.newborn import submission
-from .support.topics import read_all, wait_for
+from .support.topics import mark, read_since, wait_for
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +51,11 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
             proc.wait()
 
 
-def first_wave_tasks(bootstrap: str, case_ids: set[str]):
-    return read_all(bootstrap, [tasks_topic(d) for d in WAVE_DEPTS],
-                    keep=lambda e: e.type == "TaskDispatched" and e.key in case_ids, timeout_s=120)
+WAVE_TOPICS = [tasks_topic(d) for d in WAVE_DEPTS]
+
+
+def first_wave_tasks(bootstrap: str, case_ids: set[str], since: dict):
+    return read_since(bootstrap, since, lambda e: e.type == "TaskDispatched" and e.key in case_ids, timeout_s=120)
 
 
 def test_kill_9_in_the_middle_of_1000_applications_loses_no_task(bootstrap, database_url, tmp_path):
@@ -64,6 +66,7 @@ def test_kill_9_in_the_middle_of_1000_applications_loses_no_task(bootstrap, data
     cases = [submission(f"case-{run}-{i:04d}") for i in range(1000)]
     case_ids = {c.key for c in cases}
     skip_history(bootstrap, database_url)
+    since = mark(bootstrap, WAVE_TOPICS)
     producer = bus.make_producer(bootstrap)
     bus.publish_all(producer, [("applications", c) for c in cases], timeout=120)
     producer.close()
@@ -71,7 +74,7 @@ def test_kill_9_in_the_middle_of_1000_applications_loses_no_task(bootstrap, data
                           ONETHING_CRASH_DIR=str(tmp_path))
     try:
         assert proc.wait(180) == -signal.SIGKILL, (tmp_path / "dispatch-1.log").read_text()[-3000:]
-        done_before = len({e.key for e in first_wave_tasks(bootstrap, case_ids)})
+        done_before = len({e.key for e in first_wave_tasks(bootstrap, case_ids, since)})
         with psycopg.connect(database_url) as conn:
             committed = conn.execute("SELECT count(*) FROM dispatch_cases WHERE case_id = ANY(%s)",
                                      (list(case_ids),)).fetchone()[0]
@@ -79,12 +82,12 @@ def test_kill_9_in_the_middle_of_1000_applications_loses_no_task(bootstrap, data
 
         proc = start_dispatch(tmp_path / "dispatch-2.log")
         expected = len(cases) * len(FIRST_WAVE)
-        assert wait_for(lambda: len({e.id for e in first_wave_tasks(bootstrap, case_ids)}) >= expected, 300, 3), \
+        assert wait_for(lambda: len({e.id for e in first_wave_tasks(bootstrap, case_ids, since)}) >= expected, 300, 3), \
             (tmp_path / "dispatch-2.log").read_text()[-3000:]
     finally:
         stop(proc)
 
-    tasks = first_wave_tasks(bootstrap, case_ids)
+    tasks = first_wave_tasks(bootstrap, case_ids, since)
     by_case = Counter()
     for t in {e.id: e for e in tasks}.values():
         by_case[t.key] += 1

@@ -381,3 +381,64 @@ def test_metrics_and_logs_carry_no_personal_data(client, settings, database_url)
     assert 'route="/api/v1/cases/{case_id}"' in text
     assert "case-" not in text and WANG.resident_id not in text
     assert client.get("/openapi.json").json()["paths"]["/api/v1/applications"]["post"]
+
+
+def _requests_total(client: TestClient, method: str, route: str, status: str) -> float:
+    line = f'onething_api_requests_total{{method="{method}",route="{route}",status="{status}"}} '
+    for row in client.get("/metrics").text.splitlines():
+        if row.startswith(line):
+            return float(row[len(line):])
+    return 0.0
+
+
+def test_every_response_carries_a_request_id_and_is_counted_by_route(client):
+    """The request middleware (plain ASGI): the caller's X-Request-Id when it is printable and at
+    most 64 characters, else a fresh one; counted under the route template, status class."""
+    kept = client.get("/api/v1/bundles", headers={"X-Request-Id": "req-kept-1"})
+    assert kept.status_code == 200 and kept.headers["x-request-id"] == "req-kept-1"
+    for bad in ("r" * 65, "", "tab\there"):
+        rid = client.get("/api/v1/bundles", headers={"X-Request-Id": bad}).headers["x-request-id"]
+        assert rid != bad and len(rid) == 32 and int(rid, 16) >= 0
+    fresh = {client.get("/api/v1/bundles").headers["x-request-id"] for _ in range(2)}
+    assert len(fresh) == 2
+
+    before = {k: _requests_total(client, *k) for k in
+              [("GET", "/api/v1/cases/{case_id}", "4xx"), ("GET", "unmatched", "4xx"), ("DELETE", "unmatched", "4xx")]}
+    for case_id in ("case-nope-1", "case-nope-2"):
+        r = client.get(f"/api/v1/cases/{case_id}", headers=auth(identity.applicant_token(WANG.resident_id)))
+        assert r.status_code == 404 and r.headers["x-request-id"]
+    lost = client.get("/nope")
+    assert lost.status_code == 404 and lost.json()["errors"][0]["code"] == "not_found" and lost.headers["x-request-id"]
+    assert client.delete("/api/v1/applications").status_code == 405
+    assert _requests_total(client, "GET", "/api/v1/cases/{case_id}", "4xx") == before[("GET", "/api/v1/cases/{case_id}", "4xx")] + 2
+    assert _requests_total(client, "GET", "unmatched", "4xx") == before[("GET", "unmatched", "4xx")] + 1
+    assert _requests_total(client, "DELETE", "unmatched", "4xx") == before[("DELETE", "unmatched", "4xx")] + 1
+
+
+def test_an_unhandled_error_answers_500_and_is_counted(settings, bootstrap, database_url):
+    def broken(_conn, _case_id):
+        raise RuntimeError("read model broke")
+
+    app = create_app(replace(settings, bootstrap_servers=bootstrap, database_url=database_url), read_case=broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        before = _requests_total(c, "GET", "/api/v1/cases/{case_id}", "5xx")
+        r = c.get("/api/v1/cases/case-x", headers=auth(identity.applicant_token(WANG.resident_id)))
+        assert r.status_code == 500 and r.text == "Internal Server Error"
+        assert _requests_total(c, "GET", "/api/v1/cases/{case_id}", "5xx") == before + 1
+
+
+def test_a_remembered_token_is_still_refused_once_it_expired():
+    issued = int(time.time()) - 58  # expires within 2 s
+    token = identity.issue_token(identity.subject_token(WANG.resident_id), "applicant", "online", ttl_s=60, now=issued)
+    first = identity.verify_token(token)
+    assert identity.verify_token(token) == first  # from memory
+    with pytest.raises(identity.InvalidToken, match="token invalid"):
+        identity.verify_token(token, secret="another secret, long enough for HS256 keys")
+    time.sleep(max(0.0, issued + 60 - time.time()) + 0.05)
+    for _ in range(2):
+        with pytest.raises(identity.InvalidToken, match="token expired"):
+            identity.verify_token(token)
+    early = identity.issue_token(first.subject, "applicant", "online", now=time.time() + 3600)  # iat in the future
+    for _ in range(2):
+        with pytest.raises(identity.InvalidToken, match="token invalid"):
+            identity.verify_token(early)

@@ -28,7 +28,7 @@ from projectors.postgres_projection import rebuild
 
 from .support.fast_forward import skip_history
 from .support.newborn import submission
-from .support.topics import read_all, wait_for
+from .support.topics import mark, read_since, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 CATALOG = load_catalog()
@@ -103,6 +103,8 @@ def test_1000_applications_survive_kill_9_of_every_processing_process(settings, 
     cases = [submission(f"case-e2e-{run}-{i:04d}") for i in range(1000)]
     case_ids = {c.key for c in cases}
     skip_history(bootstrap, database_url)
+    departments = sorted({CATALOG.service(s).department for s in NEWBORN})
+    since = mark(bootstrap, [tasks_topic(d) for d in departments])
     sup = system(tmp_path / "logs", env={"ONETHING_SIM_PROCESSING_S": "0"})
     sup.start()
     started = time.monotonic()
@@ -128,9 +130,7 @@ def test_1000_applications_survive_kill_9_of_every_processing_process(settings, 
 
     # data minimisation, read off the task topics themselves: no department received a field,
     # material or input its service does not declare
-    departments = sorted({CATALOG.service(s).department for s in NEWBORN})
-    tasks = read_all(bootstrap, [tasks_topic(d) for d in departments],
-                     keep=lambda e: e.type == "TaskDispatched" and e.key in case_ids, timeout_s=180)
+    tasks = read_since(bootstrap, since, lambda e: e.type == "TaskDispatched" and e.key in case_ids, timeout_s=180)
     assert len({t.payload["task_id"] for t in tasks}) == len(cases) * len(NEWBORN)
     for t in tasks:
         svc = CATALOG.service(t.payload["service_id"])

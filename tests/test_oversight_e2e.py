@@ -24,7 +24,7 @@ from projectors.deadline_clock import china_date, rectification_due
 from projectors.deadlines import today_in_china
 
 from .support.fast_forward import skip_history
-from .support.topics import read_all, wait_for
+from .support.topics import mark, read_since, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -73,6 +73,7 @@ def test_undecided_services_breach_escalate_and_are_worked_then_a_bad_rating_is_
     base, flag, today, sup = system_up
     supervisor = identity.issue_token("sup-1", "supervisor", "online", staff_id="sup-1")
     tax = identity.department_token("tax", staff_id="tax-clerk-7")
+    cases_start = mark(bootstrap, [CASES])
     with httpx.Client(base_url=base, timeout=30) as client:
         received_on = china_date(now_utc()).isoformat()
 
@@ -206,8 +207,8 @@ def test_undecided_services_breach_escalate_and_are_worked_then_a_bad_rating_is_
 
     # 10. the clock raised each deadline once: ids are derived, so however often it ticked
     #    (every second here), the `cases` topic holds no two alarms for the same deadline
-    alarms = read_all(bootstrap, [CASES], keep=lambda e: e.key == cid
-                      and e.type in ("DeadlineApproaching", "DeadlineBreached"))
+    alarms = read_since(bootstrap, cases_start, lambda e: e.key == cid
+                        and e.type in ("DeadlineApproaching", "DeadlineBreached"))
     keys = [(e.type, e.payload["scope"], e.payload.get("subject_id"), e.payload["due_date"]) for e in alarms]
     assert keys and len(keys) == len(set(keys)), keys
 

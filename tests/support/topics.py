@@ -53,6 +53,13 @@ def read_since(bootstrap: str, starts: dict[TopicPartition, int], keep: Callable
     return [ev for _m, ev in read_messages(bootstrap, starts, lambda m, ev: ev is not None and keep(ev), timeout_s)]
 
 
+def mark(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """Where `topics` end now: read back from here with `read_since` instead of the whole log."""
+    from infra.fast_forward import end_offsets
+
+    return end_offsets(bootstrap, list(topics))
+
+
 def read_all(bootstrap: str, topics: Iterable[str], keep: Callable[[Event], bool] = lambda e: True,
              timeout_s: float = 30.0) -> list[Event]:
     """Every event currently on `topics` (from the beginning up to the end offsets at call time)."""
