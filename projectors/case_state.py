@@ -24,12 +24,13 @@ WAITING, DISPATCHED, ACCEPTED, CORRECTION, APPROVED, REJECTED, BLOCKED, CANCELLE
     "waiting", "dispatched", "accepted", "correction_requested", "approved", "rejected", "blocked", "cancelled")
 FINAL = frozenset({APPROVED, REJECTED, BLOCKED, CANCELLED})
 OPEN, AWAITING_APPLICANT, COMPLETED, WITHDRAWN = "open", "awaiting_applicant", "completed", "withdrawn"
-# A case whose events came before its submission: Kafka orders a partition, not the topics of one
-# case, so a decision on `decisions.<dept>` can be read before the `applications` message it
-# follows (e.g. a crash after the tasks were sent and before the state was stored: departments
-# decide while dispatch restarts). Such events wait in the state and are folded right after the
-# submission, in the order they came; their derived events' ids come from their causes, so the
-# outcome is the order-independent one.
+# Events that come before what they follow: Kafka orders a partition, not the topics of one case,
+# so a decision on `decisions.<dept>` can be read before the `applications` message (or the other
+# department's decision) that led to its task — e.g. after a crash between sending tasks and
+# storing the state, departments decide while dispatch restarts. Such events wait in the state
+# (`early`): before the submission every event; after it, a decision for a task this state has
+# not issued yet. They are folded once what they follow is, in the order they came; derived
+# events' ids come from their causes, so the outcome is the order-independent one.
 UNSUBMITTED = "unsubmitted"
 MAX_EARLY = 100   # events held for a case never submitted (a stray or foreign one): beyond this, dead letters
 
@@ -61,7 +62,7 @@ class CaseState:
     seen: frozenset[str] = frozenset()
     sequence: int = 0                            # of the derived events this case emitted
     rating_id: str | None = None                 # 好差评: a case is rated once
-    early: tuple[Event, ...] = ()                # while UNSUBMITTED: its events, in arrival order
+    early: tuple[Event, ...] = ()                # events that came before what they follow, in arrival order
 
     @property
     def done(self) -> bool:
@@ -156,9 +157,16 @@ def _due(state: CaseState, catalog: Catalog, sid: str, cause: Event) -> date | N
 
 
 # -- the fold -----------------------------------------------------------------------------
-def _emit(state: CaseState, cause: Event, event_type: str, payload: dict, *parts: str) -> tuple[CaseState, Event]:
+def _emit(state: CaseState, cause: Event, event_type: str, payload: dict, *parts: str,
+          of_the_case: bool = False) -> tuple[CaseState, Event]:
+    """A derived event, its id from its cause and `parts`; or, `of_the_case`, from the case and
+    `parts` alone: a task (service, attempt) or the completion may follow from whichever of
+    several decisions is read last, and the topics of a case interleave differently on a re-run,
+    so only an id of what the event is makes a re-run emit the same id."""
     seq = state.sequence + 1
     ev = derive(cause, event_type, state.case_id, payload, *parts, sequence=seq)
+    if of_the_case:
+        ev = replace(ev, envelope=replace(ev.envelope, event_id=derived_event_id(state.case_id, event_type, *parts)))
     return replace(state, sequence=seq), ev
 
 
@@ -177,7 +185,7 @@ def _dispatch_ready(state: CaseState, catalog: Catalog, cause: Event) -> tuple[C
         task_id = f"{state.case_id}:{sid}:{attempt}"
         due = _due(state, catalog, sid, cause)
         payload = task_payload(state, catalog, sid, task_id, due)
-        state, ev = _emit(state, cause, "TaskDispatched", payload, sid, str(attempt))
+        state, ev = _emit(state, cause, "TaskDispatched", payload, sid, str(attempt), of_the_case=True)
         state = _set(state, sid, status=DISPATCHED, attempt=attempt, task_id=task_id, missing=(), due=due,
                      paused_on=None)
         out.append(ev)
@@ -206,7 +214,8 @@ def _settle(state: CaseState, catalog: Catalog, cause: Event) -> tuple[CaseState
     if state.status in (OPEN, AWAITING_APPLICANT) and all(s.status in FINAL for s in state.services.values()):
         approved = sorted(s for s, v in state.services.items() if v.status == APPROVED)
         rejected = sorted(s for s, v in state.services.items() if v.status != APPROVED)
-        state, ev = _emit(state, cause, "CaseCompleted", {"approved": approved, "rejected": rejected}, "completed")
+        state, ev = _emit(state, cause, "CaseCompleted", {"approved": approved, "rejected": rejected}, "completed",
+                          of_the_case=True)
         state = replace(state, status=COMPLETED)
         emitted.append(ev)
     return state, emitted
@@ -263,12 +272,17 @@ def step(state: CaseState | None, event: Event, catalog: Catalog) -> tuple[CaseS
     if state.done:
         return state, []
     if event.type == "DecisionRecorded":
-        return _on_decision(state, event, catalog)
-    if event.type == "MaterialsSupplemented":
-        return _on_supplement(state, event, catalog)
-    if event.type == "ApplicationWithdrawn":
+        state, emitted = _on_decision(state, event, catalog)
+    elif event.type == "MaterialsSupplemented":
+        state, emitted = _on_supplement(state, event, catalog)
+    elif event.type == "ApplicationWithdrawn":
         return _on_withdrawal(state, event)
-    return state, []  # events of other processors (TaskDispatched echoes, CaseCompleted …)
+    else:
+        return state, []  # events of other processors (TaskDispatched echoes, CaseCompleted …)
+    if state.early:
+        state, more = _release(state, catalog)
+        emitted += more
+    return state, emitted
 
 
 def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
@@ -277,6 +291,8 @@ def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[Case
     svc = state.services.get(sid)
     if svc is None:
         raise CaseError(f"decision for service {sid} which is not part of the case")
+    if p["task_id"] != svc.task_id and _attempt(p["task_id"]) > svc.attempt and svc.status not in FINAL:
+        return _hold(state, event), []  # its task is not issued in this state yet: see UNSUBMITTED
     if p["task_id"] != svc.task_id or svc.status in FINAL:
         return state, []  # a decision on a superseded attempt, or after the service was settled
     outcome = p["outcome"]
@@ -295,6 +311,31 @@ def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[Case
     else:
         raise CaseError(f"outcome {outcome!r} does not apply to a case service")
     return _settle(state, catalog, event)
+
+
+def _attempt(task_id: str) -> int:
+    tail = task_id.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _hold(state: CaseState, event: Event) -> CaseState:
+    if len(state.early) >= MAX_EARLY:
+        raise CaseError(f"{event.type} for a task the case has not issued ({len(state.early)} events waiting)")
+    return replace(state, early=(*state.early, event))
+
+
+def _release(state: CaseState, catalog: Catalog) -> tuple[CaseState, list[Event]]:
+    """Decisions held for tasks not yet issued, applied once their task is (in the order they came)."""
+    emitted: list[Event] = []
+    while True:
+        ready = next((e for e in state.early if (svc := state.services.get(e.payload["service_id"])) is not None
+                      and (svc.task_id == e.payload["task_id"] or svc.status in FINAL
+                           or _attempt(e.payload["task_id"]) <= svc.attempt)), None)
+        if ready is None or state.done:
+            return state, emitted
+        state = replace(state, early=tuple(e for e in state.early if e is not ready))
+        state, out = _on_decision(state, ready, catalog)
+        emitted += out
 
 
 def _on_supplement(state: CaseState, event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:

@@ -248,25 +248,25 @@ def test_a_good_rating_opens_nothing_and_an_open_case_cannot_be_rated():
     assert out == [] and after.rating_id is None
 
 
-@given(st.integers(0, 10_000), st.data())
-@settings(max_examples=60, deadline=None)
-def test_events_read_before_the_submission_end_as_if_read_after_it(seed, data):
-    """Kafka orders a partition, not the topics of one case: decisions can be read before the
-    submission they follow (after a crash between sending the tasks and storing the state). Any
-    prefix of them moved in front of the submission gives the same case and the same derived
-    event ids as the log's own order — none is lost as "a case never submitted"."""
+@given(st.integers(0, 10_000), st.randoms(use_true_random=False))
+@settings(max_examples=80, deadline=None)
+def test_a_case_ends_the_same_whatever_order_its_events_are_read_in(seed, rnd):
+    """Kafka orders a partition, not the topics of one case: after a crash between sending tasks
+    and storing the state, departments decide while dispatch restarts, and a decision can be read
+    before the submission, or before the other department's decision that led to its task. Any
+    order of the same events gives the same case and the same derived event ids — no decision is
+    lost as "never submitted" or taken for a superseded attempt."""
     inputs: list[Event] = []
     expected_state, expected_log = run_to_completion(seed, inputs)
-    sub, decisions = inputs[0], inputs[1:]
-    early = data.draw(st.integers(1, len(decisions)))
+    shuffled = list(inputs)
+    rnd.shuffle(shuffled)
     state, log = None, []
-    for e in [*decisions[:early], sub, *decisions[early:]]:
+    for e in shuffled:
         state, out = case_state.step(state, e, CATALOG)
         log += out
-        if e is not sub and state.status == case_state.UNSUBMITTED:
-            assert out == []  # held, nothing derived yet
     assert state.status == expected_state.status == COMPLETED
     assert {s: v.status for s, v in state.services.items()} == {s: v.status for s, v in expected_state.services.items()}
+    assert state.outputs == expected_state.outputs and state.early == ()
     assert {e.id for e in log} == {e.id for e in expected_log}
     restored = case_state.from_json(json.loads(json.dumps(case_state.to_json(state))))
     assert restored.early == () and restored.status == COMPLETED
