@@ -194,7 +194,9 @@ class KafkaCluster:
         self.home.mkdir(parents=True, exist_ok=True)
         # Kafka's cluster ids are base64url-encoded UUIDs (22 chars), what StorageTool random-uuid prints
         import base64
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = "-"
+        while cid.startswith("-"):  # as Kafka's Uuid.randomUuid: a leading '-' reads as an option to kafka-storage
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         path.write_text(cid)
         return cid
 
