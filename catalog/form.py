@@ -201,9 +201,24 @@ class _Merged:
         return () if self.required else tuple(self.conditions)
 
 
+_FORMS: dict[int, tuple[Catalog, dict]] = {}
+
+
 def merged_form(catalog: Catalog, bundle_code: str | None = None,
                 services: Iterable[str] | None = None) -> MergedForm:
-    """The one form of an application, fields and materials in the order services go out."""
+    """The one form of an application, fields and materials in the order services go out.
+    Remembered per catalog and selection (it is immutable; every submission asks for it)."""
+    services = tuple(services) if services is not None else None
+    held = _FORMS.get(id(catalog))
+    if held is None or held[0] is not catalog:
+        held = _FORMS[id(catalog)] = (catalog, {})
+    key = (bundle_code, services)
+    if key not in held[1]:
+        held[1][key] = _merge(catalog, bundle_code, services)
+    return held[1][key]
+
+
+def _merge(catalog: Catalog, bundle_code: str | None, services: tuple[str, ...] | None) -> MergedForm:
     sel = select(catalog, bundle_code=bundle_code, services=services)
     produced = {out: sid for sid in sel.services for out in catalog.services[sid].produces}
     fields: dict[str, _Merged] = {}
