@@ -72,7 +72,7 @@ from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from .case_state import blocked_at_completion, is_register_sync
 from .batch_rows import rows_json
 from .case_view_sql import TABLES, CaseViewSql
-from .postgres_projection import check_schema, drop_schema  # noqa: F401 (drop_schema: part of this module's API)
+from .postgres_projection import BatchedCaseModel, check_schema, drop_schema  # noqa: F401 (drop_schema: API)
 from .postgres_projection import create_schema as _create_schema
 from .timeline_text import (attempt_of, bundle_label, department_label, describe, material_label, service_label,
                             status_label)
@@ -277,7 +277,7 @@ class _Batch:
             "channel": env.actor.channel, "department": department, "service_id": service_id})
 
 
-class CaseViewProjection:
+class CaseViewProjection(BatchedCaseModel):
     """The case view. `CaseViewProjection()` is the live one (name "case_view", public schema,
     every case topic). A test or a shadow rebuild passes its own `name` (its offsets and
     processed ids), `schema` (its tables; create them with `create_schema`) and, if it wants
@@ -302,15 +302,6 @@ class CaseViewProjection:
 
     def tick(self, step) -> None:
         count_cases(step.conn, self.schema)
-
-    def reset(self, conn: psycopg.Connection) -> None:
-        conn.execute(self.q.reset)
-
-    def wants(self, event: Event) -> bool:
-        return self.keep is None or self.keep(event.key)
-
-    def apply(self, conn: psycopg.Connection, event: Event) -> None:
-        self.apply_batch(conn, [event])
 
     def apply_batch(self, conn: psycopg.Connection, events: list[Event]) -> None:
         """At most one read, then every write in one pipeline (one round trip), whatever the

@@ -61,6 +61,7 @@ from .case_state import is_register_sync
 from .case_view import default_topics
 from .deadlines_facts import ClockRows
 from .deadlines_sql import statements
+from .postgres_projection import BatchedCaseModel
 from .postgres_projection import check_schema as _check_schema
 from .postgres_projection import create_schema as _create_schema
 from .timeline_text import attempt_of
@@ -95,7 +96,7 @@ HANDLED = frozenset({"ApplicationSubmitted", "TaskDispatched", "TaskCancelled", 
                      "RectificationReplied"})
 
 
-class DeadlineClockProjection:
+class DeadlineClockProjection(BatchedCaseModel):
     """The running deadlines. `keep(case_id)` lets a test follow only its own cases."""
     event_types = HANDLED   # the types it has a handler for (_on_<type>)
 
@@ -120,15 +121,6 @@ class DeadlineClockProjection:
         members share the clock; during a rebalance two may raise the same ids, which consumers drop)."""
         ticker = DeadlineTicker(step.conn, None, self.schema, self.keep)
         ticker.tick_step(step, today_in_china(), lambda case_id: step.owns(case_id, self.topics[0]))
-
-    def reset(self, conn: psycopg.Connection) -> None:
-        conn.execute(self.q.reset)
-
-    def wants(self, event: Event) -> bool:
-        return self.keep is None or self.keep(event.key)
-
-    def apply(self, conn: psycopg.Connection, event: Event) -> None:
-        self.apply_batch(conn, [event])
 
     def apply_batch(self, conn: psycopg.Connection, events: Iterable[Event]) -> None:
         """One read of the clocks the events touch, the events folded onto them in order

@@ -243,6 +243,21 @@ def create_schema(conn: psycopg.Connection, schema: str, migration: Path, probe_
             conn.execute(migration.read_text())
 
 
+class BatchedCaseModel:
+    """What set-based read models of cases share: `keep(case_id)` narrows them to some cases (a
+    test's, a rebuild's), `apply` is a batch of one, `reset` empties their tables (`q.reset`)."""
+    keep: Callable[[str], bool] | None = None
+
+    def wants(self, event: Event) -> bool:
+        return self.keep is None or self.keep(event.key)
+
+    def apply(self, conn: psycopg.Connection, event: Event) -> None:
+        self.apply_batch(conn, [event])  # type: ignore[attr-defined]
+
+    def reset(self, conn: psycopg.Connection) -> None:
+        conn.execute(self.q.reset)  # type: ignore[attr-defined]
+
+
 class UnqualifiedTables:
     """For a projection whose statements name its tables unqualified: an instance in another
     schema (a shadow rebuild) runs with that schema first on its connection's search_path."""

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict, deque
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -47,6 +46,7 @@ from projectors.timeline_text import describe
 
 from .support.offsets import end_offsets, seed_offsets
 from .support.newborn import newborn_form, resident_id, submission
+from .support import orders
 from .support.topics import read_since
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -534,20 +534,7 @@ def test_any_interleaving_of_the_topics_gives_the_same_rows(reference, which, se
 
 
 def interleaved(events: list[Event], rnd: random.Random) -> list[Event]:
-    """The log as a consumer may read it: Kafka keeps the order within a topic's partition, and
-    no more (every case topic has six; a case's events sit on one of each)."""
-    streams = defaultdict(deque)
-    for e in events:
-        streams[real_topic_of(e)].append(e)
-    shuffled = []
-    while streams:
-        topic = rnd.choice(sorted(streams))
-        shuffled.append(streams[topic].popleft())
-        if not streams[topic]:
-            del streams[topic]
-        if rnd.random() < 0.1:  # a redelivery, even long after
-            shuffled.append(rnd.choice(shuffled))
-    return shuffled
+    return orders.interleave(events, rnd, real_topic_of)
 
 
 def withdrawn_while_completing(cid: str) -> list[Event]:

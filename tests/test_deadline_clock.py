@@ -27,6 +27,7 @@ from projectors.deadline_clock import Stage
 from projectors.deadlines import DeadlineClockProjection, alarms, create_schema, today_in_china
 
 from .support.newborn import submission
+from .support.orders import scramble, uneven_cuts
 
 CAT = load_catalog()
 RUN = uuid.uuid4().hex[:8]
@@ -304,22 +305,6 @@ def differences(got: dict, expected: dict) -> dict:
     """Per table, the rows only the batches wrote and the rows only one by one wrote."""
     return {t: {"batched": sorted(set(got[t]) - set(expected[t]), key=repr),
                 "one_by_one": sorted(set(expected[t]) - set(got[t]), key=repr)} for t in got if got[t] != expected[t]}
-
-
-def uneven_cuts(n: int, seed: int) -> list[int]:
-    """Where to cut a log of n events into batches of 1 to 80, a one-event batch (40:41) among them."""
-    rnd, cuts, at = random.Random(seed), {40, 41}, 0
-    while (at := at + rnd.randint(1, 80)) < n:
-        cuts.add(at)
-    return sorted(c for c in cuts if 0 < c < n)
-
-
-def scramble(events: list[Event], seed: int) -> list[Event]:
-    """Any order at all (stronger than Kafka's per-partition order), with a few events twice."""
-    rnd = random.Random(seed)
-    out = list(events) + rnd.sample(events, len(events) // 20)
-    rnd.shuffle(out)
-    return out
 
 
 @pytest.mark.postgres

@@ -38,6 +38,7 @@ from projectors import kpis as K
 from projectors.deadline_clock import china_date
 from projectors.postgres_projection import ProjectionRunner
 
+from .support.orders import scramble
 from .support.newborn import submission
 from .support.offsets import seed_offsets
 
@@ -436,14 +437,6 @@ def test_an_open_case_is_overdue_only_past_its_due_date_and_not_while_it_waits_f
     model.build(waiting)
     k = model.kpis(today=date(2026, 6, 20))
     assert k["total"]["overdue"] == 0 and k["total"]["open"] == 1      # the clock stands still (补正)
-
-
-def scramble(events: list[Event], seed: int) -> list[Event]:
-    """Any order at all (stronger than Kafka's per-partition order), with a few events seen twice."""
-    rnd = random.Random(seed)
-    out = list(events) + rnd.sample(events, len(events) // 20)
-    rnd.shuffle(out)
-    return out
 
 
 @pytest.mark.postgres

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections import defaultdict, deque
 from datetime import date, datetime, timedelta, timezone
 
 import psycopg
@@ -23,6 +22,8 @@ from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from projectors.deadlines import DeadlineClockProjection
 from projectors.escalation_queue import EscalationQueueProjection, read_escalation, read_queue
 from projectors.ratings import RatingsProjection, read_case_rating, read_rectifications
+
+from .support import orders
 
 pytestmark = [pytest.mark.postgres]
 
@@ -48,19 +49,7 @@ def topic_of(e: Event) -> str:
 
 def interleave(events: list[Event], seed: int) -> list[Event]:
     """Any order that keeps each topic's own order, with a few redeliveries."""
-    rnd = random.Random(seed)
-    streams: dict[str, deque] = defaultdict(deque)
-    for e in events:
-        streams[topic_of(e)].append(e)
-    out: list[Event] = []
-    while streams:
-        t = rnd.choice(sorted(streams))
-        out.append(streams[t].popleft())
-        if not streams[t]:
-            del streams[t]
-        if rnd.random() < 0.15:
-            out.append(rnd.choice(out))
-    return out
+    return orders.interleave(events, random.Random(seed), topic_of, redeliveries=0.15)
 
 
 def escalation_story(case_id: str) -> list[Event]:

@@ -181,7 +181,7 @@ def test_prometheus_scrapes_every_process_and_finds_the_key_series(live):
         "every process up": 'up{job="onething"} == 1',
         "lag of dispatch": 'onething_consumer_lag{group="dispatch",process="core"}',
         "lag of the case view": 'onething_consumer_lag{group="projection.case_view",process="read-models"}',
-        "lag of an adapter": 'onething_consumer_lag{group=~"adapter\\..*",process="adapters"}',
+        "lag of an adapter": 'onething_consumer_lag{group=~"adapter.+",process="adapters"}',
         "checkpoints of the runtime": 'onething_checkpoints_total{group="dispatch",outcome="committed"}',
         "events consumed by dispatch": 'onething_events_consumed_total{group="dispatch"}',
         "events consumed by the case view": 'onething_events_consumed_total{group="projection.case_view"}',
