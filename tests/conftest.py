@@ -64,3 +64,10 @@ def fresh_topic(bootstrap: str):
     if created:
         admin.delete_topics(created)
     admin.close()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that read the whole log (a live rebuild of the case view) run first, while the suite's
+    own stack holds little of it; their outcome does not depend on the order, only their time."""
+    whole = [i for i in items if i.get_closest_marker("whole_log")]
+    items[:] = whole + [i for i in items if not i.get_closest_marker("whole_log")]

@@ -23,6 +23,7 @@ from events import bus
 from infra.demo import run_demo
 from infra.supervisor import system
 from infra.topics import tasks_topic
+from projectors import case_view
 from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
 from projectors.postgres_projection import rebuild
 
@@ -105,6 +106,7 @@ def test_1000_applications_survive_kill_9_of_every_processing_process(settings, 
     skip_history(bootstrap, database_url)
     departments = sorted({CATALOG.service(s).department for s in NEWBORN})
     since = mark(bootstrap, [tasks_topic(d) for d in departments])
+    start = mark(bootstrap, case_view.default_topics(CATALOG))  # where this test's events begin
     sup = system(tmp_path / "logs", env={"ONETHING_SIM_PROCESSING_S": "0"})
     sup.start()
     started = time.monotonic()
@@ -157,7 +159,7 @@ def test_1000_applications_survive_kill_9_of_every_processing_process(settings, 
         create_schema(conn, schema)
     try:
         fresh = CaseViewProjection(schema, schema=schema, keep=lambda key: key in case_ids)
-        rebuild(fresh, bootstrap, database_url)
+        rebuild(fresh, bootstrap, database_url, start=start)
         with psycopg.connect(database_url) as conn:
             for cid in sorted(case_ids)[::10]:  # every tenth case, all fields
                 assert read_case(conn, cid, schema=schema) == read_case(conn, cid), cid

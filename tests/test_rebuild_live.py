@@ -25,7 +25,7 @@ from projectors.runtime import Worker
 from .support.fast_forward import skip_history
 from .support.topics import wait_for
 
-pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow, pytest.mark.whole_log]
 
 
 def test_a_rebuild_beside_the_live_view_swaps_in_without_a_404(settings, running_stack, bootstrap, database_url):
