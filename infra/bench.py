@@ -260,7 +260,7 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
                                                                    "ONETHING_LOG_LEVEL": "WARNING"})
         cpu = CpuMeter(sup, settings)
         base = f"http://127.0.0.1:{os.environ['ONETHING_API_PORT']}"
-        watcher = Watcher(settings.database_url).start()
+        watcher = Watcher(settings.database_url, interval_s=0.1).start()   # light while saturating
         sup.start()
         try:
             _wait_ready(base, sup)
@@ -301,6 +301,7 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
             f.saturation_events_per_s = f.saturation_cases_per_s * f.events_per_case
             # (c) latency at half the saturation rate
             f.offered_per_s = max(1.0, round(f.saturation_cases_per_s / 2, 1))
+            watcher.interval = 0.02   # few cases pending at a time: fine-grained latencies cost little
             n_lat = int(f.offered_per_s * latency_s)
             bar.update(step, advance=1, description="latency", note=f"{n_lat} cases at {f.offered_per_s}/s")
             time.sleep(2)
