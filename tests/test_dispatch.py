@@ -81,6 +81,14 @@ def test_kill_9_in_the_middle_of_1000_applications_loses_no_task(bootstrap, data
         assert 0 < committed < done_before <= len(cases), "killed between a batch's flush and its commit"
 
         proc = start_dispatch(tmp_path / "dispatch-2.log")
+
+        def stored() -> int:
+            with psycopg.connect(database_url) as conn:
+                return conn.execute("SELECT count(*) FROM dispatch_cases WHERE case_id = ANY(%s)",
+                                    (list(case_ids),)).fetchone()[0]
+
+        # the restart re-reads the batch whose state was never committed, and stores it
+        assert wait_for(lambda: stored() == len(cases), 300, 1), (tmp_path / "dispatch-2.log").read_text()[-3000:]
         expected = len(cases) * len(FIRST_WAVE)
         assert wait_for(lambda: len({e.id for e in first_wave_tasks(bootstrap, case_ids, since)}) >= expected, 300, 3), \
             (tmp_path / "dispatch-2.log").read_text()[-3000:]
