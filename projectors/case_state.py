@@ -291,6 +291,9 @@ def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[Case
     svc = state.services.get(sid)
     if svc is None:
         raise CaseError(f"decision for service {sid} which is not part of the case")
+    if p.get("department") != svc.department:
+        # the runtime refuses this on a department's topic already (projectors/authority.py)
+        raise CaseError(f"decision.not_authorised: a decision on {sid} from another department")
     if p["task_id"] != svc.task_id and _attempt(p["task_id"]) > svc.attempt and svc.status not in FINAL:
         return _hold(state, event), []  # its task is not issued in this state yet: see UNSUBMITTED
     if p["task_id"] != svc.task_id or svc.status in FINAL:
@@ -315,7 +318,7 @@ def _on_decision(state: CaseState, event: Event, catalog: Catalog) -> tuple[Case
 
 def _attempt(task_id: str) -> int:
     tail = task_id.rsplit(":", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
+    return int(tail) if tail.isascii() and tail.isdigit() else 0
 
 
 def _hold(state: CaseState, event: Event) -> CaseState:
@@ -334,6 +337,8 @@ def _release(state: CaseState, catalog: Catalog) -> tuple[CaseState, list[Event]
         if ready is None or state.done:
             return state, emitted
         state = replace(state, early=tuple(e for e in state.early if e is not ready))
+        if ready.payload.get("department") != state.services[ready.payload["service_id"]].department:
+            continue  # not the owner's: refused on arrival on a department topic; never folded late
         state, out = _on_decision(state, ready, catalog)
         emitted += out
 

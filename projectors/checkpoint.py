@@ -38,7 +38,7 @@ class Item:
     key: bytes | None
     value: bytes | None
     event: Event | None = None
-    problem: str | None = None   # why it could not be decoded
+    problem: str | None = None   # why it is refused (undecodable, not the sender's to say): a dead letter
     skipped: bool = False        # a type the processor does not handle (seen in the headers, never decoded)
 
     @property

@@ -45,6 +45,7 @@ from events import bus, codec
 from events.codec import DecodeError
 from infra import metrics
 
+from . import authority
 from . import checkpoint as cp
 from . import crash_points
 from .checkpoint import Fenced, Item, Step
@@ -176,6 +177,7 @@ class Worker:
         self.next_kafka_commit = 0.0
         self.kafka_offsets: dict[TopicPartition, int] = {}
         self.stats = Counter()
+        self.owner = self._owner() if any(authority.department_of_topic(t) for t in processor.topics) else None
         metrics.declare_consumer(self.group, processor.topics)
 
     # -- setup -------------------------------------------------------------------------------
@@ -328,11 +330,31 @@ class Worker:
                     if declared is not None and declared.decode(errors="replace") not in types:
                         items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, skipped=True))
                         continue
-                try:
-                    items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, codec.decode(m.value)))
-                except DecodeError as exc:
-                    items.append(Item(m.topic, m.partition, m.offset, m.key, m.value, None, f"DecodeError: {exc}"))
+                items.append(self._decoded(m))
         return items
+
+    def _owner(self) -> authority.Owner:
+        """Who owns each case service, for the authority check of decision topics: the
+        processor's own catalog if it has one (a test's or an operator's), else the package's."""
+        catalog = getattr(self.p, "catalog", None)
+        if catalog is None:
+            from catalog.loader import load_catalog
+
+            catalog = load_catalog()
+        return authority.catalog_owner(catalog)
+
+    def _decoded(self, m) -> Item:
+        """A fetched message as an item: its event, or why it is refused (undecodable; said on
+        a department's topic by someone who may not say it — see projectors/authority.py)."""
+        try:
+            event = codec.decode(m.value)
+        except DecodeError as exc:
+            return Item(m.topic, m.partition, m.offset, m.key, m.value, None, f"DecodeError: {exc}")
+        problem = authority.refusal(m.topic, event, self.owner) if self.owner is not None else None
+        if problem:
+            log.warning("runtime.not_authorised", group=self.group, topic=m.topic, event_type=event.type,
+                        actor_role=event.envelope.actor.role)
+        return Item(m.topic, m.partition, m.offset, m.key, m.value, event, problem)
 
     def _checkpoint(self, records: dict) -> None:
         items = self._items(records)
