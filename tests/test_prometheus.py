@@ -25,7 +25,8 @@ from .support.topics import wait_for
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_TEST = ROOT / "infra" / "prometheus" / "alerts_test.yml"
 ALERT_NAMES = {"OnethingProcessDown", "OnethingConsumerLagGrowing", "OnethingDeadLetters", "OnethingDeadlineBreached",
-               "OnethingEscalationsOverdue", "OnethingRectificationsOverdue", "OnethingCascadeBacklogStuck"}
+               "OnethingEscalationsOverdue", "OnethingRectificationsOverdue", "OnethingCascadeBacklogStuck",
+               "OnethingDecisionNotAuthorised"}
 DEPARTMENTS = ["health", "police"]  # a few adapters are enough to see their series
 
 
