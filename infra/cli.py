@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -190,8 +191,10 @@ def smoke(count: int) -> None:
 @click.option("--timeout", default=600, show_default=True, help="seconds to wait for the cases")
 @click.pass_context
 def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
+    from . import safe_config
     from .demo import run_demo
 
+    os.environ.setdefault(safe_config.ENV, safe_config.DEV)  # the demo is development by definition
     ctx.invoke(up)
     ctx.invoke(smoke, count=1000)
     ok, _cases = run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout)
@@ -212,6 +215,9 @@ def run(name: str | None, arg: str | None) -> None:
         process.main([name] + ([arg] if arg else []))
         return
     s = _settings()
+    from .safe_config import require_safe
+
+    require_safe(s, "run")  # before any child starts (each child checks its own Kafka principals too)
     sup = supervisor.system(s.home / "logs")
     stopping = sup.stop_on_signals()  # Ctrl-C, SIGTERM (systemd, a script) and SIGHUP stop every child
     sup.start()
@@ -233,7 +239,9 @@ def bench(quick: bool, cases: int | None, as_json: str | None) -> None:
     from dataclasses import asdict
 
     from . import bench as bench_mod
+    from . import safe_config
 
+    os.environ.setdefault(safe_config.ENV, safe_config.DEV)  # a stack of its own, thrown away
     figures = bench_mod.run(quick=quick, cases=cases, console=console)
     bench_mod.report(figures, console)
     if as_json:

@@ -40,6 +40,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# the local stack with its development credentials (infra/safe_config.py); a real deployment
+# runs `onething run` under its own environment, not this script
+export ONETHING_ENV=${ONETHING_ENV:-dev}
+
 job=${1:-demo}
 case "$job" in
   demo)

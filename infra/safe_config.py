@@ -1,0 +1,79 @@
+"""Refuse to start a real deployment with development credentials.
+
+The project ships values that make the demo work with nothing configured: a published token
+secret (anyone who has read the source can mint a supervisor's token), a published pseudonym
+secret, the local database's `onething:onething`, Kafka without authentication or with passwords
+derived from a published secret. Each is fine on a developer's machine and a breach anywhere
+else, and a warning in a log is read after the breach. So every process (the API and every
+processor, `python -m infra.process …`) checks its configuration first and, outside development,
+exits naming each variable to set.
+
+Development is declared, never guessed: `ONETHING_ENV=dev`. `infra/onething.sh`, `onething demo`,
+`onething bench` and the test suite set it; `onething run` on its own does not.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from producers import identity
+
+ENV = "ONETHING_ENV"
+DEV = "dev"
+MIN_SECRET_CHARS = 32
+TOKEN_SECRET = identity.TOKEN_SECRET_ENV
+PSEUDONYM_SECRET = identity.PSEUDONYM_SECRET_ENV
+DEV_SECRETS = {TOKEN_SECRET: identity.DEV_TOKEN_SECRET, PSEUDONYM_SECRET: identity.DEV_PSEUDONYM_SECRET}
+
+
+class UnsafeConfiguration(SystemExit):
+    """A process that must not start: the message names every variable to set (never a value)."""
+
+
+def is_dev(env: dict[str, str] | None = None) -> bool:
+    return (env if env is not None else os.environ).get(ENV) == DEV
+
+
+def problems(settings, principals: Iterable[str] = (), env: dict[str, str] | None = None) -> list[str]:
+    """What is unsafe for a process outside development, one line per variable; [] in development.
+
+    `principals` are the Kafka principals the process logs in as (infra/acls.py)."""
+    env = dict(os.environ if env is None else env)
+    if is_dev(env):
+        return []
+    out: list[str] = []
+    for name, dev_value in DEV_SECRETS.items():
+        value = env.get(name) or ""
+        if not value:
+            out.append(f"{name} is not set (the published development secret would be used)")
+        elif value == dev_value:
+            out.append(f"{name} is the published development secret")
+        elif len(value) < MIN_SECRET_CHARS:
+            out.append(f"{name} is shorter than {MIN_SECRET_CHARS} characters")
+    if env.get(TOKEN_SECRET) and env.get(TOKEN_SECRET) == env.get(PSEUDONYM_SECRET):
+        out.append(f"{TOKEN_SECRET} and {PSEUDONYM_SECRET} are the same: rotating one must not change the other")
+    if not env.get("DATABASE_URL"):
+        out.append("DATABASE_URL is not set (the local development database and its password would be used)")
+    if settings.kafka_auth != "scram":
+        out.append("ONETHING_KAFKA_AUTH is not scram: Kafka without authentication lets anyone read every form")
+    else:
+        if env.get("ONETHING_KAFKA_DEV_SECRET"):
+            out.append("ONETHING_KAFKA_DEV_SECRET is set: development passwords are for development only")
+        from events.kafka_auth import password_variable
+
+        for principal in sorted(set(principals)):
+            own = password_variable(principal)
+            shared = env.get("ONETHING_KAFKA_USER") == principal and env.get("ONETHING_KAFKA_PASSWORD")
+            if not env.get(own) and not shared:
+                out.append(f"{own} is not set (Kafka password of principal {principal})")
+    return out
+
+
+def require_safe(settings, component: str, principals: Iterable[str] = ()) -> None:
+    """Exit before anything starts if `problems` finds any."""
+    found = problems(settings, principals)
+    if found:
+        lines = "\n".join(f"  - {p}" for p in found)
+        raise UnsafeConfiguration(
+            f"onething {component}: refusing to start outside development ({ENV}={DEV} is not set):\n{lines}\n"
+            f"Set these (README, \"Security model\"), or {ENV}={DEV} on a development machine.")

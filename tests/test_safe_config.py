@@ -1,0 +1,71 @@
+"""Outside development every process refuses the published development credentials, naming
+the variable to set; with ONETHING_ENV=dev (the demo, the tests) it starts as before."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from infra.safe_config import DEV_SECRETS, problems
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+STRONG = {"ONETHING_TOKEN_SECRET": "t" * 40, "ONETHING_PSEUDONYM_SECRET": "p" * 40,
+          "DATABASE_URL": "postgresql://dispatch@db.example/onething", "ONETHING_KAFKA_AUTH": "scram",
+          "ONETHING_KAFKA_PASSWORD_DISPATCH": "x" * 24}
+SCRAM = replace(Settings(), kafka_auth="scram")
+
+
+def test_development_allows_everything():
+    assert problems(Settings(), ["dispatch"], env={"ONETHING_ENV": "dev"}) == []
+
+
+def test_a_production_configuration_passes():
+    assert problems(SCRAM, ["dispatch"], env=STRONG) == []
+
+
+@pytest.mark.parametrize("variable, value, says", [
+    ("ONETHING_TOKEN_SECRET", None, "ONETHING_TOKEN_SECRET is not set"),
+    ("ONETHING_TOKEN_SECRET", DEV_SECRETS["ONETHING_TOKEN_SECRET"], "ONETHING_TOKEN_SECRET is the published"),
+    ("ONETHING_PSEUDONYM_SECRET", "s3cr3t", "ONETHING_PSEUDONYM_SECRET is shorter than 32"),
+    ("ONETHING_PSEUDONYM_SECRET", "t" * 40, "are the same"),
+    ("DATABASE_URL", None, "DATABASE_URL is not set"),
+    ("ONETHING_KAFKA_PASSWORD_DISPATCH", None, "ONETHING_KAFKA_PASSWORD_DISPATCH is not set"),
+    ("ONETHING_KAFKA_DEV_SECRET", "anything", "ONETHING_KAFKA_DEV_SECRET is set"),
+])
+def test_each_unsafe_setting_is_named(variable, value, says):
+    env = {k: v for k, v in STRONG.items() if k != variable}
+    if value is not None:
+        env[variable] = value
+    found = problems(SCRAM, ["dispatch"], env=env)
+    assert len(found) == 1 and says in found[0], found
+    assert not value or value not in found[0], "a problem never quotes a value"
+
+
+def test_kafka_without_authentication_is_refused():
+    found = problems(Settings(), ["dispatch"], env=STRONG)
+    assert found == ["ONETHING_KAFKA_AUTH is not scram: Kafka without authentication lets anyone read every form"]
+
+
+def test_one_shared_principal_password_is_enough():
+    env = {k: v for k, v in STRONG.items() if k != "ONETHING_KAFKA_PASSWORD_DISPATCH"}
+    env.update(ONETHING_KAFKA_USER="dispatch", ONETHING_KAFKA_PASSWORD="y" * 24)
+    assert problems(SCRAM, ["dispatch"], env=env) == []
+
+
+@pytest.mark.parametrize("component", ["api", "dispatch"])
+def test_a_process_outside_development_exits_before_starting(component, tmp_path):
+    """A real process, started as an operator would with nothing set: it exits at once, naming
+    the variables, before connecting to anything (the ports below have nothing listening)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONETHING_") and k != "DATABASE_URL"}
+    env.update(ONETHING_HOME=str(tmp_path), ONETHING_KAFKA_PORT="1", ONETHING_METRICS_PORT="-1")
+    done = subprocess.run([sys.executable, "-m", "infra.process", component], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "refusing to start outside development" in done.stderr, done.stderr[-2000:]
+    for variable in ("ONETHING_TOKEN_SECRET", "ONETHING_PSEUDONYM_SECRET", "DATABASE_URL", "ONETHING_KAFKA_AUTH"):
+        assert variable in done.stderr
