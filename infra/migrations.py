@@ -58,9 +58,22 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
                                  (mig.version, mig.name))
                 log.info("postgres.migrated", version=mig.version, name=mig.name)
                 applied_now.append(mig.version)
+            if directory == MIGRATIONS_DIR:
+                _grant_department_roles(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def _grant_department_roles(conn: psycopg.Connection) -> None:
+    """The department roles' grants and row policies (infra/db_roles.py): the migrations own the
+    tables, so they grant them, after every run (only what is missing)."""
+    from catalog.loader import load_catalog
+
+    from . import db_roles
+
+    with conn.transaction():
+        db_roles.apply_grants(conn, load_catalog().departments)
 
 
 def current_version(url: str) -> int | None:

@@ -110,7 +110,41 @@ def ensure_local(url: str) -> None:
     port = urlparse(url).port or 5432
     ensure_server(port)
     ensure_role_and_database(url)
+    ensure_department_roles(port)
     wait_connectable(url)
+
+
+def ensure_department_roles(port: int = 5432) -> None:
+    """The department adapters' LOGIN roles (infra/db_roles.py), as the local superuser: the
+    project's own role may not create roles. Grants come with the migrations."""
+    from catalog.loader import load_catalog
+
+    from . import db_roles
+
+    names = [db_roles.role(d) for d in sorted(load_catalog().departments)]
+    existing = set(_psql_as_postgres(
+        "SELECT rolname FROM pg_roles WHERE left(rolname, 14) = 'onething_dept_'", port=port).split())
+    statements = [f"CREATE ROLE {n} LOGIN NOINHERIT PASSWORD '{db_roles.password(n)}'"
+                  for n in names if n not in existing]
+    if statements:
+        _psql_as_postgres("; ".join(statements), port=port)
+        log.info("postgres.department_roles_created", roles=len(statements))
+
+
+def server_online() -> bool:
+    """A local cluster runs (whatever databases it has: a session's own may not exist yet)."""
+    return any(row["status"] == "online" for row in _clusters())
+
+
+def others_connected(url: str) -> int:
+    """Client connections to the local server from other databases than `url`'s: another test
+    session or a developer's stack, whose server must not be stopped under it."""
+    db = (urlparse(url).path or "/onething").lstrip("/")
+    out = _psql_as_postgres(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        f"AND pid <> pg_backend_pid() AND datname IS DISTINCT FROM '{db.replace(chr(39), '')}'",
+        port=urlparse(url).port or 5432)
+    return int(out or 0)
 
 
 def server_status(url: str) -> dict[str, str]:

@@ -148,7 +148,8 @@ class Worker:
                  producer: KafkaProducer | None = None, poll_ms: int | None = None):
         self.p = processor
         self.name, self.group = processor.name, processor.group
-        self.database_url = database_url
+        # a processor may log in as a role of its own (a department adapter: infra/db_roles.py)
+        self.database_url = getattr(processor, "database_url", None) or database_url
         self.poll_ms = poll_ms or POLL_MS
         self.max_batch = _attr(processor, "max_batch", 500)
         self.transient = TRANSIENT + tuple(_attr(processor, "transient", ()))

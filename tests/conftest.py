@@ -40,14 +40,13 @@ def running_stack(settings: Settings):
     from infra.kafka_local import local_cluster
 
     broker_was_up = settings.local_kafka and local_cluster(settings).running()
-    postgres_was_up = (not settings.local_postgres
-                       or postgres_local.server_status(settings.database_url)["state"] == "up")
+    postgres_was_up = not settings.local_postgres or postgres_local.server_online()
     stack.up(settings)
     yield settings
     if settings.local_kafka and not broker_was_up:
         stack.down(settings)
-    if not postgres_was_up:
-        stack.stop_postgres(settings)
+    if not postgres_was_up and not postgres_local.others_connected(settings.database_url):
+        stack.stop_postgres(settings)  # unless another session (its own database) still uses it
 
 
 @pytest.fixture(scope="session")
