@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -22,12 +23,15 @@ from catalog.validators import check_resident_id
 from events import bus
 from infra.demo import run_demo
 from infra.supervisor import system
-from infra.topics import tasks_topic
-from projectors import case_view
+from events.envelope import Actor, new_event
+from infra.topics import APPLICATIONS, CASES, DEADLETTER, REGISTRY_COMPANY, decisions_topic, tasks_topic
+from producers.register_changes import change_event
+from projectors import case_state, case_view
 from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
 from projectors.postgres_projection import rebuild
 
 from .support.fast_forward import skip_history
+from .support.poison import NUL, produce
 from .support.newborn import submission
 from .support.topics import mark, read_since, wait_for
 
@@ -51,10 +55,52 @@ def api_port(monkeypatch) -> int:
     return port
 
 
+def poison_every_topic(bootstrap: str) -> list[tuple[str, int, int]]:
+    """A NUL-bearing event straight onto each kind of topic the processes read — what a broken or
+    hostile producer could put there, past every API's validation. Returns their origins."""
+    run = uuid.uuid4().hex[:8]
+    bad = f"毒{NUL}药"
+    form = submission(f"case-poison-{run}-form")
+    case = f"case-poison-{run}-decision"
+    dept = Actor("staff_health", "department", "department")
+    events = [
+        (APPLICATIONS, replace(form, payload={**form.payload, "form": {**form.payload["form"], "child_name": bad}})),
+        (decisions_topic("health"), new_event(
+            "DecisionRecorded", case, {"task_id": f"{case}:health.birth_certificate:1", "department": "health",
+                                       "service_id": "health.birth_certificate", "kind": "case_service",
+                                       "outcome": "rejected", "reason": bad, "missing_materials": [], "outputs": {}},
+            actor=dept, region_code="440203")),
+        (CASES, new_event("CaseEscalated", f"case-poison-{run}-esc",
+                          {"escalation_id": f"esc-{run}", "origin": "applicant", "reason": "stuck", "service_id": None,
+                           "department": None, "comment": bad},
+                          actor=Actor("p_poison", "applicant", "online"), region_code="440203")),
+        (REGISTRY_COMPANY, change_event("company", f"91440203MA{run[:7].upper()}X", "changed", {"name": bad},
+                                        sequence=1, actor=Actor("register:market_regulation", "register", "register"),
+                                        region_code="440203")),
+    ]
+    task = next(e for e in case_state.start(submission(f"case-poison-{run}-task"), CATALOG)[1]
+                if e.type == "TaskDispatched" and e.payload["department"] == "health")
+    events.append((tasks_topic("health"), replace(task, payload={**task.payload, "task_id": f"{bad}:1"})))
+    sent = produce(bootstrap, events)
+    return [(m.topic, m.partition, m.offset) for m in sent]
+
+
 def test_the_four_demo_paths_through_every_process(settings, running_stack, api_port, database_url):
-    ok, cases = run_demo(settings, exit_when_done=True, timeout_s=240, processing_s=0.05,
-                         before_start=lambda s: skip_history(s.bootstrap_servers, s.database_url))
+    poisons: list[tuple[str, int, int]] = []
+    dl_since: dict = {}
+
+    def before_start(s):
+        skip_history(s.bootstrap_servers, s.database_url)
+        dl_since.update(mark(s.bootstrap_servers, [DEADLETTER]))
+        poisons.extend(poison_every_topic(s.bootstrap_servers))
+
+    ok, cases = run_demo(settings, exit_when_done=True, timeout_s=240, processing_s=0.05, before_start=before_start)
+    # every process went on past a poison on each of its topics: the demo's cases came after them
     assert ok, [(c.title, (c.view or {}).get("status")) for c in cases]
+    letters = read_since(settings.bootstrap_servers, dl_since, lambda e: e.type == "DeadLettered")
+    parked = {(e.payload["origin_topic"], e.payload["origin_partition"], e.payload["origin_offset"]) for e in letters}
+    assert set(poisons) <= parked, f"not dead-lettered: {set(poisons) - parked}"
+    assert all(NUL not in e.payload["reason"] and "毒" not in e.payload["reason"] for e in letters)
     complete, corrected, rejected, withdrawn = (c.view for c in cases)
 
     services = {s["service_id"]: s for s in complete["services"]}
