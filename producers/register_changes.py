@@ -34,6 +34,7 @@ from catalog.subscriptions import RegisterField, Subscriptions, load_subscriptio
 from catalog.validators import check_region_code, check_resident_id, check_uscc
 from catalog.validators import message as validator_message
 from events.envelope import Actor, Event, new_event
+from producers.text_rules import text_problems
 
 COMPANY, PERSON = "company", "person"
 EVENT_TYPE = "RegisterChanged"
@@ -83,7 +84,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
 }
 # entity class: the 2nd character of a USCC registered by market regulation (GB 32100 table 2)
 _ENTITY_CLASS = {"1": "company", "2": "individual_business", "3": "cooperative"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 _AMOUNT = re.compile(r"\d{1,9}(\.\d{1,6})?", re.ASCII)
 _EARLIEST = date(1900, 1, 1)
@@ -190,7 +190,7 @@ def check_value(f: RegisterField, value: Any, today: date) -> tuple[str | None, 
     if not v:
         return None, "required"
     if f.type == "text":
-        if _CONTROL.search(v):
+        if text_problems(v, multiline=frozenset()):  # the one rule (producers/text_rules.py); all single-line
             return None, "text.control"
         if f.max_length and len(v) > f.max_length:
             return None, "text.too_long"

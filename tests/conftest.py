@@ -77,8 +77,15 @@ def fresh_topic(bootstrap: str):
     admin.close()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "after_all_logs: reads the logs every other test's processes wrote; "
+                                       "runs last (tests/conftest.py)")
+
+
 def pytest_collection_modifyitems(items):
     """Tests that read the whole log (a live rebuild of the case view) run first, while the suite's
-    own stack holds little of it; their outcome does not depend on the order, only their time."""
+    own stack holds little of it; their outcome does not depend on the order, only their time.
+    Tests that scan the log files the other tests' processes wrote (tests/test_log_masking.py) run last."""
     whole = [i for i in items if i.get_closest_marker("whole_log")]
-    items[:] = whole + [i for i in items if not i.get_closest_marker("whole_log")]
+    last = [i for i in items if i.get_closest_marker("after_all_logs")]
+    items[:] = whole + [i for i in items if i not in whole and i not in last] + last
