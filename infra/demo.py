@@ -222,8 +222,7 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
             console.print(f"  {c.title}: {base}{c.status_url}")
         from producers import identity
 
-        supervisor = identity.issue_token("demo-supervisor", "supervisor", "online", staff_id="demo-supervisor",
-                                          ttl_s=identity.STATUS_LINK_TTL_S)
+        supervisor = identity.supervisor_token("demo-supervisor")  # a staff login: 8 hours at most
         console.print(f"  办不成事督办台 (supervisor queue): {base}/supervisor#token={supervisor}")
         console.print(f"  晴雨表 (KPIs): {base}/kpis#token={supervisor}")
         console.print(f"\nlogs: {settings.home / 'logs'}   metrics: /metrics on the API and ports 9400+")

@@ -24,6 +24,7 @@
       due_today: "今天到期", done_of: function (a, b) { return a + "/" + b + " 项已办结"; },
       attempt: function (n) { return "第" + n + "次办理"; }, due: "办结时限：", completed_at: "办结时间：",
       reason: "说明：", missing_here: "缺少：", results: "办理结果",
+      read_only: "您正通过受理回执中的查询链接查看办件（只能查看）。补充材料、评价或反映问题，请登录本人账号后打开本页。",
       loading: "正在加载办件信息…", no_token: "请从受理回执中的链接打开本页面（链接中含有查询凭证）。",
       expired: "查询凭证已失效，请重新登录后查看办件。", not_found: "未找到该办件，或您无权查看。",
       offline: "网络连接中断，正在重试…", refreshed: function (t) { return "每" + (POLL_MS / 1000) + "秒自动刷新 · 更新于 " + t; },
@@ -60,6 +61,7 @@
       due_today: "due today", done_of: function (a, b) { return a + " of " + b + " services decided"; },
       attempt: function (n) { return "attempt " + n; }, due: "Due: ", completed_at: "Completed: ",
       reason: "Note: ", missing_here: "Missing: ", results: "Results",
+      read_only: "You are viewing this case through the receipt's status link (view only). To supply a document, rate the case or report a problem, log in as yourself and open this page.",
       loading: "Loading your case…", no_token: "Open this page from the link on your receipt (it carries your access key).",
       expired: "Your access key has expired; log in again to see your case.", not_found: "No such case, or it is not yours.",
       offline: "Connection lost, retrying…", refreshed: function (t) { return "Refreshes every " + (POLL_MS / 1000) + " s · updated " + t; },
@@ -120,6 +122,16 @@
     try { return sessionStorage.getItem(tokenKey); } catch (e) { return null; }
   }
   var token = takeToken();
+
+  // The receipt's link carries a read-only token (scope "status:read", bound to this case): it shows
+  // the case, and the forms that act on it (supply, rate, report) ask for the applicant's own login.
+  function readOnlyToken(tok) {
+    try {
+      var claims = JSON.parse(atob(tok.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return claims.scope === "status:read" || !!claims.case_id;
+    } catch (e) { return false; }
+  }
+  var readOnly = !!token && readOnlyToken(token);
 
   function t(key) { return STRINGS[lang][key]; }
   function pick(label) { return label ? (label[lang] || label.zh || label.en || "") : ""; }
@@ -218,10 +230,22 @@
     else if (view.provisional) notice(t("provisional"), "info");
     else notice(null);
 
+    renderReadOnly();
     renderMissing(view.missing || []);
     renderServices(services);
     renderOversight();
     renderTimeline(view.timeline || []);
+  }
+
+  function renderReadOnly() {
+    var note = $("read-only-note");
+    if (!note) {
+      note = el("p", "notice info");
+      note.id = "read-only-note";
+      $("summary").parentNode.insertBefore(note, $("summary").nextSibling);
+    }
+    note.hidden = !readOnly;
+    text(note, t("read_only"));
   }
 
   function gradeLabel(code) {
@@ -236,16 +260,17 @@
 
   // 好差评 and 办不成事: the forms are built once per language and state, never while in use
   function renderOversight() {
-    var canEscalate = !view.provisional && view.status !== "withdrawn";
+    var canEscalate = !readOnly && !view.provisional && view.status !== "withdrawn";
+    var canRate = !readOnly && !!view.can_rate;
     var rating = view.rating;
-    var signature = lang + "|" + view.status + "|" + !!view.can_rate + "|" + !!rating + "|" + canEscalate;
+    var signature = lang + "|" + view.status + "|" + canRate + "|" + !!rating + "|" + canEscalate;
     if (!sendingForm && signature !== oversightSignature) {
       oversightSignature = signature;
       buildRatingForm();
       buildEscalationForm();
     }
-    $("rating-card").hidden = !(view.can_rate || rating);
-    $("rating-form").hidden = !view.can_rate;
+    $("rating-card").hidden = !(canRate || rating);
+    $("rating-form").hidden = !canRate;
     $("rating-result").hidden = !rating;
     if (rating) {
       text($("rating-grade"), t("rated") + gradeLabel(rating.grade));
@@ -386,6 +411,11 @@
       var names = (m.services || []).map(function (sid) { return byId[sid] ? pick(byId[sid].label) : sid; });
       text(node.querySelector(".missing-for"), names.length ? t("needed_by") + names.join(lang === "zh" ? "、" : ", ") : "");
       var form = node.querySelector("form");
+      if (readOnly) {  // what is missing is shown; supplying it needs the applicant's own login
+        form.hidden = true;
+        list.appendChild(node);
+        return;
+      }
       var input = form.querySelector("input[type=file]");
       input.id = "file-" + m.code;
       input.setAttribute("aria-label", (pick(m.label) || m.code) + " — " + t("choose_file"));

@@ -11,6 +11,13 @@ an HMAC of the ID under ONETHING_PSEUDONYM_SECRET. Events carry only that token 
 cannot be turned back into an ID without the secret. The two secrets are separate so the
 signing secret can be rotated without changing every person's pseudonym.
 
+Lifetimes and scopes: a staff token (clerk, department, supervisor, register) lives at most
+`STAFF_TTL_MAX_S` (8 hours, a working day) — a longer one is refused when verified, whoever
+signed it; clerk, department and supervisor tokens name the acting staff member (`staff_id`), so
+no whole department acts as one subject. The status link printed on a receipt is the applicant's
+token bound to one case with `scope: "status:read"`: it lives 60 days and only reads; acting
+on the case (withdraw, supplement, rate, report) needs the applicant's own login.
+
 Environment:
   ONETHING_TOKEN_SECRET      HMAC secret that signs tokens (default: an INSECURE dev value)
   ONETHING_PSEUDONYM_SECRET  HMAC secret that derives subject tokens (default: INSECURE dev value)
@@ -35,7 +42,13 @@ DEV_PSEUDONYM_SECRET = "onething-dev-INSECURE-pseudonym-secret-change-me"
 ISSUER = "onething-demo-sso"
 ALGORITHM = "HS256"
 DEFAULT_TTL_S = 8 * 3600            # a working day's session
-STATUS_LINK_TTL_S = 60 * 24 * 3600  # the status link printed on a receipt
+STAFF_TTL_MAX_S = 8 * 3600          # no staff token lives longer (refused at verify time)
+STATUS_LINK_TTL_S = 60 * 24 * 3600  # the status link printed on a receipt (read-only scope)
+STATUS_READ = "status:read"         # the scope of the status link: it reads one case, nothing else
+SCOPES = frozenset({STATUS_READ})
+STAFF_ROLES = frozenset({"clerk", "department", "supervisor", "register"})
+#: staff roles whose tokens must name the acting staff member
+NAMED_STAFF_ROLES = frozenset({"clerk", "department", "supervisor"})
 
 #: which channels each role may act through
 ROLE_CHANNELS: dict[str, frozenset[str]] = {
@@ -84,31 +97,42 @@ class Identity:
     staff_id: str | None = None
     department: str | None = None
     case_id: str | None = None  # a status-link token may only see this one case
+    scope: str | None = None    # STATUS_READ: the receipt's link, read-only
+
+    @property
+    def read_only(self) -> bool:
+        """A token bound to one case (the receipt's status link) reads it and does nothing else."""
+        return self.scope == STATUS_READ or self.case_id is not None
 
     def actor(self, on_behalf_of: str | None = None) -> Actor:
         """The envelope actor: the applicant's token, with the acting staff on assisted channels."""
         return Actor(on_behalf_of or self.subject, self.role, self.channel, self.staff_id)
 
 
-def _check_claims(subject: str, role: str, channel: str, staff_id: str | None, department: str | None) -> None:
+def _check_claims(subject: str, role: str, channel: str, staff_id: str | None, department: str | None,
+                  scope: str | None = None, lifetime_s: float | None = None) -> None:
     if not subject or not isinstance(subject, str):
         raise InvalidToken("token has no subject")
     if role not in ROLES:
         raise InvalidToken("unknown role")
     if channel not in CHANNELS or channel not in ROLE_CHANNELS[role]:
         raise InvalidToken("role cannot act through this channel")
-    if role == "clerk" and not staff_id:
-        raise InvalidToken("a clerk's token names the acting staff member")
+    if role in NAMED_STAFF_ROLES and not staff_id:
+        raise InvalidToken(f"a {role} token names the acting staff member")
     if role == "department" and not department:
         raise InvalidToken("a department token names its department")
+    if scope is not None and (scope not in SCOPES or role != "applicant"):
+        raise InvalidToken("unknown scope")
+    if role in STAFF_ROLES and lifetime_s is not None and lifetime_s > STAFF_TTL_MAX_S:
+        raise InvalidToken("a staff token lives at most 8 hours")
 
 
 def issue_token(subject_token: str, role: str, channel: str = "online", staff_id: str | None = None,
-                department: str | None = None, *, case_id: str | None = None,
+                department: str | None = None, *, case_id: str | None = None, scope: str | None = None,
                 ttl_s: int = DEFAULT_TTL_S, secret: str | None = None, now: float | None = None) -> str:
     """A signed bearer token, as the single sign-on would issue it after logging someone in."""
     try:
-        _check_claims(subject_token, role, channel, staff_id, department)
+        _check_claims(subject_token, role, channel, staff_id, department, scope, ttl_s)
     except InvalidToken as exc:
         raise ValueError(str(exc)) from None
     issued = int(now if now is not None else time.time())
@@ -120,6 +144,8 @@ def issue_token(subject_token: str, role: str, channel: str = "online", staff_id
         claims["department"] = department
     if case_id:
         claims["case_id"] = case_id
+    if scope:
+        claims["scope"] = scope
     return jwt.encode(claims, secret or token_secret(), algorithm=ALGORITHM)
 
 
@@ -151,8 +177,9 @@ def verify_token(token: str | None, secret: str | None = None) -> Identity:
         raise InvalidToken("token invalid") from None
     role, channel = claims.get("role"), claims.get("channel")
     staff_id, department = claims.get("staff_id"), claims.get("department")
-    _check_claims(claims["sub"], role, channel, staff_id, department)
-    ident = Identity(claims["sub"], role, channel, staff_id, department, claims.get("case_id"))
+    lifetime = int(claims["exp"]) - int(claims["iat"])
+    _check_claims(claims["sub"], role, channel, staff_id, department, claims.get("scope"), lifetime)
+    ident = Identity(claims["sub"], role, channel, staff_id, department, claims.get("case_id"), claims.get("scope"))
     # PyJWT accepted them, so these are integers (or floats it truncates the same way)
     valid_from = max(int(claims["iat"]), int(claims.get("nbf", claims["iat"])))
     if len(_VERIFIED) >= _VERIFIED_MAX:
@@ -180,6 +207,16 @@ def clerk_token(staff_id: str, channel: str = "window", *, ttl_s: int = DEFAULT_
     return issue_token(staff_subject(staff_id), "clerk", channel, staff_id=staff_id, ttl_s=ttl_s)
 
 
-def department_token(department: str, staff_id: str | None = None, *, ttl_s: int = DEFAULT_TTL_S) -> str:
-    return issue_token(staff_subject(staff_id or department), "department", "department", staff_id=staff_id,
+def department_token(department: str, staff_id: str, *, ttl_s: int = DEFAULT_TTL_S) -> str:
+    """A department staff member's login: the department and the staff member's work number."""
+    return issue_token(staff_subject(staff_id), "department", "department", staff_id=staff_id,
                        department=department, ttl_s=ttl_s)
+
+
+def supervisor_token(staff_id: str, *, ttl_s: int = DEFAULT_TTL_S) -> str:
+    return issue_token(staff_subject(staff_id), "supervisor", "online", staff_id=staff_id, ttl_s=ttl_s)
+
+
+def status_link_token(applicant_subject: str, case_id: str, *, ttl_s: int = STATUS_LINK_TTL_S) -> str:
+    """The receipt's status link: reads this one case, for 60 days; acts on nothing."""
+    return issue_token(applicant_subject, "applicant", "online", case_id=case_id, scope=STATUS_READ, ttl_s=ttl_s)

@@ -16,17 +16,22 @@ Endpoints (JSON; errors {"errors": [{"path", "code", "message_zh", "message_en"}
       the catalog's computed reform figures of the bundle next to the measured ones.
   GET /kpis   the 晴雨表 page (portal/kpis.html; the token in the #token= fragment).
 
+Who may read: `kpi_reader` (a supervisor, or a department's staff — scoped to its own services by
+`department_scope`), dependencies over the API's bearer identity (producers/api_access.py). The
+router's configuration (database, catalog, schema, clock) travels with its routes (`route_context`).
+
 401 without a valid token, 403 for another role or another department, 422 naming a parameter
 that cannot be used, 404 for a bundle the catalog does not know, 503 when the database is down.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse
 
 from catalog.loader import load_catalog
@@ -35,6 +40,8 @@ from infra.settings import Settings
 from projectors import kpis
 
 from . import identity
+from .api_access import caller
+from .api_errors import ApiError, route_context, with_context
 from .db import Database
 
 READERS = ("supervisor", "department")
@@ -62,19 +69,104 @@ MESSAGES = {
 }
 
 
-def _error(status: int, path: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, path: str, code: str, headers: dict[str, str] | None = None) -> ApiError:
     zh, en = MESSAGES[code]
-    return JSONResponse({"errors": [{"path": path, "code": code, "message_zh": zh, "message_en": en}]},
-                        status_code=status, headers=headers)
+    return ApiError(status, [{"path": path, "code": code, "message_zh": zh, "message_en": en}], headers)
 
 
-def _date(name: str, value: str | None) -> date | None | JSONResponse:
+@dataclass(frozen=True)
+class KpiContext:
+    """What the KPI routes read from: the database (the host app's pool), the catalog, the read
+    model's schema and the day overdue is judged on."""
+    database: Database
+    catalog: Catalog
+    schema: str
+    today: Callable[[], date] | None
+
+    def day(self) -> date:
+        if self.today is not None:
+            return self.today()
+        from projectors.case_view import china_today
+
+        return china_today()
+
+
+def kpi_context(ctx: KpiContext = Depends(route_context)) -> KpiContext:
+    return ctx
+
+
+def kpi_reader(ident: identity.Identity = Depends(caller)) -> identity.Identity:
+    """A supervisor or a department's staff (403 for anyone else)."""
+    if ident.role not in READERS:
+        raise _error(403, "authorization", "auth.forbidden")
+    return ident
+
+
+def department_scope(department: str | None = Query(None), ident: identity.Identity = Depends(kpi_reader)
+                     ) -> str | None:
+    """The department whose figures the caller may see: any for a supervisor, its own for staff."""
+    if ident.role == "department":
+        if department not in (None, "", ident.department):
+            raise _error(403, "department", "auth.other_department")
+        return ident.department
+    return department
+
+
+def _date(name: str, value: str | None) -> date | None:
     if value is None or value == "":
         return None
     try:
         return date.fromisoformat(value)
     except ValueError:
-        return _error(422, name, "param.date")
+        raise _error(422, name, "param.date") from None
+
+
+def window(date_from: str | None = Query(None), date_to: str | None = Query(None),
+           ctx: KpiContext = Depends(kpi_context)) -> tuple[date, date]:
+    start, end = _date("date_from", date_from), _date("date_to", date_to)
+    end = end or ctx.day()
+    start = start or end - timedelta(days=DEFAULT_WINDOW_DAYS - 1)
+    if start > end or (end - start).days > MAX_WINDOW_DAYS:
+        raise _error(422, "date_to" if start > end else "date_from", "param.window")
+    return start, end
+
+
+def get_kpis(group_by: str = Query("bundle"), bundle: str | None = Query(None), region: str | None = Query(None),
+             department: str | None = Depends(department_scope), span: tuple[date, date] = Depends(window),
+             ctx: KpiContext = Depends(kpi_context)):
+    try:
+        with ctx.database.connection() as conn:
+            body = kpis.read_kpis(conn, group_by=group_by, date_from=span[0], date_to=span[1],
+                                  bundle=bundle or None, department=department or None, region=region or None,
+                                  today=ctx.day(), schema=ctx.schema, catalog=ctx.catalog)
+    except kpis.KpiQueryError as exc:
+        raise _error(422, exc.param, f"param.{exc.param}") from None
+    except psycopg.OperationalError:
+        raise _error(503, "", "db.unavailable", {"Retry-After": "5"}) from None
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def get_reform(bundle: str, _reader: identity.Identity = Depends(kpi_reader),
+               ctx: KpiContext = Depends(kpi_context), date_from: str | None = Query(None),
+               date_to: str | None = Query(None)):
+    if bundle not in ctx.catalog.bundles:
+        raise _error(404, "bundle", "bundle.not_found")
+    if not ctx.catalog.bundles[bundle].modelled:
+        raise _error(422, "bundle", "bundle.not_modelled")
+    span = window(date_from, date_to, ctx)
+    try:
+        with ctx.database.connection() as conn:
+            body: dict[str, Any] = kpis.measured_vs_reform(conn, ctx.catalog, bundle, date_from=span[0],
+                                                           date_to=span[1], today=ctx.day(), schema=ctx.schema)
+    except psycopg.OperationalError:
+        raise _error(503, "", "db.unavailable", {"Retry-After": "5"}) from None
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+def kpis_page() -> FileResponse:
+    """晴雨表: the KPIs page (a supervisor's or department's token in the #token= fragment)."""
+    return FileResponse(PORTAL_DIR / "kpis.html", media_type="text/html; charset=utf-8", headers={
+        "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "Content-Security-Policy": CSP})
 
 
 def create_router(settings: Settings, *, schema: str = "public", catalog: Catalog | None = None,
@@ -84,90 +176,11 @@ def create_router(settings: Settings, *, schema: str = "public", catalog: Catalo
     read model) and `today` (a callable giving the day overdue is judged on; default the deadline
     clock's day) are for tests. Handlers are plain `def`: FastAPI runs them in its threadpool, so
     their (blocking) psycopg calls never hold up the event loop."""
-    cat = catalog or load_catalog()
-    db = database or Database.standalone(settings.database_url)
-    router = APIRouter(tags=["KPIs (晴雨表)"])
-
-    def day() -> date:
-        if today is not None:
-            return today()
-        from projectors.case_view import china_today
-
-        return china_today()
-
-    def reader(authorization: str | None) -> identity.Identity | JSONResponse:
-        token = identity.bearer(authorization)
-        if token is None:
-            return _error(401, "authorization", "auth.required", {"WWW-Authenticate": "Bearer"})
-        try:
-            ident = identity.verify_token(token)
-        except identity.InvalidToken:
-            return _error(401, "authorization", "auth.invalid", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return ident if ident.role in READERS else _error(403, "authorization", "auth.forbidden")
-
-    def window(date_from: str | None, date_to: str | None) -> tuple[date, date] | JSONResponse:
-        start, end = _date("date_from", date_from), _date("date_to", date_to)
-        for v in (start, end):
-            if isinstance(v, JSONResponse):
-                return v
-        end = end or day()
-        start = start or end - timedelta(days=DEFAULT_WINDOW_DAYS - 1)
-        if start > end or (end - start).days > MAX_WINDOW_DAYS:
-            return _error(422, "date_to" if start > end else "date_from", "param.window")
-        return start, end
-
-    @router.get("/api/v1/kpis", summary="晴雨表: volumes, timeliness, days used, materials saved, ratings")
-    def get_kpis(group_by: str = Query("bundle"), date_from: str | None = Query(None),
-                 date_to: str | None = Query(None), bundle: str | None = Query(None),
-                 department: str | None = Query(None), region: str | None = Query(None),
-                 authorization: str | None = Header(None)):
-        ident = reader(authorization)
-        if isinstance(ident, JSONResponse):
-            return ident
-        if ident.role == "department":
-            if department not in (None, "", ident.department):
-                return _error(403, "department", "auth.other_department")
-            department = ident.department
-        span = window(date_from, date_to)
-        if isinstance(span, JSONResponse):
-            return span
-        try:
-            with db.connection() as conn:
-                body = kpis.read_kpis(conn, group_by=group_by, date_from=span[0], date_to=span[1],
-                                      bundle=bundle or None, department=department or None, region=region or None,
-                                      today=day(), schema=schema, catalog=cat)
-        except kpis.KpiQueryError as exc:
-            return _error(422, exc.param, f"param.{exc.param}")
-        except psycopg.OperationalError:
-            return _error(503, "", "db.unavailable", {"Retry-After": "5"})
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-    @router.get("/api/v1/kpis/reform/{bundle}", summary="The catalog's reform figures of a bundle next to the "
-                                                      "measured ones")
-    def get_reform(bundle: str, date_from: str | None = Query(None), date_to: str | None = Query(None),
-                   authorization: str | None = Header(None)):
-        ident = reader(authorization)
-        if isinstance(ident, JSONResponse):
-            return ident
-        if bundle not in cat.bundles:
-            return _error(404, "bundle", "bundle.not_found")
-        if not cat.bundles[bundle].modelled:
-            return _error(422, "bundle", "bundle.not_modelled")
-        span = window(date_from, date_to)
-        if isinstance(span, JSONResponse):
-            return span
-        try:
-            with db.connection() as conn:
-                body: dict[str, Any] = kpis.measured_vs_reform(conn, cat, bundle, date_from=span[0],
-                                                               date_to=span[1], today=day(), schema=schema)
-        except psycopg.OperationalError:
-            return _error(503, "", "db.unavailable", {"Retry-After": "5"})
-        return JSONResponse(body, headers={"Cache-Control": "no-store"})
-
-    @router.get("/kpis", include_in_schema=False)
-    def kpis_page() -> FileResponse:
-        """晴雨表: the KPIs page (a supervisor's or department's token in the #token= fragment)."""
-        return FileResponse(PORTAL_DIR / "kpis.html", media_type="text/html; charset=utf-8", headers={
-            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "Content-Security-Policy": CSP})
-
+    ctx = KpiContext(database or Database.standalone(settings.database_url), catalog or load_catalog(), schema, today)
+    router = APIRouter(tags=["KPIs (晴雨表)"], route_class=with_context(ctx, "KpiRoute"))
+    router.add_api_route("/api/v1/kpis", get_kpis, methods=["GET"],
+                         summary="晴雨表: volumes, timeliness, days used, materials saved, ratings")
+    router.add_api_route("/api/v1/kpis/reform/{bundle}", get_reform, methods=["GET"],
+                         summary="The catalog's reform figures of a bundle next to the measured ones")
+    router.add_api_route("/kpis", kpis_page, methods=["GET"], include_in_schema=False)
     return router

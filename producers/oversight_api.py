@@ -2,9 +2,16 @@
 the department replies to its rectifications. Every action is an event; nothing here changes a
 read model directly.
 
-Mounted by `producers.intake_api.create_app` with `register(app, ctx)`, sharing its
-authentication, error bodies and per-case sequence (the case row is locked while an event of
-the case is produced, so a case's facts keep their order).
+A router (`router`), mounted by `producers.intake_api.create_app`; it shares the app's state, its
+access rules (producers/api_access.py) and its per-case sequence (the case row is locked while an
+event of the case is produced, so a case's facts keep their order).
+
+Actions taken once: a reply, a resolution and a rectification reply are claimed in `api_actions`
+under the case's row lock, in the transaction that produces their event, so of concurrent
+duplicates one is accepted and the others get 409; an extension must exceed every earlier one; an
+applicant's escalation is recorded there too, so a second one of the same case and service is
+refused (409 `escalation.open`) until the first is resolved, however far the read model lags.
+Every write takes an Idempotency-Key (a retry gets the first answer).
 
 Who may do what:
 - applicant (or a clerk for them): `POST /cases/{id}/escalations`, `POST /cases/{id}/rating`;
@@ -17,24 +24,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 import structlog
-from fastapi import Body, FastAPI, Header, Query
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from catalog.model import Catalog
-from events.envelope import Event, new_event
+from events.envelope import Event
 from infra import log as infra_log
 from infra import metrics
 from infra.topics import APPLICATIONS, decisions_topic
 from projectors import deadline_clock
 
 from . import identity, intake_store
-from .db import Database
+from .api_access import Acting, case_owner, department_member, department_staff, supervisor
+from .api_errors import MESSAGES as API_MESSAGES
+from .api_errors import ApiError, ApiRoute, err, no_store
+from .api_events import locked_case, produce
+from .api_idempotency import Idempotent, actions_on, idempotency_key, raise_to, take_once, taken
+from .api_state import ApiState, api_state, today
 
 log = structlog.get_logger("producers.oversight_api")
 
@@ -56,7 +66,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
                              "the new limit must be longer than the current one and at most 10 working days"),
     "rectification.not_found": ("未找到该整改事项", "no such rectification"),
     "rectification.replied": ("该整改事项已反馈", "this rectification has already been replied to"),
+    "escalation.extended": ("已延期至该时限或更长", "the limit was already extended this far or further"),
 }
+API_MESSAGES.update(MESSAGES)  # one error vocabulary: err() knows these codes too
 
 
 class ApplicantIn(BaseModel):
@@ -96,228 +108,215 @@ class ResolveIn(BaseModel):
     resolution: str = Field(..., min_length=1, max_length=2000)
 
 
-@dataclass
-class IntakeContext:
-    """What the intake app lends the oversight endpoints, its connection pool among them."""
-    db_url: str
-    database: Database
-    catalog: Catalog
-    authenticate: Callable[[str | None], identity.Identity]
-    case_for_write: Callable[..., tuple[intake_store.IntakeCase, Any]]
-    case_reader: Callable[[psycopg.Connection, str], dict | None]
-    publish: Callable[[str, Event], None]
-    api_error: type
-    err: Callable[..., dict[str, str]]
+
+router = APIRouter(prefix="/api/v1", route_class=ApiRoute)
+ESCALATIONS, RATINGS = ["办不成事 escalations"], ["好差评 ratings"]
 
 
-def register(app: FastAPI, ctx: IntakeContext) -> None:
-    ApiError, base_err = ctx.api_error, ctx.err
+def accepted(once: Idempotent, event: Event, **extra: Any) -> JSONResponse:
+    return once.answer({"case_id": event.key, "event_id": event.id, **extra})
 
-    def err(path: str, code: str) -> dict[str, str]:
-        if code in MESSAGES:
-            zh, en = MESSAGES[code]
-            return {"path": path, "code": code, "message_zh": zh, "message_en": en}
-        return base_err(path, code)
 
-    def today():
-        from projectors.deadlines import today_in_china
+# -- the applicant ----------------------------------------------------------------------------------
+@router.post("/cases/{case_id}/escalations", status_code=202, tags=ESCALATIONS,
+             summary="办不成事: escalate a stuck, overdue or rejected case to the supervisor queue")
+def escalate(case_id: str, body: EscalationIn = Body(...), who: Acting = Depends(case_owner),
+             key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)):
+    from projectors.escalation_queue import read_case_escalations
 
-        return today_in_china()
+    with state.database.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
+        with conn.transaction():
+            once = Idempotent(conn, who.ident.subject, key, f"escalate:{case_id}", body.model_dump())
+            if (earlier := once.replay()) is not None:
+                return earlier
+            row = locked_case(conn, state, case_id, done_ok=True)
+            view = state.case_reader(conn, case_id) or {}
+            services = {s["service_id"]: s for s in view.get("services") or ()}
+            if body.service_id is not None and body.service_id not in row.services:
+                raise ApiError(422, [err("service_id", "service.not_in_case")])
+            concerned = [services[body.service_id]] if body.service_id in services else list(services.values())
+            if body.reason == "rejected" and not any(s["status"] == "rejected" for s in concerned):
+                raise ApiError(422, [err("reason", "escalation.not_rejected")])
+            if body.reason == "overdue" and not _overdue(view, concerned, body.service_id):
+                raise ApiError(422, [err("reason", "escalation.not_overdue")])
+            # one open escalation per case and service: the read model's, and (under the row lock)
+            # those this API opened and did not resolve yet, which the read model may not show yet
+            scope = f"{case_id}/{body.service_id or ''}"
+            if any(e["status"] != "resolved" and e["service_id"] == body.service_id
+                   for e in read_case_escalations(conn, case_id, today=today())) \
+                    or any(not taken(conn, eid, "resolve") for eid in actions_on(conn, scope)):
+                raise ApiError(409, [err("service_id" if body.service_id else "case_id", "escalation.open")])
+            department = state.catalog.services[body.service_id].department if body.service_id else None
+            escalation_id = f"esc-{uuid.uuid4().hex[:18]}"
+            take_once(conn, scope, escalation_id, case_id)
+            event = produce(conn, state, APPLICATIONS, case_id, "CaseEscalated",
+                            {"escalation_id": escalation_id, "origin": "applicant", "reason": body.reason,
+                             "service_id": body.service_id, "department": department, "comment": body.comment},
+                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code)
+            d = deadline_clock.escalation_deadlines(event.envelope.occurred_at)
+            return accepted(once, event, escalation_id=escalation_id, reply_due=d.reply_due.isoformat(),
+                            resolve_due=d.resolve_due.isoformat())
 
-    def produce(conn: psycopg.Connection, topic: str, case_id: str, event_type: str, payload: dict[str, Any],
-                actor, region_code: str) -> Event:
-        """Under the case's row lock: the next sequence, then the event, acknowledged by Kafka
-        (acks=all) before the transaction commits; a failure rolls the sequence back."""
-        sequence = intake_store.take_sequence(conn, case_id)
-        event = new_event(event_type, case_id, payload, actor=actor, region_code=region_code, sequence=sequence,
-                          correlation_id=case_id)
-        try:
-            ctx.publish(topic, event)
-        except Exception as exc:
-            log.error("oversight.kafka_unavailable", error=type(exc).__name__, event_type=event_type)
-            raise ApiError(503, [err("", "kafka.unavailable")], {"Retry-After": "5"}) from None
-        log.info("oversight.produced", event_type=event_type, sequence=sequence)
-        return event
 
-    def accepted(event: Event, **extra: Any) -> JSONResponse:
-        return JSONResponse({"case_id": event.key, "event_id": event.id, **extra}, status_code=202)
+@router.post("/cases/{case_id}/rating", status_code=202, tags=RATINGS,
+             summary="好差评 (一办即评): rate a completed case and, optionally, each service")
+def rate(case_id: str, body: RatingIn = Body(...), who: Acting = Depends(case_owner),
+         key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)):
+    with state.database.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
+        with conn.transaction():
+            once = Idempotent(conn, who.ident.subject, key, f"rate:{case_id}", body.model_dump())
+            if (earlier := once.replay()) is not None:
+                return earlier
+            row = locked_case(conn, state, case_id, done_ok=True)
+            view = state.case_reader(conn, case_id) or {}
+            if view.get("status") != "completed":
+                raise ApiError(409, [err("case_id", "case.not_completed")])
+            errors, seen = [], set()
+            for i, s in enumerate(body.services):
+                if s.service_id not in row.services:
+                    errors.append(err(f"services.{i}.service_id", "service.not_in_case"))
+                elif s.service_id in seen:
+                    errors.append(err(f"services.{i}.service_id", "rating.duplicate_service"))
+                seen.add(s.service_id)
+            if errors:
+                raise ApiError(422, errors)
+            rating_id = f"rating-{uuid.uuid4().hex[:18]}"
+            fresh = conn.execute("INSERT INTO intake_ratings (case_id, rating_id) VALUES (%s, %s) "
+                                 "ON CONFLICT DO NOTHING", (case_id, rating_id)).rowcount
+            if not fresh:
+                raise ApiError(409, [err("case_id", "rating.exists")])
+            event = produce(conn, state, APPLICATIONS, case_id, "CaseRated",
+                            {"rating_id": rating_id, "grade": body.grade, "comment": body.comment,
+                             "services": [s.model_dump(include={"service_id", "grade", "comment"})
+                                          for s in body.services]},
+                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code)
+            answer = accepted(once, event, rating_id=rating_id)
+    metrics.RATINGS.labels(row.bundle_code, body.grade).inc()
+    return answer
 
-    # -- the applicant ----------------------------------------------------------------------------------
-    @app.post("/api/v1/cases/{case_id}/escalations", status_code=202, tags=["办不成事 escalations"],
-              summary="办不成事: escalate a stuck, overdue or rejected case to the supervisor queue")
-    def escalate(case_id: str, body: EscalationIn = Body(...), authorization: str | None = Header(None)):
-        from projectors.escalation_queue import read_case_escalations
 
-        ident = ctx.authenticate(authorization)
-        with ctx.database.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
-            with conn.transaction():
-                row, caller = ctx.case_for_write(conn, case_id, ident, body.applicant, done_ok=True)
-                view = ctx.case_reader(conn, case_id) or {}
-                services = {s["service_id"]: s for s in view.get("services") or ()}
-                if body.service_id is not None and body.service_id not in row.services:
-                    raise ApiError(422, [err("service_id", "service.not_in_case")])
-                concerned = [services[body.service_id]] if body.service_id in services else list(services.values())
-                if body.reason == "rejected" and not any(s["status"] == "rejected" for s in concerned):
-                    raise ApiError(422, [err("reason", "escalation.not_rejected")])
-                if body.reason == "overdue" and not _overdue(view, concerned, body.service_id):
-                    raise ApiError(422, [err("reason", "escalation.not_overdue")])
-                if any(e["status"] != "resolved" and e["service_id"] == body.service_id
-                       for e in read_case_escalations(conn, case_id, today=today())):
-                    raise ApiError(409, [err("service_id" if body.service_id else "case_id", "escalation.open")])
-                department = ctx.catalog.services[body.service_id].department if body.service_id else None
-                escalation_id = f"esc-{uuid.uuid4().hex[:18]}"
-                event = produce(conn, APPLICATIONS, case_id, "CaseEscalated",
-                                {"escalation_id": escalation_id, "origin": "applicant", "reason": body.reason,
-                                 "service_id": body.service_id, "department": department, "comment": body.comment},
-                                ident.actor(on_behalf_of=caller.applicant_token), row.region_code)
-        d = deadline_clock.escalation_deadlines(event.envelope.occurred_at)
-        return accepted(event, escalation_id=escalation_id, reply_due=d.reply_due.isoformat(),
-                        resolve_due=d.resolve_due.isoformat())
+# -- the supervisor -----------------------------------------------------------------------------------
+@router.get("/escalations", tags=ESCALATIONS, summary="The supervisor queue, most urgent first")
+def queue(status: Literal["open", "resolved", "all"] = Query("open"),
+          case_id: str | None = Query(None, max_length=64), department: str | None = Query(None, max_length=64),
+          receipt_no: str | None = Query(None, max_length=64, description="受理编号 of the case"),
+          limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+          _sup: identity.Identity = Depends(supervisor), state: ApiState = Depends(api_state)):
+    from projectors.escalation_queue import count_queue, read_queue
 
-    @app.post("/api/v1/cases/{case_id}/rating", status_code=202, tags=["好差评 ratings"],
-              summary="好差评 (一办即评): rate a completed case and, optionally, each service")
-    def rate(case_id: str, body: RatingIn = Body(...), authorization: str | None = Header(None)):
-        ident = ctx.authenticate(authorization)
-        with ctx.database.connection() as conn, infra_log.bound(correlation_id=case_id, case_id=case_id):
-            with conn.transaction():
-                row, caller = ctx.case_for_write(conn, case_id, ident, body.applicant, done_ok=True)
-                view = ctx.case_reader(conn, case_id) or {}
-                if view.get("status") != "completed":
-                    raise ApiError(409, [err("case_id", "case.not_completed")])
-                errors, seen = [], set()
-                for i, s in enumerate(body.services):
-                    if s.service_id not in row.services:
-                        errors.append(err(f"services.{i}.service_id", "service.not_in_case"))
-                    elif s.service_id in seen:
-                        errors.append(err(f"services.{i}.service_id", "rating.duplicate_service"))
-                    seen.add(s.service_id)
-                if errors:
-                    raise ApiError(422, errors)
-                rating_id = f"rating-{uuid.uuid4().hex[:18]}"
-                fresh = conn.execute("INSERT INTO intake_ratings (case_id, rating_id) VALUES (%s, %s) "
-                                     "ON CONFLICT DO NOTHING", (case_id, rating_id)).rowcount
-                if not fresh:
-                    raise ApiError(409, [err("case_id", "rating.exists")])
-                event = produce(conn, APPLICATIONS, case_id, "CaseRated",
-                                {"rating_id": rating_id, "grade": body.grade, "comment": body.comment,
-                                 "services": [s.model_dump(include={"service_id", "grade", "comment"})
-                                              for s in body.services]},
-                                ident.actor(on_behalf_of=caller.applicant_token), row.region_code)
-        metrics.RATINGS.labels(row.bundle_code, body.grade).inc()
-        return accepted(event, rating_id=rating_id)
+    if department is not None and department not in state.catalog.departments:
+        raise ApiError(422, [err("department", "not_found")])
+    with state.database.connection() as conn:
+        items = read_queue(conn, status=status, today=today(), case_id=case_id, department=department,
+                           receipt_no=receipt_no, limit=limit, offset=offset)
+        total = count_queue(conn, status=status)
+    return no_store({"status": status, "today": today(), "total": total, "offset": offset, "items": items})
 
-    # -- the supervisor -----------------------------------------------------------------------------------
-    def supervisor(authorization: str | None) -> identity.Identity:
-        ident = ctx.authenticate(authorization)
-        if ident.role != "supervisor":
-            raise ApiError(403, [err("authorization", "auth.forbidden")])
-        return ident
 
-    @app.get("/api/v1/escalations", tags=["办不成事 escalations"], summary="The supervisor queue, most urgent first")
-    def queue(status: Literal["open", "resolved", "all"] = Query("open"),
-              case_id: str | None = Query(None, max_length=64), department: str | None = Query(None, max_length=64),
-              receipt_no: str | None = Query(None, max_length=64, description="受理编号 of the case"),
-              limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-              authorization: str | None = Header(None)):
-        from projectors.escalation_queue import count_queue, read_queue
+@router.get("/escalations/{escalation_id}", tags=ESCALATIONS, summary="One escalation")
+def one(escalation_id: str, _sup: identity.Identity = Depends(supervisor), state: ApiState = Depends(api_state)):
+    with state.database.connection() as conn:
+        return no_store(_escalation(conn, escalation_id))
 
-        supervisor(authorization)
-        if department is not None and department not in ctx.catalog.departments:
-            raise ApiError(422, [err("department", "not_found")])
-        with ctx.database.connection() as conn:
-            items = read_queue(conn, status=status, today=today(), case_id=case_id, department=department,
-                               receipt_no=receipt_no, limit=limit, offset=offset)
-            total = count_queue(conn, status=status)
-        return _json({"status": status, "today": today(), "total": total, "offset": offset, "items": items})
 
-    @app.get("/api/v1/escalations/{escalation_id}", tags=["办不成事 escalations"], summary="One escalation")
-    def one(escalation_id: str, authorization: str | None = Header(None)):
-        supervisor(authorization)
-        with ctx.database.connection() as conn:
-            return _json(_escalation(conn, escalation_id))
+def _escalation(conn: psycopg.Connection, escalation_id: str) -> dict[str, Any]:
+    from projectors.escalation_queue import read_escalation
 
-    def _escalation(conn: psycopg.Connection, escalation_id: str) -> dict[str, Any]:
-        from projectors.escalation_queue import read_escalation
+    item = read_escalation(conn, escalation_id, today=today())
+    if item is None:
+        raise ApiError(404, [err("escalation_id", "escalation.not_found")])
+    return item
 
-        item = read_escalation(conn, escalation_id, today=today())
-        if item is None:
-            raise ApiError(404, [err("escalation_id", "escalation.not_found")])
-        return item
 
-    def act(escalation_id: str, authorization: str | None, event_type: str, payload: dict[str, Any],
-            check: Callable[[dict[str, Any]], None]) -> JSONResponse:
-        ident = supervisor(authorization)
-        with ctx.database.connection() as conn, conn.transaction():
-            item = _escalation(conn, escalation_id)
-            with infra_log.bound(correlation_id=item["case_id"]):
-                row = intake_store.get_case(conn, item["case_id"], for_update=True)
-                if row is None:
-                    raise ApiError(404, [err("escalation_id", "escalation.not_found")])
-                if item["resolved_at"] is not None:
-                    raise ApiError(409, [err("escalation_id", "escalation.resolved")])
-                check(item)
-                event = produce(conn, APPLICATIONS, item["case_id"], event_type,
-                                {"escalation_id": escalation_id, **payload}, ident.actor(), row.region_code)
-        return accepted(event, escalation_id=escalation_id)
-
-    @app.post("/api/v1/escalations/{escalation_id}/reply", status_code=202, tags=["办不成事 escalations"],
-              summary="First reply (within 3 working days)")
-    def reply(escalation_id: str, body: ReplyIn = Body(...), authorization: str | None = Header(None)):
-        def check(item):
-            if item["replied_at"] is not None:
-                raise ApiError(409, [err("escalation_id", "escalation.replied")])
-        return act(escalation_id, authorization, "EscalationReplied", {"reply": body.reply}, check)
-
-    @app.post("/api/v1/escalations/{escalation_id}/extend", status_code=202, tags=["办不成事 escalations"],
-              summary="Extend the resolution limit (5 working days, at most 10)")
-    def extend(escalation_id: str, body: ExtendIn = Body(...), authorization: str | None = Header(None)):
-        def check(item):
-            if body.resolve_within_working_days <= item["resolve_within"]:
-                raise ApiError(422, [err("resolve_within_working_days", "escalation.extension")])
-        return act(escalation_id, authorization, "EscalationExtended",
-                   {"resolve_within_working_days": body.resolve_within_working_days, "reason": body.reason}, check)
-
-    @app.post("/api/v1/escalations/{escalation_id}/resolve", status_code=202, tags=["办不成事 escalations"],
-              summary="Resolve the escalation with what was done")
-    def resolve(escalation_id: str, body: ResolveIn = Body(...), authorization: str | None = Header(None)):
-        return act(escalation_id, authorization, "EscalationResolved", {"resolution": body.resolution},
-                   lambda item: None)
-
-    # -- the department ----------------------------------------------------------------------------------
-    def staff_of(authorization: str | None, department: str | None) -> identity.Identity:
-        ident = ctx.authenticate(authorization)
-        if ident.role != "department" or (department is not None and ident.department != department):
-            raise ApiError(404, [err("department", "not_found")])
-        return ident
-
-    @app.get("/api/v1/departments/{department}/rectifications", tags=["好差评 ratings"],
-             summary="差评整改: a department's rectifications (its own staff only)")
-    def rectifications(department: str, status: Literal["open", "replied", "all"] = Query("open"),
-                       authorization: str | None = Header(None)):
-        from projectors.ratings import read_rectifications
-
-        staff_of(authorization, department)
-        with ctx.database.connection() as conn:
-            items = read_rectifications(conn, department, status=status, today=today())
-        return _json({"department": department, "status": status, "items": items})
-
-    @app.post("/api/v1/rectifications/{rectification_id}/reply", status_code=202, tags=["好差评 ratings"],
-              summary="Close a rectification with the department's reply (整改反馈)")
-    def rectify(rectification_id: str, body: ReplyIn = Body(...), authorization: str | None = Header(None)):
-        from projectors.ratings import read_rectification
-
-        ident = staff_of(authorization, None)
-        with ctx.database.connection() as conn, conn.transaction():
-            item = read_rectification(conn, rectification_id, today=today())
-            if item is None or item["department"] != ident.department:
-                raise ApiError(404, [err("rectification_id", "rectification.not_found")])
-            if item["replied_at"] is not None:
-                raise ApiError(409, [err("rectification_id", "rectification.replied")])
+def act(state: ApiState, ident: identity.Identity, key: str | None, escalation_id: str, event_type: str,
+        payload: dict[str, Any], check: Callable[[psycopg.Connection, dict[str, Any]], None]) -> JSONResponse:
+    """A supervisor's action on an escalation: under the case's row lock, refused once the
+    escalation is resolved (by the read model or by an action this API took), then `check`
+    claims what may be done once, then the event."""
+    with state.database.connection() as conn, conn.transaction():
+        once = Idempotent(conn, ident.subject, key, f"{event_type}:{escalation_id}", payload)
+        if (earlier := once.replay()) is not None:
+            return earlier
+        item = _escalation(conn, escalation_id)
+        with infra_log.bound(correlation_id=item["case_id"]):
             row = intake_store.get_case(conn, item["case_id"], for_update=True)
-            event = produce(conn, decisions_topic(ident.department), item["case_id"], "RectificationReplied",
-                            {"rectification_id": rectification_id, "department": ident.department,
-                             "reply": body.reply}, ident.actor(), row.region_code if row else "000000")
-        return accepted(event, rectification_id=rectification_id)
+            if row is None:
+                raise ApiError(404, [err("escalation_id", "escalation.not_found")])
+            if item["resolved_at"] is not None or taken(conn, escalation_id, "resolve"):
+                raise ApiError(409, [err("escalation_id", "escalation.resolved")])
+            check(conn, item)
+            event = produce(conn, state, APPLICATIONS, item["case_id"], event_type,
+                            {"escalation_id": escalation_id, **payload}, ident.actor(), row.region_code)
+            return accepted(once, event, escalation_id=escalation_id)
+
+
+@router.post("/escalations/{escalation_id}/reply", status_code=202, tags=ESCALATIONS,
+             summary="First reply (within 3 working days)")
+def reply(escalation_id: str, body: ReplyIn = Body(...), ident: identity.Identity = Depends(supervisor),
+          key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)):
+    def check(conn: psycopg.Connection, item: dict[str, Any]) -> None:
+        if item["replied_at"] is not None or not take_once(conn, escalation_id, "reply", item["case_id"]):
+            raise ApiError(409, [err("escalation_id", "escalation.replied")])
+    return act(state, ident, key, escalation_id, "EscalationReplied", {"reply": body.reply}, check)
+
+
+@router.post("/escalations/{escalation_id}/extend", status_code=202, tags=ESCALATIONS,
+             summary="Extend the resolution limit (5 working days, at most 10)")
+def extend(escalation_id: str, body: ExtendIn = Body(...), ident: identity.Identity = Depends(supervisor),
+           key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)):
+    days = body.resolve_within_working_days
+
+    def check(conn: psycopg.Connection, item: dict[str, Any]) -> None:
+        if days <= item["resolve_within"]:
+            raise ApiError(422, [err("resolve_within_working_days", "escalation.extension")])
+        if not raise_to(conn, escalation_id, "extend", item["case_id"], days):
+            raise ApiError(409, [err("resolve_within_working_days", "escalation.extended")])
+    return act(state, ident, key, escalation_id, "EscalationExtended",
+               {"resolve_within_working_days": days, "reason": body.reason}, check)
+
+
+@router.post("/escalations/{escalation_id}/resolve", status_code=202, tags=ESCALATIONS,
+             summary="Resolve the escalation with what was done")
+def resolve(escalation_id: str, body: ResolveIn = Body(...), ident: identity.Identity = Depends(supervisor),
+            key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)):
+    def check(conn: psycopg.Connection, item: dict[str, Any]) -> None:
+        if not take_once(conn, escalation_id, "resolve", item["case_id"]):
+            raise ApiError(409, [err("escalation_id", "escalation.resolved")])
+    return act(state, ident, key, escalation_id, "EscalationResolved", {"resolution": body.resolution}, check)
+
+
+# -- the department ----------------------------------------------------------------------------------
+@router.get("/departments/{department}/rectifications", tags=RATINGS,
+            summary="差评整改: a department's rectifications (its own staff only)")
+def rectifications(department: str, status: Literal["open", "replied", "all"] = Query("open"),
+                   _staff: identity.Identity = Depends(department_staff), state: ApiState = Depends(api_state)):
+    from projectors.ratings import read_rectifications
+
+    with state.database.connection() as conn:
+        items = read_rectifications(conn, department, status=status, today=today())
+    return no_store({"department": department, "status": status, "items": items})
+
+
+@router.post("/rectifications/{rectification_id}/reply", status_code=202, tags=RATINGS,
+             summary="Close a rectification with the department's reply (整改反馈)")
+def rectify(rectification_id: str, body: ReplyIn = Body(...), ident: identity.Identity = Depends(department_member),
+            key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)):
+    from projectors.ratings import read_rectification
+
+    with state.database.connection() as conn, conn.transaction():
+        once = Idempotent(conn, ident.subject, key, f"rectify:{rectification_id}", body.model_dump())
+        if (earlier := once.replay()) is not None:
+            return earlier
+        item = read_rectification(conn, rectification_id, today=today())
+        if item is None or item["department"] != ident.department:
+            raise ApiError(404, [err("rectification_id", "rectification.not_found")])
+        row = intake_store.get_case(conn, item["case_id"], for_update=True)
+        if item["replied_at"] is not None or not take_once(conn, rectification_id, "reply", item["case_id"]):
+            raise ApiError(409, [err("rectification_id", "rectification.replied")])
+        event = produce(conn, state, decisions_topic(ident.department), item["case_id"], "RectificationReplied",
+                        {"rectification_id": rectification_id, "department": ident.department,
+                         "reply": body.reply}, ident.actor(), row.region_code if row else "000000")
+        return accepted(once, event, rectification_id=rectification_id)
 
 
 def _overdue(view: dict[str, Any], concerned: list[dict[str, Any]], service_id: str | None) -> bool:
@@ -325,9 +324,3 @@ def _overdue(view: dict[str, Any], concerned: list[dict[str, Any]], service_id: 
     if service_id is None and view.get("working_days_left") is not None:
         late = late or view["working_days_left"] < 0
     return late
-
-
-def _json(value: Any) -> JSONResponse:
-    from .intake_api import _jsonable
-
-    return JSONResponse(_jsonable(value), headers={"Cache-Control": "no-store"})

@@ -25,14 +25,20 @@ broker or database unreachable 503 with Retry-After (`kafka.unconfirmed`: sent, 
 acknowledged — retry with the same Idempotency-Key). A resident ID travels only in a body,
 never in a URL. Writes need a register token (role `register`) or staff of the register's
 department (market_regulation for companies, police for persons); status reads need any
-staff role (register, department, supervisor, system).
+staff role (register, department, supervisor, system). The rules are dependencies
+(`register_writer(register)`, `status_reader`) over the API's bearer identity
+(producers/api_access.py); the router's recorder and cascade name travel with its routes
+(`route_context`). Control characters in any string are refused before the register rules run,
+by the route class every API shares (producers/api_errors.py).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -40,6 +46,8 @@ from infra.settings import Settings
 from projectors import cascade_status
 
 from . import identity
+from .api_access import caller
+from .api_errors import ApiError, route_context, with_context
 from .db import Database
 from .register_changes import COMPANY, PERSON, ChangeRefused, Problem
 from .registers import ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable
@@ -59,15 +67,67 @@ MESSAGES = {
 }
 
 
-def _error(status: int, path: str, code: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def _error(status: int, path: str, code: str, headers: dict[str, str] | None = None, **extra: Any) -> ApiError:
     zh, en = MESSAGES[code]
-    body: dict[str, Any] = {"errors": [{"path": path, "code": code, "message_zh": zh, "message_en": en}]}
-    body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return ApiError(status, [{"path": path, "code": code, "message_zh": zh, "message_en": en}], headers, **extra)
 
 
 def _problems(status: int, problems: tuple[Problem, ...]) -> JSONResponse:
     return JSONResponse({"errors": [p.as_dict() for p in problems]}, status_code=status)
+
+
+@dataclass(frozen=True)
+class RegisterContext:
+    database: Database
+    recorder: RegisterRecorder
+    cascade: str
+
+
+def register_context(ctx: RegisterContext = Depends(route_context)) -> RegisterContext:
+    return ctx
+
+
+def register_writer(register: str) -> Callable[..., identity.Identity]:
+    """The rule for writing `register`: a register token, or staff of the department that keeps it."""
+    def writer(ident: identity.Identity = Depends(caller)) -> identity.Identity:
+        if ident.role == "register" or (ident.role == "department" and ident.department == WRITERS[register]):
+            return ident
+        raise _error(403, "authorization", "auth.forbidden")
+
+    writer.__name__ = f"{register}_register_writer"
+    return writer
+
+
+def status_reader(ident: identity.Identity = Depends(caller)) -> identity.Identity:
+    """Any staff role reads the registers' entries and the cascade's status."""
+    if ident.role not in READERS:
+        raise _error(403, "authorization", "auth.forbidden")
+    return ident
+
+
+def change_id(idempotency_key: str | None = Header(None)) -> str | None:
+    """The Idempotency-Key names the change: a retry with it gets the recorded change back."""
+    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 200 and idempotency_key.isprintable()):
+        raise _error(422, "Idempotency-Key", "idempotency.key_format")
+    return idempotency_key
+
+
+def recorded(do: Callable[[], Any]) -> JSONResponse:
+    try:
+        result = do()
+    except ChangeRefused as exc:
+        status = 409 if any(p.code == "change_id.reused" for p in exc.problems) else 422
+        return _problems(status, exc.problems)
+    except ChangeNotConfirmed as exc:
+        raise _error(503, "", "kafka.unconfirmed", {"Retry-After": "5"},
+                     pending={"register": exc.register, "key": exc.key, "sequence": exc.sequence,
+                              "event_id": exc.event_id}) from None
+    except (RegisterUnavailable, psycopg.OperationalError):
+        raise _error(503, "", "kafka.unavailable", {"Retry-After": "5"}) from None
+    items = list(result) if isinstance(result, tuple) else [result]
+    body = {"recorded": [r.as_dict() for r in items],
+            "status_urls": [f"/api/v1/cascade/changes/{r.event_id}" for r in items]}
+    return JSONResponse(body, status_code=202)
 
 
 # -- bodies: every value is optional here and checked by the register rules, which name the field
@@ -108,6 +168,117 @@ class DeathIn(BaseModel):
     death_certificate_no: Any = None
 
 
+# -- the company register ----------------------------------------------------------------------
+def register_company(body: CompanyRegistrationIn, ident: identity.Identity = Depends(register_writer(COMPANY)),
+                     cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
+    return recorded(lambda: ctx.recorder.register_company(body.uscc, body.fields, actor=ident.actor(), change_id=cid))
+
+
+def change_company(uscc: str, body: CompanyChangeIn, ident: identity.Identity = Depends(register_writer(COMPANY)),
+                   cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
+    return recorded(lambda: ctx.recorder.change_company(uscc, body.changes, actor=ident.actor(), change_id=cid))
+
+
+def deregister_company(uscc: str, body: DeregistrationIn,
+                       ident: identity.Identity = Depends(register_writer(COMPANY)),
+                       cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
+    return recorded(lambda: ctx.recorder.deregister_company(uscc, body.deregistered_on, actor=ident.actor(),
+                                                            change_id=cid))
+
+
+def convert(uscc: str, body: ConversionIn, ident: identity.Identity = Depends(register_writer(COMPANY)),
+            cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
+    fields = body.fields if isinstance(body.fields, dict) else {}
+    return recorded(lambda: ctx.recorder.convert_sole_trader(uscc, body.company_uscc, fields, body.converted_on,
+                                                             actor=ident.actor(), change_id=cid))
+
+
+def show_company(uscc: str, ident: identity.Identity = Depends(status_reader),
+                 ctx: RegisterContext = Depends(register_context)):
+    try:
+        entry = ctx.recorder.master(COMPANY, uscc)
+    except (RegisterUnavailable, psycopg.OperationalError):
+        raise _error(503, "", "kafka.unavailable", {"Retry-After": "5"}) from None
+    if entry is None:
+        raise _error(404, "uscc", "register.not_found")
+    body = entry.to_json()
+    if ident.role == "department" and ident.department != WRITERS[COMPANY]:
+        kept = ctx.recorder.subscriptions.fields_for(ident.department, COMPANY)  # data minimisation
+        body["fields"] = {k: v for k, v in body["fields"].items() if k in kept}
+    return body
+
+
+# -- the person register -----------------------------------------------------------------------
+def move_household(body: HouseholdMoveIn, ident: identity.Identity = Depends(register_writer(PERSON)),
+                   cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
+    return recorded(lambda: ctx.recorder.move_household(
+        body.resident_id, body.household_address, body.household_region_code, body.moved_on,
+        actor=ident.actor(), change_id=cid))
+
+
+def death(body: DeathIn, ident: identity.Identity = Depends(register_writer(PERSON)),
+          cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
+    return recorded(lambda: ctx.recorder.record_death(body.resident_id, body.date_of_death, body.death_certificate_no,
+                                                      actor=ident.actor(), change_id=cid))
+
+
+# -- cascade status ----------------------------------------------------------------------------
+def read(ctx: RegisterContext, query: Callable[[psycopg.Connection], Any]) -> Any:
+    try:
+        with ctx.database.connection() as conn:
+            return query(conn)
+    except psycopg.OperationalError:
+        raise _error(503, "", "kafka.unavailable", {"Retry-After": "5"}) from None
+
+
+def cascade_changes(key: str | None = Query(None, max_length=64, description="USCC or person token"),
+                    register: str | None = Query(None, pattern="^(company|person)$"),
+                    open: bool = False, limit: int = Query(50, ge=1, le=1000),
+                    _reader: identity.Identity = Depends(status_reader),
+                    ctx: RegisterContext = Depends(register_context)):
+    return read(ctx, lambda conn: {"changes": cascade_status.changes(
+        conn, cascade=ctx.cascade, key=key, register=register, open_only=open, limit=limit)})
+
+
+def cascade_change(change_event_id: str, _reader: identity.Identity = Depends(status_reader),
+                   ctx: RegisterContext = Depends(register_context)):
+    def one(conn):
+        try:
+            found = cascade_status.change(conn, change_event_id, cascade=ctx.cascade)
+        except psycopg.errors.InvalidTextRepresentation:
+            found = None
+        if found is None:
+            raise _error(404, "change_event_id", "cascade.not_found")
+        return found
+    return read(ctx, one)
+
+
+def cascade_backlog(_reader: identity.Identity = Depends(status_reader),
+                    ctx: RegisterContext = Depends(register_context)):
+    return read(ctx, lambda conn: {"departments": cascade_status.backlog(conn, cascade=ctx.cascade)})
+
+
+def cascade_summary(_reader: identity.Identity = Depends(status_reader),
+                    ctx: RegisterContext = Depends(register_context)):
+    return read(ctx, lambda conn: cascade_status.summary(conn, cascade=ctx.cascade))
+
+
+ROUTES: list[tuple[str, str, Callable, str]] = [
+    ("POST", "/registers/company", register_company, "设立登记: bring a company into the register"),
+    ("POST", "/registers/company/{uscc}/changes", change_company, "变更登记"),
+    ("POST", "/registers/company/{uscc}/deregistration", deregister_company, "注销登记"),
+    ("POST", "/registers/company/{uscc}/conversion", convert, "个转企: the individual business {uscc} becomes a company"),
+    ("GET", "/registers/company/{uscc}", show_company,
+     "The master entry of a company (a department sees the fields it keeps a copy of)"),
+    ("POST", "/registers/person/household-moves", move_household, "户口迁移"),
+    ("POST", "/registers/person/deaths", death, "死亡登记: the start of 公民身后"),
+    ("GET", "/cascade/changes", cascade_changes, "Changes with every target's state, attempts and time to apply"),
+    ("GET", "/cascade/changes/{change_event_id}", cascade_change, "One change and its targets"),
+    ("GET", "/cascade/backlog", cascade_backlog, "Per department: what it has not applied yet"),
+    ("GET", "/cascade/summary", cascade_summary, "Changes open and complete, fan-out latency"),
+]
+
+
 def create_router(settings: Settings, *, recorder: RegisterRecorder | None = None,
                   cascade: str = "cascade", database: Database | None = None) -> APIRouter:
     """The router over `settings`' broker and database; `cascade` names the cascade deployment to report on.
@@ -118,150 +289,10 @@ def create_router(settings: Settings, *, recorder: RegisterRecorder | None = Non
     acknowledgement never block the event loop."""
     db = database or Database.standalone(settings.database_url)
     rec = recorder or RegisterRecorder(settings.bootstrap_servers, settings.database_url, pool=db)
-    router = APIRouter(prefix="/api/v1", tags=["registers and cascade (一处变更、多处联动)"])
-
-    def caller(authorization: str | None, *, write: str | None = None) -> identity.Identity | JSONResponse:
-        token = identity.bearer(authorization)
-        if token is None:
-            return _error(401, "authorization", "auth.required", {"WWW-Authenticate": "Bearer"})
-        try:
-            ident = identity.verify_token(token)
-        except identity.InvalidToken:
-            return _error(401, "authorization", "auth.invalid", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        if write is not None:
-            allowed = ident.role == "register" or (ident.role == "department" and ident.department == WRITERS[write])
-        else:
-            allowed = ident.role in READERS
-        return ident if allowed else _error(403, "authorization", "auth.forbidden")
-
-    def change_id(key: str | None) -> str | None | JSONResponse:
-        if key is None:
-            return None
-        if not (1 <= len(key) <= 200) or not key.isprintable():
-            return _error(422, "Idempotency-Key", "idempotency.key_format")
-        return key
-
-    def recorded(do) -> JSONResponse:
-        try:
-            result = do()
-        except ChangeRefused as exc:
-            status = 409 if any(p.code == "change_id.reused" for p in exc.problems) else 422
-            return _problems(status, exc.problems)
-        except ChangeNotConfirmed as exc:
-            return _error(503, "", "kafka.unconfirmed", {"Retry-After": "5"},
-                          pending={"register": exc.register, "key": exc.key, "sequence": exc.sequence,
-                                   "event_id": exc.event_id})
-        except (RegisterUnavailable, psycopg.OperationalError):
-            return _error(503, "", "kafka.unavailable", {"Retry-After": "5"})
-        items = list(result) if isinstance(result, tuple) else [result]
-        body = {"recorded": [r.as_dict() for r in items],
-                "status_urls": [f"/api/v1/cascade/changes/{r.event_id}" for r in items]}
-        return JSONResponse(body, status_code=202)
-
-    def write(register: str, authorization: str | None, idempotency_key: str | None, do) -> JSONResponse:
-        ident = caller(authorization, write=register)
-        if isinstance(ident, JSONResponse):
-            return ident
-        cid = change_id(idempotency_key)
-        if isinstance(cid, JSONResponse):
-            return cid
-        return recorded(lambda: do(ident.actor(), cid))
-
-    # -- the company register ----------------------------------------------------------------------
-    @router.post("/registers/company", status_code=202, summary="设立登记: bring a company into the register")
-    def register_company(body: CompanyRegistrationIn, authorization: str | None = Header(None),
-                         idempotency_key: str | None = Header(None)):
-        return write(COMPANY, authorization, idempotency_key, lambda actor, cid: rec.register_company(
-            body.uscc, body.fields, actor=actor, change_id=cid))
-
-    @router.post("/registers/company/{uscc}/changes", status_code=202, summary="变更登记")
-    def change_company(uscc: str, body: CompanyChangeIn, authorization: str | None = Header(None),
-                       idempotency_key: str | None = Header(None)):
-        return write(COMPANY, authorization, idempotency_key, lambda actor, cid: rec.change_company(
-            uscc, body.changes, actor=actor, change_id=cid))
-
-    @router.post("/registers/company/{uscc}/deregistration", status_code=202, summary="注销登记")
-    def deregister_company(uscc: str, body: DeregistrationIn, authorization: str | None = Header(None),
-                           idempotency_key: str | None = Header(None)):
-        return write(COMPANY, authorization, idempotency_key, lambda actor, cid: rec.deregister_company(
-            uscc, body.deregistered_on, actor=actor, change_id=cid))
-
-    @router.post("/registers/company/{uscc}/conversion", status_code=202,
-                 summary="个转企: the individual business {uscc} becomes a company")
-    def convert(uscc: str, body: ConversionIn, authorization: str | None = Header(None),
-                idempotency_key: str | None = Header(None)):
-        fields = body.fields if isinstance(body.fields, dict) else {}
-        return write(COMPANY, authorization, idempotency_key, lambda actor, cid: rec.convert_sole_trader(
-            uscc, body.company_uscc, fields, body.converted_on, actor=actor, change_id=cid))
-
-    @router.get("/registers/company/{uscc}", summary="The master entry of a company (a department sees the "
-                                                   "fields it keeps a copy of)")
-    def show_company(uscc: str, authorization: str | None = Header(None)):
-        ident = caller(authorization)
-        if isinstance(ident, JSONResponse):
-            return ident
-        try:
-            entry = rec.master(COMPANY, uscc)
-        except (RegisterUnavailable, psycopg.OperationalError):
-            return _error(503, "", "kafka.unavailable", {"Retry-After": "5"})
-        if entry is None:
-            return _error(404, "uscc", "register.not_found")
-        body = entry.to_json()
-        if ident.role == "department" and ident.department != WRITERS[COMPANY]:
-            kept = rec.subscriptions.fields_for(ident.department, COMPANY)  # data minimisation
-            body["fields"] = {k: v for k, v in body["fields"].items() if k in kept}
-        return body
-
-    # -- the person register -----------------------------------------------------------------------
-    @router.post("/registers/person/household-moves", status_code=202, summary="户口迁移")
-    def move_household(body: HouseholdMoveIn, authorization: str | None = Header(None),
-                       idempotency_key: str | None = Header(None)):
-        return write(PERSON, authorization, idempotency_key, lambda actor, cid: rec.move_household(
-            body.resident_id, body.household_address, body.household_region_code, body.moved_on,
-            actor=actor, change_id=cid))
-
-    @router.post("/registers/person/deaths", status_code=202, summary="死亡登记: the start of 公民身后")
-    def death(body: DeathIn, authorization: str | None = Header(None), idempotency_key: str | None = Header(None)):
-        return write(PERSON, authorization, idempotency_key, lambda actor, cid: rec.record_death(
-            body.resident_id, body.date_of_death, body.death_certificate_no, actor=actor, change_id=cid))
-
-    # -- cascade status ----------------------------------------------------------------------------
-    def read(authorization: str | None, query):
-        ident = caller(authorization)
-        if isinstance(ident, JSONResponse):
-            return ident
-        try:
-            with db.connection() as conn:
-                return query(conn)
-        except psycopg.OperationalError:
-            return _error(503, "", "kafka.unavailable", {"Retry-After": "5"})
-
-    @router.get("/cascade/changes", summary="Changes with every target's state, attempts and time to apply")
-    def cascade_changes(key: str | None = Query(None, max_length=64, description="USCC or person token"),
-                        register: str | None = Query(None, pattern="^(company|person)$"),
-                        open: bool = False, limit: int = Query(50, ge=1, le=1000),
-                        authorization: str | None = Header(None)):
-        return read(authorization, lambda conn: {"changes": cascade_status.changes(
-            conn, cascade=cascade, key=key, register=register, open_only=open, limit=limit)})
-
-    @router.get("/cascade/changes/{change_event_id}", summary="One change and its targets")
-    def cascade_change(change_event_id: str, authorization: str | None = Header(None)):
-        def one(conn):
-            try:
-                found = cascade_status.change(conn, change_event_id, cascade=cascade)
-            except psycopg.errors.InvalidTextRepresentation:
-                found = None
-            return found if found is not None else _error(404, "change_event_id", "cascade.not_found")
-        return read(authorization, one)
-
-    @router.get("/cascade/backlog", summary="Per department: what it has not applied yet")
-    def cascade_backlog(authorization: str | None = Header(None)):
-        return read(authorization, lambda conn: {"departments": cascade_status.backlog(conn, cascade=cascade)})
-
-    @router.get("/cascade/summary", summary="Changes open and complete, fan-out latency")
-    def cascade_summary(authorization: str | None = Header(None)):
-        return read(authorization, lambda conn: cascade_status.summary(conn, cascade=cascade))
-
+    router = APIRouter(prefix="/api/v1", tags=["registers and cascade (一处变更、多处联动)"],
+                       route_class=with_context(RegisterContext(db, rec, cascade), "RegisterRoute"))
+    for method, path, endpoint, summary in ROUTES:
+        router.add_api_route(path, endpoint, methods=[method], summary=summary,
+                             status_code=202 if method == "POST" else 200)
     router.recorder = rec  # for the host app's shutdown: router.recorder.close()
     return router
-

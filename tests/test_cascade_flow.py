@@ -293,6 +293,8 @@ def test_a_department_copy_never_applies_an_older_change_over_a_newer_one(databa
 
 
 def _token(role: str, **kw) -> dict[str, str]:
+    if role == "department":  # department staff name the acting staff member
+        kw.setdefault("staff_id", f"{kw.get('department', 'dept')}-test-1")
     return {"Authorization": "Bearer " + identity.issue_token(f"{role}-test", role, "register" if role == "register"
                                                               else "department", **kw)}
 

@@ -246,6 +246,16 @@ def test_status_page_on_a_phone(settings, bootstrap, database_url):
                     missing = page.locator('[data-material="discharge_summary"]')
                     assert missing.is_visible()
                     assert "出院小结" in missing.inner_text() and "生育医疗费用报销" in missing.inner_text()
+                    # the receipt's link only reads: no form acts on the case, a note says why
+                    assert page.is_visible("#read-only-note") and "登录本人账号" in page.inner_text("#read-only-note")
+                    assert not missing.locator("form").is_visible()
+                    assert not page.is_visible("#escalate")
+
+                    # 3b. the applicant's own login opens the same page with its forms
+                    page.goto(base + f"/status/{case_id}?lang=zh#token={token}")
+                    page.wait_for_selector('[data-material="discharge_summary"] form')
+                    assert "token=" not in page.url
+                    assert not page.is_visible("#read-only-note")
                     assert missing.locator('input[type="file"]').count() == 1
                     assert missing.locator("button").inner_text() == "上传并提交"
                     assert "个工作日" in page.inner_text("#services")  # deadlines in working days

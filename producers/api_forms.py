@@ -1,0 +1,121 @@
+"""What an application's or a correction's form and materials become: the MaterialRef records of
+the event (uploaded, fetched as e-licences, promised 容缺), the errors of each, and the checks
+that tie the form to the person it is for. Plain functions over a connection and the catalog."""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from catalog.form import MergedForm
+from catalog.model import Catalog
+from catalog.validators import check_resident_id
+
+from . import e_license, identity, intake_store
+from .api_access import Acting
+from .api_catalog import promisable
+from .api_errors import err
+
+UNKNOWN_REGION = "000000"
+
+
+def needed(fm, values: dict[str, Any]) -> bool:
+    return fm.required or any(c.holds(values) for c in fm.required_when)
+
+
+def event_form(values: dict[str, Any]) -> dict[str, str]:
+    """The event's form is text: booleans true/false, option sets comma-joined, blanks left out."""
+    out = {}
+    for k, v in values.items():
+        if v is None or v == "" or v == []:
+            continue
+        if isinstance(v, bool):
+            out[k] = "true" if v else "false"
+        elif isinstance(v, (list, tuple)):
+            out[k] = ",".join(str(x) for x in v)
+        else:
+            out[k] = str(v)
+    return out
+
+
+def resolve_materials(conn: psycopg.Connection, cat: Catalog, mf: MergedForm, requested: dict[str, Any],
+                      values: dict[str, Any], caller: Acting, *, submission: bool
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, str]]]:
+    """(MaterialRef records, what validate_form should see, errors)."""
+    errors: list[dict[str, str]] = []
+    refs: list[dict[str, Any]] = []
+    for_validation: dict[str, Any] = {}
+    wanted = {fm.id: fm for fm in mf.materials}
+    wallet = e_license.wallet(conn, caller.applicant_token)
+    uploads = [v.get("ref") for v in requested.values() if isinstance(v, dict) and v.get("source") == "uploaded"]
+    owned = intake_store.owned_documents(conn, caller.ident.subject, uploads)
+    for code, entry in requested.items():
+        path = f"materials.{code}"
+        if code not in wanted:
+            if not submission:  # validate_form reports these for a submission
+                lbl = cat.materials.get(code)
+                errors.append(err(path, "form.unexpected_material", (lbl.label.zh, lbl.label.en) if lbl else None))
+            else:
+                for_validation[code] = entry
+            continue
+        m = wanted[code].material
+        lbl = (m.label.zh, m.label.en)
+        source = entry.get("source") if isinstance(entry, dict) else None
+        allowed = ("uploaded", "fetched", "promised") if submission else ("uploaded", "fetched")
+        if source not in allowed:
+            errors.append(err(f"{path}.source", "material.source", lbl))
+            for_validation[code] = "?"
+            continue
+        if source == "uploaded":
+            ref = entry.get("ref")
+            if not isinstance(ref, str) or not ref:
+                errors.append(err(f"{path}.ref", "material.ref_required", lbl))
+            elif ref not in owned:
+                errors.append(err(f"{path}.ref", "material.unknown_document", lbl))
+            else:
+                refs.append({"code": code, "source": "uploaded", "ref": ref})
+            for_validation[code] = ref or "?"
+        elif source == "promised":
+            if not promisable(cat, code):
+                errors.append(err(path, "material.not_promisable", lbl))
+            else:
+                refs.append({"code": code, "source": "promised", "ref": None})
+            for_validation[code] = "promised"
+        else:  # fetched
+            if not m.e_license:
+                errors.append(err(path, "material.not_e_license", lbl))
+                continue
+            licence = e_license.fetch_material(conn, code, wallet, values)
+            if licence is None:
+                errors.append(err(path, "material.e_license_not_found", lbl))
+            else:
+                refs.append({"code": code, "source": "fetched", "ref": licence})
+    if submission:  # every e-licence the form needs is fetched without being asked for
+        for fm in mf.fetched:
+            if fm.id in requested or not needed(fm, values):
+                continue
+            licence = e_license.fetch_material(conn, fm.id, wallet, values)
+            if licence is None:
+                errors.append(err(f"materials.{fm.id}", "material.e_license_not_found",
+                                  (fm.material.label.zh, fm.material.label.en)))
+            else:
+                refs.append({"code": fm.id, "source": "fetched", "ref": licence})
+    return refs, for_validation, errors
+
+def identity_checks(cat: Catalog, values: dict[str, Any], caller: Acting) -> list[dict[str, str]]:
+    """The applicant's own resident ID in the form must be the logged-in (or named) person's."""
+    errors = []
+    for fid in ("applicant_resident_id", "guardian_resident_id"):
+        value = values.get(fid)
+        if isinstance(value, str) and check_resident_id(value) is None \
+                and identity.subject_token(value) != caller.applicant_token:
+            f = cat.fields.get(fid)
+            errors.append(err(f"fields.{fid}", "identity.mismatch", (f.label.zh, f.label.en) if f else None))
+    return errors
+
+def region_of(values: dict[str, Any], conn: psycopg.Connection, applicant_token: str) -> str:
+    rc = values.get("region_code")
+    if isinstance(rc, str) and len(rc) == 6 and rc.isdigit():
+        return rc
+    household = e_license.wallet(conn, applicant_token).first("household_register")
+    return household.data.get("region_code", UNKNOWN_REGION) if household else UNKNOWN_REGION
