@@ -16,6 +16,12 @@ runtime's guarantees and its batching for free:
   dead-letter topic with its reason, and the partition keeps moving;
 - decisions count as emitted only once the broker acknowledged them (acks=all), and the
   batch's offsets are stored only after that, with the decisions.
+
+On a cluster with authentication the adapter logs in as its department's principal
+`adapter.<department>`, which may read only `tasks.<department>` and write only
+`decisions.<department>` (and dead letters): pass `kafka_user` / `kafka_password`, or set
+`ONETHING_KAFKA_PASSWORD_ADAPTER_<DEPARTMENT>` (or `ONETHING_KAFKA_USER` / `ONETHING_KAFKA_PASSWORD`);
+events/kafka_auth.py says how they are looked up.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import psycopg
 import structlog
 from prometheus_client import Counter, Gauge
 
+from events import kafka_auth
 from events.envelope import Actor, Event, derived_event_id, new_event
 from infra.topics import decisions_topic, tasks_topic
 from projectors.checkpoint import Step
@@ -106,7 +113,8 @@ class AdapterProcessor(BaseProcessor):
 
     def __init__(self, backend: Backend, *, group: str | None = None, keep: Callable[[Event], bool] | None = None,
                  start: str = "committed", retry_for_s: float = 5.0, max_batch: int = 100,
-                 consumer_options: dict | None = None):
+                 consumer_options: dict | None = None, kafka_user: str | None = None,
+                 kafka_password: str | None = None):
         import psycopg.errors
 
         self.backend = backend
@@ -122,6 +130,9 @@ class AdapterProcessor(BaseProcessor):
         self.transient = (BackendUnavailable, psycopg.errors.UniqueViolation)
         self.actor = Actor(f"dept:{self.department}", "department", "department")
         self.stats = AdapterStats()
+        # explicit credentials win; otherwise the runtime picks `adapter.<department>` (infra/acls.py)
+        self.principal = (kafka_auth.Credentials(kafka_user, kafka_password or kafka_auth.password(kafka_user))
+                          if kafka_user else None)
 
     def wants(self, event: Event) -> bool:
         return self.keep is None or self.keep(event)
@@ -277,9 +288,11 @@ class Adapter:
 
     def __init__(self, backend: Backend, bootstrap: str, database_url: str, *, retry_for_s: float = 5.0,
                  max_poll_records: int = 100, group: str | None = None, keep: Callable[[Event], bool] | None = None,
-                 start: str = "committed", consumer_options: dict | None = None):
+                 start: str = "committed", consumer_options: dict | None = None, kafka_user: str | None = None,
+                 kafka_password: str | None = None):
         self.processor = AdapterProcessor(backend, group=group, keep=keep, start=start, retry_for_s=retry_for_s,
-                                          max_batch=max_poll_records, consumer_options=consumer_options)
+                                          max_batch=max_poll_records, consumer_options=consumer_options,
+                                          kafka_user=kafka_user, kafka_password=kafka_password)
         self.backend, self.department, self.group = backend, self.processor.department, self.processor.group
         self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=500)
         self.consumer = self.worker.consumer

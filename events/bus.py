@@ -3,6 +3,7 @@
 Defaults that protect the guarantees (DESIGN: "Nothing lost"): producers use acks=all with
 idempotence and wait for the broker's acknowledgement before anyone is told "accepted";
 consumers never auto-commit — each consumer commits only after its effect is durable.
+Every client authenticates as a principal (events/kafka_auth.py; None: the process's default).
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.producer.future import RecordMetadata
 
+from . import kafka_auth
 from .codec import encode
 from .envelope import Event
 
 CONTENT_TYPE = b"application/vnd.onething.avro-single-object"
 
 
-def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
+def producer_config(bootstrap: str, principal: str | kafka_auth.Credentials | None = None,
+                    **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = dict(
-        bootstrap_servers=bootstrap,
+        **kafka_auth.connection(bootstrap, principal),
         acks="all",
         enable_idempotence=True,
         retries=2**31 - 1,
@@ -34,14 +37,15 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
-    return KafkaProducer(**producer_config(bootstrap, **overrides))
+def make_producer(bootstrap: str, principal: str | kafka_auth.Credentials | None = None,
+                  **overrides: Any) -> KafkaProducer:
+    return KafkaProducer(**producer_config(bootstrap, principal, **overrides))
 
 
 def make_consumer(bootstrap: str, group_id: str | None, *topics: str, read_committed: bool = False,
-                  **overrides: Any) -> KafkaConsumer:
+                  principal: str | kafka_auth.Credentials | None = None, **overrides: Any) -> KafkaConsumer:
     config: dict[str, Any] = dict(
-        bootstrap_servers=bootstrap,
+        **kafka_auth.connection(bootstrap, principal),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -140,19 +140,19 @@ def raw_pipe(bootstrap: str, count: int, progress) -> tuple[float, float, float,
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
     from kafka.admin import NewTopic
 
-    from events import bus, codec
+    from events import bus, codec, kafka_auth
 
     samples = sample_events()
     encoded = [(e.key.encode(), codec.encode(e)) for e in samples]
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     admin.create_topics([NewTopic(topic, 6, 1)])
     try:
         consumed, first_seen, last_seen = [0], [0.0], [0.0]
         ready = threading.Event()
 
         def consume() -> None:
-            c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+            c = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False, fetch_max_wait_ms=100)
             tps = [TopicPartition(topic, p) for p in range(6)]
             c.assign(tps)
             c.seek_to_beginning(*tps)
@@ -186,7 +186,7 @@ def raw_pipe(bootstrap: str, count: int, progress) -> tuple[float, float, float,
         t.join(120)
         consume_s = max(1e-6, last_seen[0] - min(first_seen[0], started))
         # consumed alone: the topic read again from the beginning by a fresh reader
-        c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        c = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
         tps = [TopicPartition(topic, p) for p in range(6)]
         c.assign(tps)
         c.seek_to_beginning(*tps)

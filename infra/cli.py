@@ -49,6 +49,11 @@ def up() -> None:
     console.print(f"topics    {len(report.topics.created)} created, {len(report.topics.unchanged)} unchanged")
     for line in report.topics.drift:
         console.print(f"[bold red]topic drift[/bold red] {line}")
+    if report.acls is not None:
+        console.print(f"kafka acl {len(report.acls.users)} users, {report.acls.created} ACLs created, "
+                      f"{report.acls.unchanged} unchanged (SASL/SCRAM-SHA-512, StandardAuthorizer)")
+        for line in report.acls.extra:
+            console.print(f"[yellow]acl not declared[/yellow] {line}")
     if not report.topics.ok:
         raise StackFailure("topics differ from their declaration (see above); nothing was changed")
 

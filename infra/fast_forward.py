@@ -12,6 +12,7 @@ import time
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
 
+from events import kafka_auth
 from catalog.loader import load_catalog
 from catalog.subscriptions import load_subscriptions
 from infra.supervisor import demo_departments
@@ -25,7 +26,7 @@ READ_MODELS = ("case_view", "deadlines", "escalation_queue", "ratings", "kpis")
 def end_offsets(bootstrap: str, topics) -> dict[TopicPartition, int]:
     """Every partition of `topics` with its end offset. A topic whose metadata has not arrived
     yet must not be left out silently: its consumer would start at its beginning instead."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap))
     try:
         deadline = time.monotonic() + 15
         while True:

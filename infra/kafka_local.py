@@ -4,6 +4,13 @@ No Docker, no download mirror: `infra/kafka/pom.xml` pins the release and Maven 
 runtime jars into a per-user cache, so a second run (even from a fresh clone) downloads
 nothing. The same code starts one combined broker+controller for the local stack or a
 three-node quorum on one host for fault tests (`KafkaCluster(n=3, ...)`).
+
+With `auth="scram"` (ONETHING_KAFKA_AUTH) the client and inter-broker listener speaks
+SASL/SCRAM-SHA-512, the controller listener SASL/PLAIN (SCRAM credentials live in the metadata
+log the controller serves, so it cannot use them itself), KRaft's StandardAuthorizer denies
+whatever no ACL allows, and `admin` and `broker` are super users created at format time. The
+mode a stack was started in is recorded in `<home>/auth.json`, so its clients use it too
+(infra/kafka_security.py holds those settings).
 """
 from __future__ import annotations
 
@@ -18,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from events import kafka_auth
+
+from . import kafka_security
 
 log = structlog.get_logger(__name__)
 
@@ -131,11 +142,20 @@ class KafkaNode:
 class KafkaCluster:
     """n KRaft nodes on one host with consecutive port pairs starting at `base_port`."""
 
-    def __init__(self, home: Path, n: int = 1, base_port: int = 9092, heap_mb: int | None = None):
+    def __init__(self, home: Path, n: int = 1, base_port: int = 9092, heap_mb: int | None = None,
+                 auth: str | None = None):
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.home = Path(home)
         self.n = n
+        if auth is None:
+            from .settings import Settings
+
+            auth = Settings.from_env().kafka_auth
+        if auth not in kafka_auth.MODES:
+            raise ValueError(f"auth must be one of {kafka_auth.MODES}")
+        self.auth = auth
+        self.record = kafka_security.AuthRecord(self.home)
         heap = heap_mb or (1024 if n == 1 else 640)
         self.nodes = [
             KafkaNode(i + 1, base_port + 2 * i, base_port + 2 * i + 1, self.home, heap)
@@ -150,18 +170,14 @@ class KafkaCluster:
     def _voters(self) -> str:
         return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
 
-    def properties(self, node: KafkaNode) -> str:
+    def properties(self, node: KafkaNode, auth: str | None = None) -> str:
         rf = min(3, self.n)
         min_isr = 2 if self.n >= 3 else 1
         lines = {
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": self._voters(),
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            **kafka_security.listener_properties(node.port, node.controller_port, auth or self.auth),
             "log.dirs": str(node.data_dir),
             "num.network.threads": 2,
             "num.io.threads": 4,
@@ -209,28 +225,76 @@ class KafkaCluster:
             "-cp", f"{libs}/*", main, *args,
         ]
 
-    def format(self) -> None:
-        """Format each node's storage once; a formatted node is left alone."""
+    def _write_config(self, node: KafkaNode, auth: str) -> None:
+        """server.properties holds the broker's password in scram mode: readable by its owner only."""
+        node.dir.mkdir(parents=True, exist_ok=True)
+        node.log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(node.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.properties(node, auth))
+        os.chmod(node.config_file, 0o600)
+
+    def format(self, auth: str | None = None) -> None:
+        """Format each node's storage once; a formatted node is left alone. In scram mode the
+        super users `admin` and `broker` are written into the bootstrap metadata (`--add-scram`),
+        in the same JVM run that formats: no extra start-up."""
+        auth = auth or self.auth
         cid = self._cluster_id()
+        formatted_now = False
         for node in self.nodes:
-            node.dir.mkdir(parents=True, exist_ok=True)
-            node.log_dir.mkdir(parents=True, exist_ok=True)
-            node.config_file.write_text(self.properties(node))
+            self._write_config(node, auth)
             if (node.data_dir / "meta.properties").exists():
                 continue
             cmd = self._java(node, "kafka.tools.StorageTool", "format", "-t", cid,
-                             "-c", str(node.config_file), "--ignore-formatted")
+                             "-c", str(node.config_file), "--ignore-formatted", *kafka_security.format_args(auth))
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
             if proc.returncode != 0:
-                raise KafkaStackError(f"formatting node {node.node_id} failed:\n{proc.stdout}{proc.stderr}")
+                raise KafkaStackError(f"formatting node {node.node_id} failed:\n"
+                                      f"{kafka_security.redact(proc.stdout + proc.stderr)}")
+            formatted_now = True
+        if formatted_now:
+            self.record.update(scram_users=auth == "scram")
+
+    # -- the recorded mode ---------------------------------------------------------------
+    def recorded_mode(self) -> str:
+        """The security mode the stack was last started in ("none" before this record existed)."""
+        return self.record.mode()
+
+    def _formatted(self) -> bool:
+        return any((n.data_dir / "meta.properties").exists() for n in self.nodes)
+
+    def _add_super_users(self, timeout: float) -> None:
+        """A stack formatted before authentication existed has no SCRAM users, and nobody can log
+        in to create them. Start it once as it was (PLAINTEXT, no authorizer), upsert `admin` and
+        `broker` through the admin API, stop it: its data is kept. Only ever the local stack."""
+        log.warning("kafka.auth.adding_super_users", home=str(self.home),
+                    reason="formatted without SCRAM users; adding them over PLAINTEXT, then restarting with SCRAM")
+        if not self.running():  # a running one without SCRAM users runs in PLAINTEXT: use it as it is
+            self.format(auth="none")
+            for node in self.nodes:
+                self.start_node(node, wait=False)
+        self.wait_ready(timeout, auth="none")
+        failed = kafka_security.upsert_super_users(self.bootstrap)
+        if failed:
+            raise KafkaStackError(f"could not create the SCRAM users {failed}")
+        self.stop()
+        self.record.update(scram_users=True)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> str:
-        """Start every node not already running, then wait until the cluster answers."""
+        """Start every node not already running, then wait until the cluster answers. A running
+        stack in the other security mode is restarted in this one (with a log line)."""
+        if self.auth == "scram" and self._formatted() and not self.record.has_super_users():
+            self._add_super_users(timeout)   # stops the stack
+        was = self.recorded_mode()
+        if self.running() and was != self.auth:
+            log.warning("kafka.auth.restart", home=str(self.home), started_as=was, now=self.auth)
+            self.stop()
         self.format()
         for node in self.nodes:
             self.start_node(node, wait=False)
         self.wait_ready(timeout)
+        self.record.update(mode=self.auth)
         return self.bootstrap
 
     def start_node(self, node: KafkaNode, wait: bool = True, timeout: float = 90.0) -> None:
@@ -251,7 +315,8 @@ class KafkaCluster:
         if wait:
             self.wait_ready(timeout, nodes=[node])
 
-    def wait_ready(self, timeout: float = 90.0, nodes: list[KafkaNode] | None = None) -> None:
+    def wait_ready(self, timeout: float = 90.0, nodes: list[KafkaNode] | None = None,
+                   auth: str | None = None) -> None:
         """Ready means every node's broker registered with the quorum and serves metadata."""
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
@@ -266,8 +331,9 @@ class KafkaCluster:
                         f"kafka node {node.node_id} exited during start; see {node.log_dir / 'server.log'}")
             if all(port_open("127.0.0.1", n.port) for n in nodes):
                 try:
-                    admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                             client_id="onething-health")
+                    admin = KafkaAdminClient(**kafka_auth.connection(self.bootstrap, kafka_auth.ADMIN,
+                                                                     auth_mode=auth or self.auth),
+                                             request_timeout_ms=5000, client_id="onething-health")
                     try:
                         brokers = admin.describe_cluster().get("brokers", [])
                     finally:
@@ -326,4 +392,4 @@ def _reap(pid: int) -> None:
 
 def local_cluster(settings) -> KafkaCluster:
     return KafkaCluster(settings.kafka_dir, n=1, base_port=settings.kafka_port,
-                        heap_mb=settings.kafka_heap_mb)
+                        heap_mb=settings.kafka_heap_mb, auth=settings.kafka_auth)

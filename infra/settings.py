@@ -13,6 +13,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_BOOTSTRAP = "127.0.0.1:9092"
 LOCAL_DATABASE_URL = "postgresql://onething:onething@127.0.0.1:5432/{db}"
+#: Kafka security when ONETHING_KAFKA_AUTH is unset: "none" (PLAINTEXT) or "scram" (SASL/SCRAM-SHA-512 + ACLs)
+DEFAULT_KAFKA_AUTH = "none"
 
 
 def _int(name: str, default: int) -> int:
@@ -23,6 +25,12 @@ def _int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def _kafka_auth(raw: str) -> str:
+    if raw not in ("none", "scram"):
+        raise SystemExit(f"environment variable ONETHING_KAFKA_AUTH must be none or scram, got {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,10 @@ class Settings:
     min_insync_replicas: int = 1
     metrics_port: int = 0
     service_name: str = "onething"
+    #: "none" | "scram" (events/kafka_auth.py, infra/acls.py)
+    kafka_auth: str = DEFAULT_KAFKA_AUTH
+    #: ONETHING_KAFKA_AUTH was set; otherwise clients of a running local stack use the mode it recorded
+    kafka_auth_explicit: bool = False
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -64,6 +76,8 @@ class Settings:
             min_insync_replicas=_int("ONETHING_MIN_INSYNC_REPLICAS", 1),
             metrics_port=_int("ONETHING_METRICS_PORT", 0),
             service_name=env.get("ONETHING_SERVICE_NAME", "onething"),
+            kafka_auth=_kafka_auth(env.get("ONETHING_KAFKA_AUTH") or DEFAULT_KAFKA_AUTH),
+            kafka_auth_explicit=bool(env.get("ONETHING_KAFKA_AUTH")),
         )
 
     @property

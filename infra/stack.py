@@ -13,7 +13,9 @@ import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from . import migrations, postgres_local
+from events import kafka_auth
+
+from . import acls, migrations, postgres_local
 from .kafka_local import KafkaCluster, local_cluster, port_open
 from .settings import Settings
 from .topics import ApplyReport, apply_topics, declared_topics
@@ -34,8 +36,8 @@ def topic_specs(settings: Settings):
 
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="onething-admin",
-                            request_timeout_ms=15000)
+    return KafkaAdminClient(**kafka_auth.connection(settings.bootstrap_servers),
+                            client_id="onething-admin", request_timeout_ms=15000)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class UpReport:
     migrations_applied: list[int]
     topics: ApplyReport
     notes: list[str] = field(default_factory=list)
+    acls: acls.AclReport | None = None   # None: the cluster runs without authentication
 
 
 def up(settings: Settings) -> UpReport:
@@ -54,7 +57,8 @@ def up(settings: Settings) -> UpReport:
     if settings.local_kafka:
         cluster = local_cluster(settings)
         if cluster.running():
-            notes.append("kafka: reusing the running broker")
+            notes.append("kafka: reusing the running broker" if cluster.recorded_mode() == cluster.auth
+                         else f"kafka: restarting the broker with auth={cluster.auth}")
         cluster.start()
     if settings.local_postgres:
         postgres_local.ensure_local(settings.database_url)
@@ -62,8 +66,13 @@ def up(settings: Settings) -> UpReport:
         postgres_local.wait_connectable(settings.database_url, timeout=30)
     applied = migrations.migrate(settings.database_url)
     admin = admin_client(settings)
+    acl_report = None
     try:
         report = apply_topics(admin, topic_specs(settings))
+        if kafka_auth.mode(settings) == "scram":
+            # users only where this side knows every password: the local stack (or ONETHING_ENV=dev);
+            # on a cluster of the operator's, the operator creates them, `up` applies the ACLs
+            acl_report = acls.apply_acls(admin, acls.catalog_grants(), create_users=kafka_auth.dev_allowed(settings))
         wait_for_group_coordinator(admin)
     finally:
         admin.close()
@@ -74,6 +83,7 @@ def up(settings: Settings) -> UpReport:
         migrations_applied=applied,
         topics=report,
         notes=notes,
+        acls=acl_report,
     )
 
 
@@ -144,8 +154,8 @@ def status(settings: Settings) -> dict[str, Any]:
     except KafkaError as exc:
         result["kafka"].update(state="down", error=str(exc))
         return result
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, client_id="onething-status",
-                             enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(settings.bootstrap_servers),
+                             client_id="onething-status", enable_auto_commit=False)
     try:
         cluster = admin.describe_cluster()
         result["kafka"].update(state="up", cluster_id=cluster["cluster_id"],

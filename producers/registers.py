@@ -57,7 +57,7 @@ from kafka import KafkaProducer
 from prometheus_client import Counter
 
 from catalog.subscriptions import Subscriptions, load_subscriptions
-from events import bus, codec
+from events import bus, codec, kafka_auth
 from events.envelope import Actor, Event
 from infra.topics import REGISTRY_COMPANY, REGISTRY_PERSON
 
@@ -458,7 +458,7 @@ def master_from_log(bootstrap: str, register: str, keys: set[str] | None = None,
 
     from .register_changes import fold_all
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
     try:
         topic = TOPICS[register]
         tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]

@@ -23,7 +23,9 @@ Failures, told apart:
   fails alone is dead-lettered with its origin and reason, and the partition goes on.
 
 `Worker` runs one processor (own consumer, own connection); `Host` runs several in one OS
-process, a thread each, sharing a producer: each keeps its own group, so each scales alone.
+process, a thread each: each keeps its own group, so each scales alone. Each processor's clients
+authenticate as its own Kafka principal (infra/acls.py `principal_for`); processors of one
+principal in a host share a producer.
 """
 from __future__ import annotations
 
@@ -41,9 +43,9 @@ from kafka.errors import KafkaError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
 
-from events import bus, codec
+from events import bus, codec, kafka_auth
 from events.codec import DecodeError
-from infra import metrics
+from infra import acls, metrics
 
 from . import authority
 from . import checkpoint as cp
@@ -154,15 +156,16 @@ class Worker:
         self.max_batch = _attr(processor, "max_batch", 500)
         self.transient = TRANSIENT + tuple(_attr(processor, "transient", ()))
         self.backoff_max = float(_attr(processor, "backoff_max_s", BACKOFF_MAX_S))
+        self.principal = acls.principal_for(processor)
         self._own_producer = producer is None
-        self.producer = producer or bus.make_producer(bootstrap, client_id=f"onething-{self.group}")
+        self.producer = producer or bus.make_producer(bootstrap, self.principal, client_id=f"onething-{self.group}")
         options = {"max_poll_records": self.max_batch, "max_poll_interval_ms": 300_000,
                    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, **dict(_attr(processor, "consumer_options", {}) or {})}
         if os.environ.get("ONETHING_INSTANCE_ID"):
             # static membership (KIP-345): a restarted member with the same id takes its partitions
             # back at once instead of the group waiting out the dead member's session
             options.setdefault("group_instance_id", os.environ["ONETHING_INSTANCE_ID"])
-        self.consumer = bus.make_consumer(bootstrap, self.group, **options)
+        self.consumer = bus.make_consumer(bootstrap, self.group, principal=self.principal, **options)
         self._wait_for_topics(list(processor.topics))
         self.consumer.subscribe(list(processor.topics), listener=_Rebalance(self))
         self.conn: psycopg.Connection | None = None
@@ -533,15 +536,26 @@ class Worker:
 
 
 class Host:
-    """Several processors in one OS process, a thread each, one shared producer. A worker whose
-    loop fails outside a checkpoint waits and goes on; it never takes the others down."""
+    """Several processors in one OS process, a thread each, a producer per Kafka principal (a
+    principal may write only its processor's topics). A worker whose loop fails outside a
+    checkpoint waits and goes on; it never takes the others down."""
 
     def __init__(self, processors: Sequence[Processor], bootstrap: str, database_url: str, *, name: str = "host"):
         self.name = name
         self.processors = list(processors)
         self.bootstrap, self.database_url = bootstrap, database_url
-        self.producer = bus.make_producer(bootstrap, client_id=f"onething-{name}")
+        self.producers: dict[str, KafkaProducer] = {}
+        self._producers_lock = threading.Lock()
         self.workers: list[Worker] = []
+
+    def producer_for(self, p: Processor) -> KafkaProducer:
+        principal = acls.principal_for(p)
+        key = kafka_auth.principal_name(principal)
+        with self._producers_lock:
+            if key not in self.producers:
+                self.producers[key] = bus.make_producer(self.bootstrap, principal,
+                                                        client_id=f"onething-{self.name}-{key}")
+            return self.producers[key]
 
     def run(self, stop: Callable[[], bool]) -> None:
         stopping = threading.Event()
@@ -556,7 +570,7 @@ class Host:
             worker = None
             while not stopped():
                 try:
-                    worker = Worker(p, self.bootstrap, self.database_url, producer=self.producer)
+                    worker = Worker(p, self.bootstrap, self.database_url, producer=self.producer_for(p))
                     self.workers.append(worker)
                     worker.run(stopped)
                 except Exception as exc:
@@ -583,4 +597,5 @@ class Host:
             stopping.set()
             for t in threads:
                 t.join(timeout=30)
-            self.producer.close(timeout=10)
+            for producer in self.producers.values():
+                producer.close(timeout=10)

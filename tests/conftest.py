@@ -18,11 +18,18 @@ if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
 if not os.environ.get("DATABASE_URL"):
     os.environ.setdefault("ONETHING_DB_NAME", "onething_test")
 os.environ.setdefault("ONETHING_METRICS_BASE_PORT", "19400")
+# Tests submit and upload as a handful of demo people, far faster than a person would: the
+# per-subject rate limits (producers/api_limits.py) are raised for them; test_api_limits.py
+# checks the limits themselves on an app of its own.
+os.environ.setdefault("ONETHING_API_SUBMIT_RATE", "100000/minute")
+os.environ.setdefault("ONETHING_API_UPLOAD_RATE", "100000/minute")
+os.environ.setdefault("ONETHING_ENV", "dev")  # development credentials allowed (infra/safe_config.py)
 
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from events import kafka_auth
 from infra import stack
 from infra.settings import Settings
 
@@ -62,7 +69,7 @@ def database_url(running_stack: Settings) -> str:
 @pytest.fixture
 def fresh_topic(bootstrap: str):
     """A topic of the test's own, so tests never see each other's messages."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     created: list[str] = []
 
     def make(partitions: int = 6, prefix: str = "test") -> str:

@@ -35,7 +35,7 @@ from kafka.admin import NewTopic
 from psycopg import sql
 
 from catalog.loader import load_catalog
-from events import bus
+from events import bus, kafka_auth
 from events.envelope import Actor, Event, new_event, now_utc
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from projectors import case_state
@@ -145,7 +145,7 @@ REAL = Topology()
 @pytest.fixture(scope="module")
 def topology(bootstrap):
     topo = Topology(f"cvtest-{RUN}")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     admin.create_topics([NewTopic(t, 6, 1) for t in topo.topics])
     yield topo
     try:
@@ -238,7 +238,7 @@ def caught_up(database_url: str, name: str, ends: dict[TopicPartition, int]) -> 
 def delete_groups(bootstrap: str, groups: list[str]) -> None:
     """Leave no consumer group behind in `onething status` (best effort, one by one: a group
     that never existed, or whose dead member's session has not expired, is skipped)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     try:
         existing = {g["group_id"] for g in admin.list_groups()}
         for group in groups:

@@ -10,7 +10,7 @@ from datetime import date, datetime, timezone
 import psycopg
 import pytest
 
-from events import bus
+from events import bus, kafka_auth
 from events.envelope import Actor, new_event
 from infra import migrations
 from infra.topics import CASES
@@ -146,7 +146,7 @@ def test_each_deadlines_member_ticks_the_cases_on_its_own_partitions(bootstrap, 
     finally:
         producer.close()
     assert all(partition_of(cid, 6) == p for cid, p in placed.items())
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
     try:
         consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 3)])
         owns = owned_cases(consumer, topic)

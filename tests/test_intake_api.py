@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 from tests.support.topics import read_since
 
 from events.envelope import Event
+from events import kafka_auth
 from infra.topics import APPLICATIONS
 from producers import e_license, identity, intake_store
 from producers.intake_api import create_app
@@ -51,7 +52,7 @@ def client(settings, bootstrap, database_url):
 
 # -- reading the topic back ------------------------------------------------------------------
 def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
     try:
         tps = [TopicPartition(APPLICATIONS, p) for p in consumer.partitions_for_topic(APPLICATIONS)]
         return consumer.end_offsets(tps)

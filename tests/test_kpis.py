@@ -28,7 +28,7 @@ from psycopg import sql
 
 from catalog.loader import load_catalog
 from catalog.working_days import add_working_days
-from events import bus
+from events import bus, kafka_auth
 from events.envelope import Actor, Event, new_event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from producers import identity
@@ -603,7 +603,7 @@ def test_the_projection_runner_builds_the_figures_from_kafka(bootstrap, database
     departments = sorted({CAT.service(s).department for s in CAT.select(bundle_code="newborn").services})
     real = (APPLICATIONS, CASES, *map(tasks_topic, departments), *map(decisions_topic, departments))
     topics = tuple(f"{prefix}.{t}" for t in real)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     admin.create_topics([NewTopic(t, 6, 1) for t in topics])
     m = Model(database_url, "broker")
     projection = K.KpiProjection(m.projection.name, schema=m.schema, topics=topics, catalog=CAT)

@@ -27,7 +27,7 @@ from department_adapters.reference import BackendConfig, CorrectionRule, RejectR
 from department_adapters.reference import numbers, registers
 from department_adapters.reference.run import build_backend, case_backend, run_all
 from department_adapters.sdk import Adapter, AdapterProcessor, BackendUnavailable, Decision, InvalidTask
-from events import bus
+from events import bus, kafka_auth
 from events.envelope import Event, new_event
 from infra.topics import DEADLETTER, decisions_topic, tasks_topic
 from projectors.checkpoint import Item, Step
@@ -45,7 +45,7 @@ FAST = BackendConfig(processing_s=0.0)
 @pytest.fixture
 def lane(bootstrap):
     """`lane("police")` → a name whose task and decision topics exist only for this test."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     created: list[str] = []
 
     def make(department: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from events import bus, codec
+from events import bus, codec, kafka_auth
 from events.envelope import new_event
 from infra import migrations
 from infra.kafka_local import KafkaCluster, port_open
@@ -33,7 +33,7 @@ def test_migrations_apply_once(database_url):
 
 @pytest.mark.broker
 def test_topics_apply_is_idempotent_and_reports_partition_drift(bootstrap):
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
     name = f"test.drift.{uuid.uuid4().hex[:8]}"
     try:
         spec = TopicSpec(name, "fact", partitions=3, replication=1)
@@ -94,7 +94,7 @@ def test_three_node_cluster_survives_losing_a_broker(tmp_path):
     cluster = KafkaCluster(tmp_path / "k3", n=3, base_port=19292, heap_mb=512)
     cluster.start(timeout=120)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+        admin = KafkaAdminClient(**kafka_auth.connection(cluster.bootstrap))
         apply_topics(admin, [TopicSpec("facts", "fact", partitions=3, replication=3, min_insync_replicas=2)])
         admin.close()
         producer = bus.make_producer(cluster.bootstrap)
@@ -105,7 +105,7 @@ def test_three_node_cluster_survives_losing_a_broker(tmp_path):
         bus.publish_all(producer, [("facts", e) for e in events[300:]], timeout=120)
         producer.close()
 
-        consumer = KafkaConsumer(bootstrap_servers=cluster.bootstrap, enable_auto_commit=False,
+        consumer = KafkaConsumer(**kafka_auth.connection(cluster.bootstrap), enable_auto_commit=False,
                                  auto_offset_reset="earliest", consumer_timeout_ms=20_000)
         consumer.assign([TopicPartition("facts", p) for p in range(3)])
         ids = {codec.decode(m.value).id for m in consumer}

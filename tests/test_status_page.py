@@ -29,7 +29,7 @@ import pytest
 from playwright import sync_api as playwright_api  # PyPI `playwright`; its browsers are never downloaded
 
 from catalog.loader import load_catalog
-from events import bus
+from events import bus, kafka_auth
 from events.envelope import Actor, Event, derived_event_id, new_event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from tests.support.offsets import seed_offsets
@@ -169,7 +169,7 @@ class _View:
         self.runner.close()
         from kafka import KafkaAdminClient
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = KafkaAdminClient(**kafka_auth.connection(self.bootstrap))
         try:
             admin.delete_groups([self.runner.group])  # leave no group behind in `onething status`
         finally:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 
+from events import kafka_auth
 from catalog.validators import USCC_ALPHABET, resident_id_check_char, uscc_check_char
 from department_adapters.reference.register_copy import RegisterCopyBackend
 from department_adapters.sdk import Adapter
@@ -96,7 +97,7 @@ def foreign_adapters(bootstrap: str, departments: Iterable[str]) -> list[str]:
     this run's adapters from ever applying them."""
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="onething-cascade-tests")
+    admin = KafkaAdminClient(**kafka_auth.connection(bootstrap), client_id="onething-cascade-tests")
     try:
         groups = admin.describe_groups([f"adapter.{d}" for d in departments])
     finally:
@@ -185,7 +186,7 @@ def wait_complete(database_url: str, cascade: str, keys: Iterable[str], expected
 def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         return consumer.end_offsets(tps)

@@ -12,7 +12,7 @@ import os, sys, time, subprocess, uuid
 os.environ.setdefault("ONETHING_KAFKA_PORT", "19092"); os.environ.setdefault("ONETHING_DB_NAME", "onething_test")
 os.environ.setdefault("ONETHING_HOME", "/work/main/.onething/test")
 import psycopg
-from events import bus
+from events import bus, kafka_auth
 from infra.settings import Settings
 from infra.samples import submission
 s = Settings.from_env()
@@ -28,7 +28,7 @@ if which == "faust":
     from catalog.loader import load_catalog
     from infra.topics import APPLICATIONS, decisions_topic
     ends = end_offsets(s.bootstrap_servers, [APPLICATIONS, *(decisions_topic(d) for d in load_catalog().departments)])
-    c = KafkaConsumer(bootstrap_servers=s.bootstrap_servers, group_id="dispatch-faust-bench", enable_auto_commit=False)
+    c = KafkaConsumer(**kafka_auth.connection(s.bootstrap_servers), group_id="dispatch-faust-bench", enable_auto_commit=False)
     c.assign(list(ends)); c.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in ends.items()}); c.close()
     cmd = [sys.executable, "-m", "infra.process", "dispatch"]; cwd = "/tmp/oldtree"
     env = {**os.environ, "ONETHING_METRICS_PORT": "-1", "PYTHONPATH": "/tmp/oldtree"}

@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import NewTopic
 from kafka.producer.future import RecordMetadata
 
-from events import bus
+from events import bus, kafka_auth
 from events.envelope import Event
 from projectors.checkpoint import stored_offsets
 from projectors.deadlines import partition_of
@@ -41,7 +41,7 @@ class Topics:
     """Topics of a test's own, `partitions` each; `delete()` removes every one made."""
 
     def __init__(self, bootstrap: str):
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        self.admin = KafkaAdminClient(**kafka_auth.connection(bootstrap))
         self.created: list[str] = []
 
     def make(self, *names: str, partitions: int = 1) -> tuple[str, ...]:

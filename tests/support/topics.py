@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from events import codec
+from events import codec, kafka_auth
 from events.codec import DecodeError
 from events.envelope import Event
 
@@ -20,7 +20,7 @@ from events.envelope import Event
 def read_messages(bootstrap: str, starts: dict[TopicPartition, int], keep=lambda msg, ev: True,
                   timeout_s: float = 60.0) -> list:
     """(message, event or None) of every message after `starts` up to the partitions' end now."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
     try:
         tps = list(starts)
         consumer.assign(tps)
@@ -63,7 +63,7 @@ def mark(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
 def read_all(bootstrap: str, topics: Iterable[str], keep: Callable[[Event], bool] = lambda e: True,
              timeout_s: float = 30.0) -> list[Event]:
     """Every event currently on `topics` (from the beginning up to the end offsets at call time)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or ())]
         starts = consumer.beginning_offsets(tps)
@@ -76,7 +76,7 @@ class Tail:
     """What is written to `topics` from now on, decoded: (topic, event) in `events`."""
 
     def __init__(self, bootstrap: str, *topics: str):
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
         deadline = time.monotonic() + 20
         tps: list[TopicPartition] = []
         for t in topics:
