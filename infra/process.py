@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 
 from . import log
+from .safe_config import require_safe
 from .settings import Settings
 
 
@@ -84,7 +85,32 @@ def _adapters(settings: Settings, arg: str | None) -> list:
     from infra.supervisor import demo_departments
 
     departments = [d for d in (arg or "").split(",") if d] or demo_departments()
-    return adapter_processors(departments)
+    processors = adapter_processors(departments)
+    _department_roles(settings, processors)
+    return processors
+
+
+def _department_roles(settings: Settings, processors: list) -> None:
+    """Each adapter connects to PostgreSQL as its department's role (infra/db_roles.py) when the
+    role exists; without it (a database whose administrator has not created it) as the process's
+    own role, which the safety check refuses outside development."""
+    import psycopg
+    import structlog
+
+    from infra import db_roles
+
+    wanted = sorted({p.department for p in processors if getattr(p, "department", None)})
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
+            present = set(db_roles.existing_roles(conn, wanted))
+    except psycopg.OperationalError:
+        present = set()   # the database is away: the runtime waits for it; roles are checked again at restart
+    for p in processors:
+        dept = getattr(p, "department", None)
+        if dept and db_roles.role(dept) in present:
+            p.database_url = db_roles.department_url(settings.database_url, dept)
+        elif dept:
+            structlog.get_logger(__name__).warning("postgres.department_role_missing", department=dept)
 
 
 def _adapter(settings: Settings, department: str | None) -> list:
@@ -120,16 +146,32 @@ def run_hosted(name: str, settings: Settings, arg: str | None = None,
     from infra import migrations
     from projectors.runtime import Host
 
+    processors = processors_of(name, settings, arg)
+    require_safe(settings, name, _principals(processors))
     migrations.migrate(settings.database_url)  # idempotent; concurrent starters wait for each other
     _metrics(settings)
-    host = Host(processors_of(name, settings, arg), settings.bootstrap_servers, settings.database_url,
+    host = Host(processors, settings.bootstrap_servers, settings.database_url,
                 name=name + (f".{arg}" if arg else ""))
     host.run(stop or _stop_flag())
 
 
+def _principals(processors) -> list[str]:
+    """The Kafka principals these processors log in as (infra/acls.py), for the safety check."""
+    from events import kafka_auth
+    from infra import acls
+
+    out = []
+    for p in processors:
+        who = acls.principal_for(p)
+        out.append(who.user if isinstance(who, kafka_auth.Credentials) else who or kafka_auth.default_principal())
+    return out
+
+
 def run_api(settings: Settings, _arg: str | None) -> None:
+    from events import kafka_auth
     from producers import intake_api
 
+    require_safe(settings, "api", [kafka_auth.default_principal()])
     intake_api.serve(settings)  # serves /metrics itself
 
 
@@ -145,6 +187,9 @@ def main(argv: list[str]) -> None:
 
     log.configure(f"{name}{'.' + arg if arg else ''}", os.environ.get("ONETHING_LOG_LEVEL") or "INFO")
     if name == "api":
+        # the API's clients are built without a principal: they are the `api` principal (infra/acls.py)
+        # unless the operator names another; hosted processors each log in as their own
+        os.environ.setdefault("ONETHING_KAFKA_USER", "api")
         run_api(settings, arg)
     else:
         run_hosted(name, settings, arg)
