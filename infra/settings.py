@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_BOOTSTRAP = "127.0.0.1:9092"
 LOCAL_DATABASE_URL = "postgresql://onething:onething@127.0.0.1:5432/{db}"
 #: Kafka security when ONETHING_KAFKA_AUTH is unset: "none" (PLAINTEXT) or "scram" (SASL/SCRAM-SHA-512 + ACLs)
-DEFAULT_KAFKA_AUTH = "none"
+DEFAULT_KAFKA_AUTH = "scram"
 
 
 def _int(name: str, default: int) -> int:

@@ -47,7 +47,7 @@ def test_each_unsafe_setting_is_named(variable, value, says):
 
 
 def test_kafka_without_authentication_is_refused():
-    found = problems(Settings(), ["dispatch"], env=STRONG)
+    found = problems(replace(Settings(), kafka_auth="none"), ["dispatch"], env=STRONG)
     assert found == ["ONETHING_KAFKA_AUTH is not scram: Kafka without authentication lets anyone read every form"]
 
 
@@ -62,7 +62,8 @@ def test_a_process_outside_development_exits_before_starting(component, tmp_path
     """A real process, started as an operator would with nothing set: it exits at once, naming
     the variables, before connecting to anything (the ports below have nothing listening)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONETHING_") and k != "DATABASE_URL"}
-    env.update(ONETHING_HOME=str(tmp_path), ONETHING_KAFKA_PORT="1", ONETHING_METRICS_PORT="-1")
+    env.update(ONETHING_HOME=str(tmp_path), ONETHING_KAFKA_PORT="1", ONETHING_METRICS_PORT="-1",
+               ONETHING_KAFKA_AUTH="none")
     done = subprocess.run([sys.executable, "-m", "infra.process", component], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
