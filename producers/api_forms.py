@@ -112,10 +112,3 @@ def identity_checks(cat: Catalog, values: dict[str, Any], caller: Acting) -> lis
             f = cat.fields.get(fid)
             errors.append(err(f"fields.{fid}", "identity.mismatch", (f.label.zh, f.label.en) if f else None))
     return errors
-
-def region_of(values: dict[str, Any], conn: psycopg.Connection, applicant_token: str) -> str:
-    rc = values.get("region_code")
-    if isinstance(rc, str) and len(rc) == 6 and rc.isdigit():
-        return rc
-    household = e_license.wallet(conn, applicant_token).first("household_register")
-    return household.data.get("region_code", UNKNOWN_REGION) if household else UNKNOWN_REGION
