@@ -41,13 +41,13 @@ def body(form_values, comment, services_comment):
             "materials": {"birth_certificate": {"source": "uploaded", "ref": "doc-1"}}}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(form=st.dictionaries(field_ids, single, max_size=6), comment=prose, sc=prose)
 def test_any_allowed_text_passes(form, comment, sc):
     assert text_problems(body(form, comment, sc)) == []
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(form=st.dictionaries(field_ids, single, min_size=1, max_size=6), data=st.data(),
        pre=single, post=single, bad=forbidden)
 def test_a_forbidden_character_in_a_form_field_is_refused_with_its_path(form, data, pre, post, bad):
@@ -62,7 +62,7 @@ def test_a_forbidden_character_in_a_form_field_is_refused_with_its_path(form, da
     assert problems[0].code in CODES
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(pre=prose, post=prose, bad=forbidden, where=st.sampled_from(["comment", "services"]))
 def test_a_multi_line_field_still_refuses_everything_but_tab_lf_and_crlf(pre, post, bad, where):
     value = pre + bad + post
@@ -84,7 +84,7 @@ def test_a_lone_cr_is_refused_even_in_a_comment():
     assert text_problems({"comment": "第一行\r\n第二行\n\t第三行"}) == []
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(a=single, b=single, bad=forbidden)
 def test_the_reason_depends_on_the_character_and_its_position_only(a, b, bad):
     """Never on the value: two values that differ everywhere except at the bad character get one reason."""
