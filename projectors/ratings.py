@@ -75,7 +75,10 @@ class RatingsProjection(UnqualifiedTables):
                 " %(service_id)s, %(grade)s, %(comment)s, %(due)s, %(at)s) ON CONFLICT (rectification_id) DO UPDATE"
                 " SET rating_id = EXCLUDED.rating_id, department = EXCLUDED.department,"
                 " service_id = EXCLUDED.service_id, grade = EXCLUDED.grade, comment = EXCLUDED.comment,"
-                " due_date = EXCLUDED.due_date, opened_at = EXCLUDED.opened_at",
+                " due_date = EXCLUDED.due_date, opened_at = EXCLUDED.opened_at,"
+                # a reply read before the opening counts only if the rectification's department gave it
+                " replied_at = CASE WHEN r.department = EXCLUDED.department THEN r.replied_at END,"
+                " reply = CASE WHEN r.department = EXCLUDED.department THEN r.reply END",
                 {"id": p["rectification_id"], "case_id": event.key, "rating_id": p["rating_id"],
                  "department": p["department"], "service_id": p.get("service_id"), "grade": p["grade"],
                  "comment": p.get("comment"), "due": p["due_date"], "at": at})
@@ -83,7 +86,8 @@ class RatingsProjection(UnqualifiedTables):
             conn.execute(
                 "INSERT INTO rectifications AS r (rectification_id, case_id, department, replied_at, reply) VALUES"
                 " (%s, %s, %s, %s, %s) ON CONFLICT (rectification_id) DO UPDATE SET"
-                " replied_at = coalesce(r.replied_at, EXCLUDED.replied_at), reply = coalesce(r.reply, EXCLUDED.reply)",
+                " replied_at = coalesce(r.replied_at, EXCLUDED.replied_at), reply = coalesce(r.reply, EXCLUDED.reply)"
+                " WHERE r.department = EXCLUDED.department",  # only the rectification's own department replies
                 (p["rectification_id"], event.key, p["department"], at, p["reply"]))
 
 

@@ -157,6 +157,20 @@ def test_the_stories_in_order_give_what_a_supervisor_and_a_department_expect(con
                     ("service", "tax.newborn_premium", "tax", 2, date(2026, 10, 12), None, True)]
 
 
+@pytest.mark.parametrize("forged_first", [False, True])
+def test_another_departments_reply_never_closes_a_rectification(conn, forged_first):
+    """Only the rectification's own department replies; a reply in another department's name (on
+    that department's own topic) is ignored, before or after the opening."""
+    rated, opened, replied = rating_story(CASE)
+    forged = ev("RectificationReplied", CASE, {"rectification_id": f"rect-{CASE}", "department": "police",
+                                               "reply": "冒名"}, Actor("police", "department", "department"), 300)
+    story = [rated, forged, opened] if forged_first else [rated, opened, forged]
+    _rating, rects = build(conn, RatingsProjection(), story, lambda: rating_rows(conn, CASE))
+    assert [(r["department"], r["status"], r["reply"]) for r in rects] == [("tax", "open", None)]
+    _rating, rects = build(conn, RatingsProjection(), [*story, replied], lambda: rating_rows(conn, CASE))
+    assert [(r["status"], r["reply"]) for r in rects] == [("replied", "已整改")]
+
+
 def test_a_correction_pauses_the_service_clock_until_the_next_attempt(conn):
     story = clock_story(CASE)[:3]
     rows = build(conn, DeadlineClockProjection(), story, lambda: clocks(conn, CASE))
