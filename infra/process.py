@@ -91,20 +91,32 @@ def _adapters(settings: Settings, arg: str | None) -> list:
 
 
 def _department_roles(settings: Settings, processors: list) -> None:
-    """Each adapter connects to PostgreSQL as its department's role (infra/db_roles.py) when the
-    role exists; without it (a database whose administrator has not created it) as the process's
-    own role, which the safety check refuses outside development."""
+    """Each adapter connects to PostgreSQL as its department's role (infra/db_roles.py). A role
+    the database does not have: in development the process's own role, with a warning; anywhere
+    else the process refuses to start, naming it. A database that cannot be reached now: the
+    department's role all the same (the runtime waits for the database; never a fallback to a
+    role that sees more)."""
+    import os
+
     import psycopg
     import structlog
 
-    from infra import db_roles
+    from infra import db_roles, safe_config
 
     wanted = sorted({p.department for p in processors if getattr(p, "department", None)})
     try:
         with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
             present = set(db_roles.existing_roles(conn, wanted))
     except psycopg.OperationalError:
-        present = set()   # the database is away: the runtime waits for it; roles are checked again at restart
+        present = {db_roles.role(d) for d in wanted}
+    missing = [db_roles.role(d) for d in wanted if db_roles.role(d) not in present]
+    unset = [db_roles.password_variable(r) for r in sorted(present) if not os.environ.get(db_roles.password_variable(r))]
+    if (missing or unset) and not safe_config.is_dev():
+        raise safe_config.UnsafeConfiguration(
+            "onething adapters: refusing to start outside development:\n"
+            + "".join(f"  - PostgreSQL role {r} does not exist (its administrator creates it)\n" for r in missing)
+            + "".join(f"  - {v} is not set (the development password would be used)\n" for v in unset)
+            + "README, \"Security model\"; or ONETHING_ENV=dev on a development machine.")
     for p in processors:
         dept = getattr(p, "department", None)
         if dept and db_roles.role(dept) in present:

@@ -70,3 +70,27 @@ def test_a_process_outside_development_exits_before_starting(component, tmp_path
     assert "refusing to start outside development" in done.stderr, done.stderr[-2000:]
     for variable in ("ONETHING_TOKEN_SECRET", "ONETHING_PSEUDONYM_SECRET", "DATABASE_URL", "ONETHING_KAFKA_AUTH"):
         assert variable in done.stderr
+
+
+@pytest.mark.postgres
+def test_adapters_outside_development_need_their_database_passwords(settings, database_url, monkeypatch):
+    """The adapters log in as their departments' roles; outside development a role's password
+    must be given, never the one derived from the published development secret."""
+    from infra import postgres_local
+    from infra.process import _department_roles
+
+    if settings.local_postgres:
+        postgres_local.ensure_department_roles()
+
+    class Adapter:
+        department = "police"
+        database_url = None
+
+    monkeypatch.delenv("ONETHING_ENV")
+    monkeypatch.delenv("ONETHING_DB_PASSWORD_ONETHING_DEPT_POLICE", raising=False)
+    with pytest.raises(SystemExit, match="ONETHING_DB_PASSWORD_ONETHING_DEPT_POLICE is not set"):
+        _department_roles(settings, [Adapter()])
+    monkeypatch.setenv("ONETHING_DB_PASSWORD_ONETHING_DEPT_POLICE", "given-by-the-dba")
+    adapter = Adapter()
+    _department_roles(settings, [adapter])
+    assert adapter.database_url.startswith("postgresql://onething_dept_police:given-by-the-dba@")
