@@ -220,8 +220,18 @@ def _total_end(bootstrap: str, topics: list[str]) -> int:
 
 
 def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figures:
-    """The whole benchmark (see the module docstring). Brings the bench stack up, starts every
-    process of `onething run` on it, stops them at the end."""
+    """The whole benchmark (see the module docstring) on the bench stack: brought up for it, and
+    what it brought up (broker, PostgreSQL) stopped at the end, as after the test suite."""
+    from . import stack
+    from .settings import Settings
+
+    bench_environment()
+    with stack.session(Settings.from_env()):
+        return _measure(quick=quick, cases=cases, console=console)
+
+
+def _measure(*, quick: bool, cases: int | None, console) -> Figures:
+    """Every process of `onething run` on the running bench stack, stopped at the end."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -229,13 +239,11 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
     from projectors.case_view import CaseViewProjection, create_schema, default_topics, drop_schema
     from projectors.postgres_projection import rebuild
 
-    from . import stack
     from .bench_cases import Watcher, post_applications, prepare_request
     from .fast_forward import end_offsets, skip_history
     from .settings import Settings
     from .supervisor import system
 
-    bench_environment()
     console = console or Console(stderr=True)
     settings = Settings.from_env()
     f = Figures()
@@ -246,8 +254,7 @@ def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figur
     topics = list(default_topics(load_catalog()))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console) as bar:
-        step = bar.add_task("stack", total=6, note="bringing the bench stack up")
-        stack.up(settings)
+        step = bar.add_task("stack", total=6, note="the bench stack is up")
         bar.update(step, advance=1, description="raw pipe", note=f"{n_raw} events, acks=all")
         sub = bar.add_task("  events", total=1.0, note="")
         f.raw_produced_per_s, f.raw_consumed_per_s, f.raw_consume_alone_per_s, f.event_bytes = raw_pipe(

@@ -6,6 +6,8 @@ and DATABASE_URL set) it only applies topics and migrations.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +130,22 @@ def stop_postgres(settings: Settings) -> bool:
             subprocess.run(["pg_ctlcluster", row["version"], row["name"], "stop"], check=True)
             return True
     return False
+
+
+@contextmanager
+def session(settings: Settings) -> Iterator[UpReport]:
+    """The stack up for a while (the test suite, the benchmark): what this brought up — the
+    broker, Debian's PostgreSQL cluster — it stops at the end; what it found running it leaves
+    running, and PostgreSQL also while another database on it is still connected."""
+    broker_was_up = settings.local_kafka and bool(local_cluster(settings).running())
+    postgres_was_up = not settings.local_postgres or postgres_local.server_online()
+    try:
+        yield up(settings)
+    finally:
+        if settings.local_kafka and not broker_was_up:
+            down(settings)
+        if not postgres_was_up and not postgres_local.others_connected(settings.database_url):
+            stop_postgres(settings)
 
 
 def _redact_url(url: str) -> str:

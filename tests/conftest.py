@@ -41,19 +41,9 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def running_stack(settings: Settings):
-    """The suite's stack, up for the session. What the session started — the broker, Debian's
-    PostgreSQL cluster — it stops at the end; what it found running it leaves running."""
-    from infra import postgres_local
-    from infra.kafka_local import local_cluster
-
-    broker_was_up = settings.local_kafka and local_cluster(settings).running()
-    postgres_was_up = not settings.local_postgres or postgres_local.server_online()
-    stack.up(settings)
-    yield settings
-    if settings.local_kafka and not broker_was_up:
-        stack.down(settings)
-    if not postgres_was_up and not postgres_local.others_connected(settings.database_url):
-        stack.stop_postgres(settings)  # unless another session (its own database) still uses it
+    """The suite's stack, up for the session; it stops what it started (infra/stack.py `session`)."""
+    with stack.session(settings):
+        yield settings
 
 
 @pytest.fixture(scope="session")
