@@ -20,6 +20,14 @@ Which password, for principal P (never logged, never in an exception message):
    a stack reachable by others must set real passwords.
 A client built without a principal is `ONETHING_KAFKA_USER`, else the operator's `admin`
 (tools, `onething up`, tests).
+
+TLS (a cluster off this machine must use it: infra/safe_config.py): `ONETHING_KAFKA_TLS_CA`, the
+path of a PEM file with the CA certificate(s) the brokers' certificates are checked against. When
+set, the protocol is `SASL_SSL` (`SSL` when authentication is off), and the broker's certificate
+must be signed by that CA and name the host dialled (`ssl_check_hostname`). For the local stack
+started with `ONETHING_KAFKA_TLS=1` (infra/kafka_local.py), the CA is the one it generated,
+`<ONETHING_HOME>/kafka/tls/ca.pem`, found without the variable: when `ONETHING_KAFKA_TLS=1`, or
+when the running stack recorded that it was started with TLS (`ONETHING_KAFKA_TLS=0` says no).
 """
 from __future__ import annotations
 
@@ -39,10 +47,19 @@ BROKER = "broker"   # inter-broker and broker-to-controller traffic (super user)
 MODES = ("none", "scram")
 DEV_SECRET = "onething-dev-kafka-secret-not-for-production"
 AUTH_FILE = "auth.json"
+TLS_CA_ENV = "ONETHING_KAFKA_TLS_CA"   # a PEM CA file: clients speak SASL_SSL (or SSL) and check the broker
+TLS_ENV = "ONETHING_KAFKA_TLS"         # "1": the local stack serves TLS with a CA of its own (infra/kafka_local.py)
+TLS_DIR = "tls"                        # <kafka home>/tls: the local stack's CA and broker certificate
+CA_FILE = "ca.pem"
+AUTO = "auto"                          # security(tls_ca=AUTO): from the environment or the local stack's record
 
 
 class KafkaCredentialsMissing(RuntimeError):
     """No password for a principal outside development; the message names the variables to set."""
+
+
+class KafkaTlsMisconfigured(RuntimeError):
+    """TLS was asked for but its CA file cannot be read; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,42 @@ def recorded_mode(kafka_dir: Path) -> str | None:
         return None
 
 
+def local_ca(kafka_dir: Path) -> Path:
+    """Where the local stack under `kafka_dir` keeps the CA certificate it generated."""
+    return Path(kafka_dir) / TLS_DIR / CA_FILE
+
+
+def recorded_tls(kafka_dir: Path) -> bool:
+    """Whether the local stack under `kafka_dir` was last started with TLS."""
+    try:
+        return bool(json.loads((Path(kafka_dir) / AUTH_FILE).read_text()).get("tls"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def tls_ca_file(settings=None) -> str | None:
+    """The CA file clients check the brokers against, or None for no TLS: `ONETHING_KAFKA_TLS_CA`;
+    else, for the local stack, its generated CA if `ONETHING_KAFKA_TLS=1` or its record says TLS."""
+    explicit = os.environ.get(TLS_CA_ENV)
+    if explicit:
+        return explicit
+    settings = settings or _settings()
+    if not settings.local_kafka:
+        return None
+    wanted = os.environ.get(TLS_ENV)
+    if wanted == "1" or (not wanted and recorded_tls(settings.kafka_dir)):
+        return str(local_ca(settings.kafka_dir))
+    return None
+
+
+def _tls(ca: str | Path) -> dict[str, Any]:
+    if not os.path.isfile(ca) or not os.access(ca, os.R_OK):
+        raise KafkaTlsMisconfigured(
+            f"the Kafka TLS CA file {str(ca)!r} cannot be read: set {TLS_CA_ENV} to a readable PEM file "
+            f"(for the local stack started with {TLS_ENV}=1, start it first: `onething up`)")
+    return {"ssl_cafile": str(ca), "ssl_check_hostname": True}
+
+
 def mode(settings=None) -> str:
     """The protocol clients use: explicit setting, else the local stack's record, else the default."""
     settings = settings or _settings()
@@ -112,30 +165,37 @@ def mode(settings=None) -> str:
     return settings.kafka_auth
 
 
-def security(principal: str | Credentials | None = None, auth_mode: str | None = None) -> dict[str, Any]:
-    """kafka-python's security keyword arguments for `principal` (nothing extra for PLAINTEXT)."""
+def security(principal: str | Credentials | None = None, auth_mode: str | None = None,
+             tls_ca: str | Path | None = AUTO) -> dict[str, Any]:
+    """kafka-python's security keyword arguments for `principal` (nothing extra for PLAINTEXT).
+
+    `tls_ca`: the CA file for TLS, None for none; by default `tls_ca_file(settings)` decides."""
     settings = None
-    if auth_mode is None:
+    if auth_mode is None or tls_ca == AUTO:
         settings = _settings()
+    if auth_mode is None:
         auth_mode = mode(settings)
+    if tls_ca == AUTO:
+        tls_ca = tls_ca_file(settings)
+    tls = _tls(tls_ca) if tls_ca else {}
     if auth_mode == "none":
-        return {}
-    # SCRAM proves the password without sending it; kafka-python still warns on every connection
-    # that SASL_PLAINTEXT does not encrypt the traffic (README: production runs SASL_SSL)
+        return {"security_protocol": "SSL", **tls} if tls else {}
+    # SCRAM proves the password without sending it; over SASL_PLAINTEXT kafka-python warns on every
+    # connection that the traffic is not encrypted (README: a cluster off this machine runs SASL_SSL)
     logging.getLogger("kafka.net.sasl.scram").setLevel(logging.ERROR)
     if isinstance(principal, Credentials):
         user, secret = principal.user, principal.password
     else:
         user = principal or default_principal()
         secret = password(user, settings)
-    return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": MECHANISM,
-            "sasl_plain_username": user, "sasl_plain_password": secret}
+    return {"security_protocol": "SASL_SSL" if tls else "SASL_PLAINTEXT", "sasl_mechanism": MECHANISM,
+            "sasl_plain_username": user, "sasl_plain_password": secret, **tls}
 
 
 def connection(bootstrap: str, principal: str | Credentials | None = None,
-               auth_mode: str | None = None) -> dict[str, Any]:
+               auth_mode: str | None = None, tls_ca: str | Path | None = AUTO) -> dict[str, Any]:
     """`bootstrap_servers` and the security arguments: `KafkaConsumer(**connection(b, "dispatch"), ...)`."""
-    return {"bootstrap_servers": bootstrap, **security(principal, auth_mode)}
+    return {"bootstrap_servers": bootstrap, **security(principal, auth_mode, tls_ca)}
 
 
 def principal_name(principal: str | Credentials | None) -> str:

@@ -10,7 +10,8 @@ SASL/SCRAM-SHA-512, the controller listener SASL/PLAIN (SCRAM credentials live i
 log the controller serves, so it cannot use them itself), KRaft's StandardAuthorizer denies
 whatever no ACL allows, and `admin` and `broker` are super users created at format time. The
 mode a stack was started in is recorded in `<home>/auth.json`, so its clients use it too
-(infra/kafka_security.py holds those settings).
+(infra/kafka_security.py holds those settings). `tls=True` (ONETHING_KAFKA_TLS=1; off by default)
+serves SASL_SSL there, signed by a CA made for the stack, `<home>/tls/ca.pem`, its clients' trust.
 """
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ class KafkaCluster:
     """n KRaft nodes on one host with consecutive port pairs starting at `base_port`."""
 
     def __init__(self, home: Path, n: int = 1, base_port: int = 9092, heap_mb: int | None = None,
-                 auth: str | None = None):
+                 auth: str | None = None, tls: bool | None = None):
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.home = Path(home)
@@ -155,6 +156,7 @@ class KafkaCluster:
         if auth not in kafka_auth.MODES:
             raise ValueError(f"auth must be one of {kafka_auth.MODES}")
         self.auth = auth
+        self.tls = os.environ.get(kafka_auth.TLS_ENV) == "1" if tls is None else tls
         self.record = kafka_security.AuthRecord(self.home)
         heap = heap_mb or (1024 if n == 1 else 640)
         self.nodes = [
@@ -165,6 +167,10 @@ class KafkaCluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def tls_ca(self) -> Path | None:  # the CA file its clients trust, when it serves TLS
+        return kafka_auth.local_ca(self.home) if self.tls else None
 
     # -- configuration -------------------------------------------------------------------
     def _voters(self) -> str:
@@ -177,7 +183,9 @@ class KafkaCluster:
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": self._voters(),
-            **kafka_security.listener_properties(node.port, node.controller_port, auth or self.auth),
+            **kafka_security.listener_properties(
+                node.port, node.controller_port, auth or self.auth,
+                kafka_security.ensure_certificates(self.home / kafka_auth.TLS_DIR) if self.tls else None),
             "log.dirs": str(node.data_dir),
             "num.network.threads": 2,
             "num.io.threads": 4,
@@ -274,7 +282,7 @@ class KafkaCluster:
             for node in self.nodes:
                 self.start_node(node, wait=False)
         self.wait_ready(timeout, auth="none")
-        failed = kafka_security.upsert_super_users(self.bootstrap)
+        failed = kafka_security.upsert_super_users(self.bootstrap, self.tls_ca)
         if failed:
             raise KafkaStackError(f"could not create the SCRAM users {failed}")
         self.stop()
@@ -286,15 +294,16 @@ class KafkaCluster:
         stack in the other security mode is restarted in this one (with a log line)."""
         if self.auth == "scram" and self._formatted() and not self.record.has_super_users():
             self._add_super_users(timeout)   # stops the stack
-        was = self.recorded_mode()
-        if self.running() and was != self.auth:
-            log.warning("kafka.auth.restart", home=str(self.home), started_as=was, now=self.auth)
+        was, was_tls = self.recorded_mode(), self.record.tls()
+        if self.running() and (was, was_tls) != (self.auth, self.tls):
+            log.warning("kafka.auth.restart", home=str(self.home), started_as=was, now=self.auth,
+                        tls_was=was_tls, tls=self.tls)
             self.stop()
         self.format()
         for node in self.nodes:
             self.start_node(node, wait=False)
         self.wait_ready(timeout)
-        self.record.update(mode=self.auth)
+        self.record.update(mode=self.auth, tls=self.tls)
         return self.bootstrap
 
     def start_node(self, node: KafkaNode, wait: bool = True, timeout: float = 90.0) -> None:
@@ -311,7 +320,7 @@ class KafkaCluster:
             start_new_session=True, cwd=node.dir,
         )
         node.pid_file.write_text(str(proc.pid))
-        log.info("kafka.node.started", node=node.node_id, port=node.port, pid=proc.pid)
+        log.info("kafka.node.started", node=node.node_id, port=node.port, pid=proc.pid, tls=self.tls)
         if wait:
             self.wait_ready(timeout, nodes=[node])
 
@@ -332,7 +341,7 @@ class KafkaCluster:
             if all(port_open("127.0.0.1", n.port) for n in nodes):
                 try:
                     admin = KafkaAdminClient(**kafka_auth.connection(self.bootstrap, kafka_auth.ADMIN,
-                                                                     auth_mode=auth or self.auth),
+                                                                     auth_mode=auth or self.auth, tls_ca=self.tls_ca),
                                              request_timeout_ms=5000, client_id="onething-health")
                     try:
                         brokers = admin.describe_cluster().get("brokers", [])

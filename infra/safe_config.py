@@ -3,7 +3,7 @@
 The project ships values that make the demo work with nothing configured: a published token
 secret (anyone who has read the source can mint a supervisor's token), a published pseudonym
 secret, the local database's `onething:onething`, Kafka without authentication or with passwords
-derived from a published secret. Each is fine on a developer's machine and a breach anywhere
+derived from a published secret, Kafka off this machine without TLS. Each is fine on a developer's machine and a breach anywhere
 else, and a warning in a log is read after the breach. So every process (the API and every
 processor, `python -m infra.process …`) checks its configuration first and, outside development,
 exits naming each variable to set.
@@ -13,6 +13,7 @@ Development is declared, never guessed: `ONETHING_ENV=dev`. `infra/onething.sh`,
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable
 
@@ -24,6 +25,26 @@ MIN_SECRET_CHARS = 32
 TOKEN_SECRET = identity.TOKEN_SECRET_ENV
 PSEUDONYM_SECRET = identity.PSEUDONYM_SECRET_ENV
 DEV_SECRETS = {TOKEN_SECRET: identity.DEV_TOKEN_SECRET, PSEUDONYM_SECRET: identity.DEV_PSEUDONYM_SECRET}
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_kafka_hosts(bootstrap: str) -> list[str]:
+    """The bootstrap servers' hosts that are not this machine (`host:port`, `[v6]:port`, comma-separated)."""
+    hosts = []
+    for server in filter(None, (s.strip() for s in bootstrap.split(","))):
+        host = server.rsplit(":", 1)[0] if server.count(":") == 1 or server.startswith("[") else server
+        host = host.strip("[]").lower()
+        if not _loopback(host):
+            hosts.append(host)
+    return hosts
 
 
 class UnsafeConfiguration(SystemExit):
@@ -54,6 +75,14 @@ def problems(settings, principals: Iterable[str] = (), env: dict[str, str] | Non
         out.append(f"{TOKEN_SECRET} and {PSEUDONYM_SECRET} are the same: rotating one must not change the other")
     if not env.get("DATABASE_URL"):
         out.append("DATABASE_URL is not set (the local development database and its password would be used)")
+    from events.kafka_auth import TLS_CA_ENV
+
+    ca = env.get(TLS_CA_ENV)
+    if ca and not (os.path.isfile(ca) and os.access(ca, os.R_OK)):
+        out.append(f"{TLS_CA_ENV} names no readable file (the CA Kafka's certificates are checked against)")
+    elif not ca and remote_kafka_hosts(settings.bootstrap_servers):
+        out.append(f"{TLS_CA_ENV} is not set: Kafka is not on this machine, and without TLS "
+                   "every form crosses the network unencrypted")
     if settings.kafka_auth != "scram":
         out.append("ONETHING_KAFKA_AUTH is not scram: Kafka without authentication lets anyone read every form")
     else:
