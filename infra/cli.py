@@ -30,6 +30,16 @@ def main(log_level: str) -> None:
     log.configure("onething-cli", log_level)
 
 
+@main.command(help="Apply the schema's migrations and the roles' grants to DATABASE_URL (as the tables' owner). "
+                   "Outside development the processes only check the schema: run this first on every upgrade.")
+def migrate() -> None:
+    from . import migrations
+
+    s = _settings()
+    applied = migrations.migrate(s.database_url)
+    console.print(f"migrations applied now: {applied or 'none'}; schema at {migrations.current_version(s.database_url)}")
+
+
 @main.command(help="Start (or reuse) the broker and PostgreSQL, apply migrations and topics.")
 def up() -> None:
     from . import stack

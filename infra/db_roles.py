@@ -72,8 +72,12 @@ def password(role_name: str) -> str:
 
 def department_url(database_url: str, department: str) -> str:
     """`database_url` with the department's role and password instead of the owner's."""
+    return role_url(database_url, role(department))
+
+
+def role_url(database_url: str, name: str) -> str:
+    """`database_url`'s server and database, logged in as `name` with its password."""
     parts = urlparse(database_url)
-    name = role(department)
     host = parts.hostname or "127.0.0.1"
     netloc = f"{quote(name)}:{quote(password(name), safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunparse(parts._replace(netloc=netloc))
@@ -119,21 +123,14 @@ def apply_grants(conn: psycopg.Connection, departments: Iterable[str]) -> int:
     tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
     have = set(tables)
     owned = owned_tables(tables, [d for d in departments if role(d) in present])
-    guarded = [t for t in (*DEPARTMENT_ROWS, *CONSUMER_ROWS) if t in have]
-    unguarded = [t for (t,) in conn.execute(
-        "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r' AND NOT relrowsecurity "
-        "AND relnamespace = 'public'::regnamespace", (guarded,))]
-    for table in unguarded:
-        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(table)))
-    policies = {(t, p) for t, p in conn.execute("SELECT tablename, policyname FROM pg_policies WHERE schemaname = 'public'")}
+    enable_row_security(conn, [t for t in (*DEPARTMENT_ROWS, *CONSUMER_ROWS) if t in have])
+    present_policies = policies(conn)
     changed = 0
     for dept, own in owned.items():
         name = role(dept)
         crud = [t for t in (*own, *DEPARTMENT_ROWS, *CONSUMER_ROWS, *SHARED) if t in have]
-        missing = [t for (t,) in conn.execute(
-            "SELECT t FROM unnest(%s::text[]) AS t WHERE NOT has_table_privilege(%s, t, 'SELECT, INSERT, UPDATE, DELETE')"
-            , (crud, name))] if crud else []
-        todo = [t for t in (*DEPARTMENT_ROWS, *CONSUMER_ROWS) if t in have and (t, f"{name}_rows") not in policies]
+        missing = lacking(conn, name, crud, "SELECT, INSERT, UPDATE, DELETE")
+        todo = [t for t in (*DEPARTMENT_ROWS, *CONSUMER_ROWS) if t in have and (t, f"{name}_rows") not in present_policies]
         if not missing and not todo:
             continue
         changed += 1
@@ -143,11 +140,41 @@ def apply_grants(conn: psycopg.Connection, departments: Iterable[str]) -> int:
             conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, missing)), ident))
             conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
-        mine = sql.SQL("consumer = {} OR consumer LIKE {}").format(
-            sql.Literal(f"adapter.{dept}"), sql.Literal(f"adapter.{dept}.%"))
+        mine = consumer_rule(f"adapter.{dept}", ".")
         for table in todo:
             rule = mine if table in CONSUMER_ROWS else sql.SQL("department = {}").format(sql.Literal(dept))
-            conn.execute(sql.SQL("CREATE POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})").format(
-                sql.Identifier(f"{name}_rows"), sql.Identifier(table), ident, rule, rule))
+            create_policy(conn, name, table, rule)
         log.info("postgres.department_role_granted", role=name, tables=len(missing), policies=len(todo))
     return changed
+
+
+# -- shared by the department and the component roles (infra/db_components.py) ---------------------
+def consumer_rule(name: str, *separators: str) -> sql.Composable:
+    """Rows of consumer `name` and of `name<separator>…` (a lane, a generation)."""
+    return sql.SQL(" OR ").join([sql.SQL("consumer = {}").format(sql.Literal(name))] + [
+        sql.SQL("starts_with(consumer, {})").format(sql.Literal(name + sep)) for sep in separators])
+
+
+def enable_row_security(conn: psycopg.Connection, tables: list[str]) -> None:
+    unguarded = [t for (t,) in conn.execute(
+        "SELECT relname FROM pg_class WHERE relname = ANY(%s) AND relkind = 'r' AND NOT relrowsecurity "
+        "AND relnamespace = 'public'::regnamespace", (tables,))]
+    for table in unguarded:
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(table)))
+
+
+def policies(conn: psycopg.Connection) -> set[tuple[str, str]]:
+    return {(t, p) for t, p in conn.execute("SELECT tablename, policyname FROM pg_policies WHERE schemaname = 'public'")}
+
+
+def lacking(conn: psycopg.Connection, name: str, tables: list[str], privileges: str) -> list[str]:
+    """The tables on which role `name` lacks any of `privileges`."""
+    if not tables:
+        return []
+    return [t for (t,) in conn.execute(
+        "SELECT t FROM unnest(%s::text[]) AS t WHERE NOT has_table_privilege(%s, t, %s)", (tables, name, privileges))]
+
+
+def create_policy(conn: psycopg.Connection, name: str, table: str, rule: sql.Composable) -> None:
+    conn.execute(sql.SQL("CREATE POLICY {} ON {} TO {} USING ({}) WITH CHECK ({})").format(
+        sql.Identifier(f"{name}_rows"), sql.Identifier(table), sql.Identifier(name), rule, rule))

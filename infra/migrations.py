@@ -59,21 +59,36 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
                 log.info("postgres.migrated", version=mig.version, name=mig.name)
                 applied_now.append(mig.version)
             if directory == MIGRATIONS_DIR:
-                _grant_department_roles(conn)
+                grant_roles(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
 
 
-def _grant_department_roles(conn: psycopg.Connection) -> None:
-    """The department roles' grants and row policies (infra/db_roles.py): the migrations own the
-    tables, so they grant them, after every run (only what is missing)."""
+def grant_roles(conn: psycopg.Connection) -> None:
+    """The grants and row policies of the department roles (infra/db_roles.py) and of the
+    components' (infra/db_components.py): the migrations own the tables, so they grant them,
+    after every run (only what is missing)."""
     from catalog.loader import load_catalog
 
-    from . import db_roles
+    from . import db_components, db_roles
 
     with conn.transaction():
         db_roles.apply_grants(conn, load_catalog().departments)
+        db_components.apply_grants(conn)
+
+
+class SchemaBehind(RuntimeError):
+    """The database's schema is older (or newer) than this code's migrations."""
+
+
+def require_current(url: str) -> None:
+    """Refuse to run on a schema this code was not written for, naming the fix."""
+    latest = discover()[-1].version
+    found = current_version(url)
+    if found != latest:
+        raise SchemaBehind(f"the database's schema is at version {found}, this code needs {latest}: "
+                           "run `onething migrate` as the tables' owner first (README, \"Security model\")")
 
 
 def current_version(url: str) -> int | None:

@@ -110,25 +110,26 @@ def ensure_local(url: str) -> None:
     port = urlparse(url).port or 5432
     ensure_server(port)
     ensure_role_and_database(url)
-    ensure_department_roles(port)
+    ensure_roles(port)
     wait_connectable(url)
 
 
-def ensure_department_roles(port: int = 5432) -> None:
-    """The department adapters' LOGIN roles (infra/db_roles.py), as the local superuser: the
-    project's own role may not create roles. Grants come with the migrations."""
+def ensure_roles(port: int = 5432) -> None:
+    """The LOGIN roles of the department adapters (infra/db_roles.py) and of the platform's
+    components (infra/db_components.py), as the local superuser: the project's own role may not
+    create roles. Grants come with the migrations."""
     from catalog.loader import load_catalog
 
-    from . import db_roles
+    from . import db_components, db_roles
 
-    names = [db_roles.role(d) for d in sorted(load_catalog().departments)]
+    names = [db_roles.role(d) for d in sorted(load_catalog().departments)] + db_components.roles()
     existing = set(_psql_as_postgres(
-        "SELECT rolname FROM pg_roles WHERE left(rolname, 14) = 'onething_dept_'", port=port).split())
+        "SELECT rolname FROM pg_roles WHERE left(rolname, 9) = 'onething_'", port=port).split())
     statements = [f"CREATE ROLE {n} LOGIN NOINHERIT PASSWORD '{db_roles.password(n)}'"
                   for n in names if n not in existing]
     if statements:
         _psql_as_postgres("; ".join(statements), port=port)
-        log.info("postgres.department_roles_created", roles=len(statements))
+        log.info("postgres.roles_created", roles=len(statements))
 
 
 def server_online() -> bool:

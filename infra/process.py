@@ -14,10 +14,13 @@ own name on more machines (`onething run dispatch`, `onething run adapter police
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
 from collections.abc import Callable
+
+import structlog
 
 from . import log
 from .safe_config import require_safe
@@ -85,44 +88,61 @@ def _adapters(settings: Settings, arg: str | None) -> list:
     from infra.supervisor import demo_departments
 
     departments = [d for d in (arg or "").split(",") if d] or demo_departments()
-    processors = adapter_processors(departments)
-    _department_roles(settings, processors)
-    return processors
+    return adapter_processors(departments)
 
 
-def _department_roles(settings: Settings, processors: list) -> None:
-    """Each adapter connects to PostgreSQL as its department's role (infra/db_roles.py). A role
-    the database does not have: in development the process's own role, with a warning; anywhere
-    else the process refuses to start, naming it. A database that cannot be reached now: the
-    department's role all the same (the runtime waits for the database; never a fallback to a
-    role that sees more)."""
+def database_roles(settings: Settings, processors: list) -> None:
+    """Each processor connects to PostgreSQL as its own role: an adapter as its department's
+    (infra/db_roles.py), a platform processor as its component's (infra/db_components.py, found
+    from its Kafka principal). A role the database does not have: in development the process's
+    own role, with a warning; anywhere else the process refuses to start, naming it. A database
+    that cannot be reached now: the roles all the same (the runtime waits for the database; never
+    a fallback to a role that sees more)."""
+    wanted = {id(p): _role_of(p) for p in processors}
+    urls = _role_urls(settings, sorted({r for r in wanted.values() if r}), "processes")
+    for p in processors:
+        name = wanted[id(p)]
+        if name and name in urls:
+            p.database_url = urls[name]
+        elif name:
+            structlog.get_logger(__name__).warning("postgres.role_missing", role=name)
+    structlog.get_logger(__name__).info("postgres.roles", roles=sorted(urls))
+
+
+def _role_of(processor) -> str | None:
+    from infra import acls, db_components, db_roles
+
+    dept = getattr(processor, "department", None)
+    if dept:
+        return db_roles.role(dept)
+    principal = acls.principal_for(processor)
+    component = db_components.component_of(principal if isinstance(principal, str) else None)
+    return db_components.role(component) if component else None
+
+
+def _role_urls(settings: Settings, names: list[str], what: str) -> dict[str, str]:
+    """role → its URL, for the roles that exist; refuses outside development when one is missing
+    or its password variable is unset."""
     import os
 
     import psycopg
-    import structlog
 
     from infra import db_roles, safe_config
 
-    wanted = sorted({p.department for p in processors if getattr(p, "department", None)})
     try:
         with psycopg.connect(settings.database_url, connect_timeout=10) as conn:
-            present = set(db_roles.existing_roles(conn, wanted))
+            present = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (names,))}
     except psycopg.OperationalError:
-        present = {db_roles.role(d) for d in wanted}
-    missing = [db_roles.role(d) for d in wanted if db_roles.role(d) not in present]
+        present = set(names)
+    missing = [r for r in names if r not in present]
     unset = [db_roles.password_variable(r) for r in sorted(present) if not os.environ.get(db_roles.password_variable(r))]
     if (missing or unset) and not safe_config.is_dev():
         raise safe_config.UnsafeConfiguration(
-            "onething adapters: refusing to start outside development:\n"
+            f"onething {what}: refusing to start outside development:\n"
             + "".join(f"  - PostgreSQL role {r} does not exist (its administrator creates it)\n" for r in missing)
             + "".join(f"  - {v} is not set (the development password would be used)\n" for v in unset)
             + "README, \"Security model\"; or ONETHING_ENV=dev on a development machine.")
-    for p in processors:
-        dept = getattr(p, "department", None)
-        if dept and db_roles.role(dept) in present:
-            p.database_url = db_roles.department_url(settings.database_url, dept)
-        elif dept:
-            structlog.get_logger(__name__).warning("postgres.department_role_missing", department=dept)
+    return {r: db_roles.role_url(settings.database_url, r) for r in names if r in present}
 
 
 def _adapter(settings: Settings, department: str | None) -> list:
@@ -155,16 +175,28 @@ def processors_of(name: str, settings: Settings, arg: str | None = None) -> list
 def run_hosted(name: str, settings: Settings, arg: str | None = None,
                stop: Callable[[], bool] | None = None) -> None:
     """Run the processors of `name` in this process until SIGTERM / SIGINT (or `stop()`)."""
-    from infra import migrations
     from projectors.runtime import Host
 
     processors = processors_of(name, settings, arg)
     require_safe(settings, name, _principals(processors))
-    migrations.migrate(settings.database_url)  # idempotent; concurrent starters wait for each other
+    _schema(settings)
+    database_roles(settings, processors)
     _metrics(settings)
     host = Host(processors, settings.bootstrap_servers, settings.database_url,
                 name=name + (f".{arg}" if arg else ""))
     host.run(stop or _stop_flag())
+
+
+def _schema(settings: Settings) -> None:
+    """The schema this code expects. In development a process brings it up to date itself (as
+    the owner: idempotent, concurrent starters wait for each other); anywhere else migrating is
+    the operator's step (`onething migrate`) and a process only checks, then runs as its role."""
+    from infra import migrations, safe_config
+
+    if safe_config.is_dev():
+        migrations.migrate(settings.database_url)
+    else:
+        migrations.require_current(settings.database_url)
 
 
 def _principals(processors) -> list[str]:
@@ -180,11 +212,36 @@ def _principals(processors) -> list[str]:
 
 
 def run_api(settings: Settings, _arg: str | None) -> None:
+    """The API logs in to PostgreSQL as `onething_api`, which may not write the e-licences: the
+    synthetic demo holders (development only) are seeded here first, as the owner."""
     from events import kafka_auth
+    from infra import db_components
     from producers import intake_api
 
     require_safe(settings, "api", [kafka_auth.default_principal()])
-    intake_api.serve(settings)  # serves /metrics itself
+    _schema(settings)
+    api_role = db_components.role("api")
+    urls = _role_urls(settings, [api_role], "api")
+    if api_role not in urls:
+        structlog.get_logger(__name__).warning("postgres.role_missing", role=api_role)
+        intake_api.serve(settings)
+        return
+    _seed_demo_people(settings)
+    intake_api.serve(dataclasses.replace(settings, database_url=urls[api_role]), seed_demo=False)
+
+
+def _seed_demo_people(settings: Settings) -> None:
+    """As the owner, when the API would seed them itself (ONETHING_DEMO_PEOPLE)."""
+    import os
+
+    import psycopg
+
+    from producers import e_license, identity
+
+    if os.environ.get("ONETHING_DEMO_PEOPLE", "1" if identity.using_dev_secrets() else "0") != "1":
+        return
+    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+        e_license.seed_demo_people(conn)
 
 
 COMPONENTS = ("api", *GROUPS, *PROCESSORS)

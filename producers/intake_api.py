@@ -191,7 +191,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return FastJSON({"errors": [err("", "database.unavailable")]}, status_code=503, headers={"Retry-After": "5"})
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+def serve(settings: Settings, host: str | None = None, port: int | None = None, *,
+          seed_demo: bool | None = None) -> None:
     """Run the API with uvicorn on host:port (default ONETHING_API_HOST / ONETHING_API_PORT,
     else 127.0.0.1:8000)."""
     import uvicorn
@@ -199,7 +200,7 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     infra_log.configure(service="intake-api", level=os.environ.get("ONETHING_LOG_LEVEL", "INFO"))
     host = host or os.environ.get("ONETHING_API_HOST") or "127.0.0.1"
     port = int(port or os.environ.get("ONETHING_API_PORT") or 8000)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
+    uvicorn.run(create_app(settings, seed_demo=seed_demo), host=host, port=port, log_config=None, access_log=False,
                 proxy_headers=False)
 
 

@@ -9,7 +9,7 @@ namespace, which is the read model's name until a shadow rebuild swaps a new gen
    (projectors/runtime.py), re-reads the namespace and the offsets, and carries on from where
    the shadow stopped, on the shadow's tables;
 2. move the live tables into a retired schema and the shadow's tables into `public`;
-3. record the new namespace.
+3. record the new namespace, and grant the components' roles the new tables.
 
 Readers block for the moment of the swap (ALTER TABLE's lock) and then read the new tables:
 never an empty or half-built view. The retired tables and processed ids are dropped afterwards.
@@ -21,6 +21,8 @@ import time
 import psycopg
 import structlog
 from psycopg import sql
+
+from infra import db_components
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +53,10 @@ def swap(conn: psycopg.Connection, name: str, namespace: str, shadow_schema: str
         conn.execute("UPDATE projection_generations SET namespace = %s, swapped_at = now() WHERE name = %s",
                      (namespace, name))
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(shadow_schema)))
+        # the shadow's tables were made by the owner and carry no grants: the components' roles
+        # (infra/db_components.py) get theirs in the same transaction, or the live member would be
+        # refused the tables it just moved onto
+        db_components.apply_grants(conn)
     log.info("generations.swapped", read_model=name, namespace=namespace)
     with conn.transaction():
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(retired)))

@@ -11,7 +11,6 @@ produced. Real PostgreSQL and Kafka, one case, about 400 requests.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 from producers import identity
 from producers.api_observe import flat_routes
 from producers.intake_api import create_app
+from tests.support.api_role import api_settings
 from tests.test_intake_api import CHEN, WANG, auth, newborn_request
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -98,7 +98,7 @@ HIDING = {("case_id", "case.not_found"), ("department", "not_found")}
 
 @pytest.fixture(scope="module")
 def world(settings, bootstrap, database_url):
-    app = create_app(replace(settings, bootstrap_servers=bootstrap, database_url=database_url), seed_demo=True)
+    app = create_app(api_settings(settings, bootstrap, database_url), seed_demo=False)
     with TestClient(app) as client:
         owner = identity.applicant_token(WANG.resident_id)
         r = client.post("/api/v1/applications", headers=auth(owner), json=newborn_request(client, owner))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import replace
 
 import psycopg
 import pytest
@@ -18,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from producers import identity
 from producers.intake_api import create_app
+from tests.support.api_role import api_settings
 from tests.test_intake_api import WANG, auth, end_offsets, events_since, newborn_request, upload
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
 @pytest.fixture(scope="module")
 def client(settings, bootstrap, database_url):
-    app = create_app(replace(settings, bootstrap_servers=bootstrap, database_url=database_url), seed_demo=True)
+    app = create_app(api_settings(settings, bootstrap, database_url), seed_demo=False)
     with TestClient(app) as c:
         yield c
 

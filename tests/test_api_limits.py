@@ -5,7 +5,6 @@ the field) — in every API of the app: intake, oversight, KPIs, registers."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +12,7 @@ from fastapi.testclient import TestClient
 from producers import identity
 from producers.api_limits import RateLimits
 from producers.intake_api import create_app
+from tests.support.api_role import api_settings
 from tests.test_intake_api import WANG, auth, newborn_request
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -24,7 +24,7 @@ UPLOAD_MAX = 64 * 1024  # this test's app: a smaller upload limit, so the test s
 def client(settings, bootstrap, database_url):
     mp = pytest.MonkeyPatch()
     mp.setenv("ONETHING_API_UPLOAD_MAX_BYTES", str(UPLOAD_MAX))
-    app = create_app(replace(settings, bootstrap_servers=bootstrap, database_url=database_url), seed_demo=True,
+    app = create_app(api_settings(settings, bootstrap, database_url), seed_demo=False,
                      rate_limits=RateLimits(submit="3/minute", upload="100/minute"))
     with TestClient(app) as c:
         yield c

@@ -19,7 +19,7 @@ RUN = uuid.uuid4().hex[:8]
 @pytest.fixture
 def owner(settings, database_url):
     if settings.local_postgres:
-        postgres_local.ensure_department_roles()
+        postgres_local.ensure_roles()
     migrations.migrate(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         if not db_roles.existing_roles(conn, ["police", "health"]):

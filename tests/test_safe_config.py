@@ -51,6 +51,25 @@ def test_kafka_without_authentication_is_refused():
     assert found == ["ONETHING_KAFKA_AUTH is not scram: Kafka without authentication lets anyone read every form"]
 
 
+@pytest.mark.parametrize("bootstrap", ["kafka-1.example:9093,kafka-2.example:9093", "10.0.0.7:9093",
+                                       "127.0.0.1:9092,kafka.example:9092", "[2001:db8::1]:9093"])
+def test_kafka_off_this_machine_needs_tls(bootstrap, tmp_path):
+    remote = replace(SCRAM, bootstrap_servers=bootstrap, local_kafka=False)
+    found = problems(remote, ["dispatch"], env=STRONG)
+    assert len(found) == 1 and found[0].startswith("ONETHING_KAFKA_TLS_CA is not set"), found
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert problems(remote, ["dispatch"], env={**STRONG, "ONETHING_KAFKA_TLS_CA": str(ca)}) == []
+    missing = problems(remote, ["dispatch"], env={**STRONG, "ONETHING_KAFKA_TLS_CA": str(tmp_path / "gone.pem")})
+    assert len(missing) == 1 and "ONETHING_KAFKA_TLS_CA names no readable file" in missing[0], missing
+    assert "gone.pem" not in missing[0], "a problem never quotes a value"
+
+
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:9092", "localhost:9092", "[::1]:9092", "127.0.0.2:9092,localhost:9094"])
+def test_kafka_on_this_machine_needs_no_tls(bootstrap):
+    assert problems(replace(SCRAM, bootstrap_servers=bootstrap), ["dispatch"], env=STRONG) == []
+
+
 def test_one_shared_principal_password_is_enough():
     env = {k: v for k, v in STRONG.items() if k != "ONETHING_KAFKA_PASSWORD_DISPATCH"}
     env.update(ONETHING_KAFKA_USER="dispatch", ONETHING_KAFKA_PASSWORD="y" * 24)
@@ -73,14 +92,16 @@ def test_a_process_outside_development_exits_before_starting(component, tmp_path
 
 
 @pytest.mark.postgres
-def test_adapters_outside_development_need_their_database_passwords(settings, database_url, monkeypatch):
-    """The adapters log in as their departments' roles; outside development a role's password
-    must be given, never the one derived from the published development secret."""
+def test_processes_outside_development_need_their_database_passwords(settings, database_url, monkeypatch):
+    """The adapters log in as their departments' roles, dispatch as its component's; outside
+    development a role's password must be given, never the one derived from the published
+    development secret."""
     from infra import postgres_local
-    from infra.process import _department_roles
+    from infra.process import database_roles
+    from projectors.dispatch import Dispatch
 
     if settings.local_postgres:
-        postgres_local.ensure_department_roles()
+        postgres_local.ensure_roles()
 
     class Adapter:
         department = "police"
@@ -89,8 +110,14 @@ def test_adapters_outside_development_need_their_database_passwords(settings, da
     monkeypatch.delenv("ONETHING_ENV")
     monkeypatch.delenv("ONETHING_DB_PASSWORD_ONETHING_DEPT_POLICE", raising=False)
     with pytest.raises(SystemExit, match="ONETHING_DB_PASSWORD_ONETHING_DEPT_POLICE is not set"):
-        _department_roles(settings, [Adapter()])
+        database_roles(settings, [Adapter()])
     monkeypatch.setenv("ONETHING_DB_PASSWORD_ONETHING_DEPT_POLICE", "given-by-the-dba")
     adapter = Adapter()
-    _department_roles(settings, [adapter])
+    database_roles(settings, [adapter])
     assert adapter.database_url.startswith("postgresql://onething_dept_police:given-by-the-dba@")
+    with pytest.raises(SystemExit, match="ONETHING_DB_PASSWORD_ONETHING_DISPATCH is not set"):
+        database_roles(settings, [Dispatch()])
+    monkeypatch.setenv("ONETHING_DB_PASSWORD_ONETHING_DISPATCH", "given-too")
+    dispatch = Dispatch()
+    database_roles(settings, [dispatch])
+    assert dispatch.database_url.startswith("postgresql://onething_dispatch:given-too@")
