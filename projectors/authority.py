@@ -11,7 +11,10 @@ message on `decisions.<dept>` is folded only if
 - its actor is a department and the department it names is the topic's,
 - the service it decides belongs to that department (the catalog says who owns a case service;
   a register sync's service id starts with its department), and
-- a case service's task id is one of this case's tasks for that service (`case:service:attempt`).
+- a case service's task id is one of this case's tasks for that service (`case:service:attempt`),
+- a rectification reply's id is one of that department's rectifications: dispatch names them
+  `rect-<department>-<hex>` (projectors/case_state.py), so the id alone says whose it is and a
+  department cannot close another's 差评整改 in the case view, the deadline clock or the ratings.
 
 Anything else is dead-lettered by every processor that reads it, with the reason
 `decision.not_authorised: …` (a reason names types, departments and services, never content), and
@@ -62,6 +65,8 @@ def refusal(topic: str, event: Event, owner: Owner) -> str | None:
     if claimed != dept:
         return _no(f"{event.type} on {topic} names department {_short(claimed)}")
     if event.type == "RectificationReplied":
+        if not str(p.get("rectification_id") or "").startswith(rectification_prefix(dept)):
+            return _no(f"{dept} replied on a rectification that is not one of its own")
         return None
     sid = str(p.get("service_id") or "")
     if p.get("kind") == REGISTER_SYNC:
@@ -78,6 +83,11 @@ def refusal(topic: str, event: Event, owner: Owner) -> str | None:
     if not (task.startswith(prefix) and attempt.isascii() and attempt.isdigit()):
         return _no(f"{dept} decided a task id that is not one of this case's tasks for {_short(sid)}")
     return None
+
+
+def rectification_prefix(department: str) -> str:
+    """Every rectification id of `department` starts with this (projectors/case_state.py)."""
+    return f"rect-{department}-"
 
 
 def catalog_owner(catalog) -> Owner:

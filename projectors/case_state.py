@@ -18,7 +18,7 @@ from catalog.model import Catalog
 from events import codec
 from events.envelope import Event, derive, derived_event_id
 
-from . import deadline_clock
+from . import authority, deadline_clock
 
 WAITING, DISPATCHED, ACCEPTED, CORRECTION, APPROVED, REJECTED, BLOCKED, CANCELLED = (
     "waiting", "dispatched", "accepted", "correction_requested", "approved", "rejected", "blocked", "cancelled")
@@ -386,7 +386,8 @@ def _on_rating(state: CaseState, event: Event, catalog: Catalog) -> tuple[CaseSt
     emitted = []
     due = deadline_clock.rectification_due(event.envelope.occurred_at)
     for dept, sid, grade, comment in rectification_targets(state, catalog, p):
-        rid = "rect-" + derived_event_id(event.id, "rectification", dept, sid or "case")[:18]
+        # the id says whose it is: the runtime refuses a reply to it from any other department
+        rid = authority.rectification_prefix(dept) + derived_event_id(event.id, "rectification", dept, sid or "case")[:18]
         state, ev = _emit(state, event, "RectificationOpened",
                           {"rectification_id": rid, "rating_id": p["rating_id"], "department": dept,
                            "service_id": sid, "grade": grade, "comment": comment, "due_date": due},

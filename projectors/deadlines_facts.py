@@ -130,6 +130,8 @@ class ClockRows:
             self._add(Row(case_id, scope, subject, department, task_id, attempt, due, None, None, cause, correlation,
                           region))
             return
+        if scope == RECTIFICATION and None not in (k.department, department) and k.department != department:
+            k.closed_at = None  # a reply read before the opening, in another department's name, closes nothing
         if department is not None:
             k.department = department
         if attempt >= k.attempt:
@@ -151,6 +153,8 @@ class ClockRows:
         if k is None:
             self._add(Row(case_id, scope, subject, department, None, attempt, None, None, at))
             return
+        if scope == RECTIFICATION and None not in (k.department, department) and k.department != department:
+            return  # only the rectification's own department closes it (projectors/authority.py too)
         if attempt >= k.attempt:
             if k.closed_at is None:
                 k.closed_at = at

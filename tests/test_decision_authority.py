@@ -81,11 +81,17 @@ def test_register_syncs_replies_and_other_topics():
     assert authority.refusal(decisions_topic("health"),
                              decision("change-1", "police.household_register_sync", "health",
                                       kind="register_sync", task_id="sync-abc", outcome="applied"), OWNER)
-    reply = new_event("RectificationReplied", "case-1", {"rectification_id": "rect-1", "department": "police",
-                                                         "reply": "已整改"},
-                      actor=Actor("staff_police", "department", "department"), region_code="440203")
-    assert authority.refusal(decisions_topic("police"), reply, OWNER) is None
-    assert authority.refusal(decisions_topic("health"), reply, OWNER), "a reply in another department's name"
+    def reply(rid: str):
+        return new_event("RectificationReplied", "case-1", {"rectification_id": rid, "department": "police",
+                                                             "reply": "已整改"},
+                         actor=Actor("staff_police", "department", "department"), region_code="440203")
+
+    assert authority.refusal(decisions_topic("police"), reply("rect-police-0a1b2c"), OWNER) is None
+    assert authority.refusal(decisions_topic("health"), reply("rect-police-0a1b2c"), OWNER), \
+        "a reply in another department's name"
+    assert authority.refusal(decisions_topic("police"), reply("rect-health-0a1b2c"), OWNER), \
+        "a reply on another department's rectification"
+    assert authority.refusal(decisions_topic("police"), reply("rect-0a1b2c"), OWNER), "an id of no department"
     submitted = submission("case-1")
     assert authority.refusal(decisions_topic("police"), submitted, OWNER), "a department does not submit"
     # the platform's own topics are the brokers' ACLs' business, not this rule's

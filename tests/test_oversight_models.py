@@ -170,6 +170,13 @@ def test_another_departments_reply_never_closes_a_rectification(conn, forged_fir
     _rating, rects = build(conn, RatingsProjection(), [*story, replied], lambda: rating_rows(conn, CASE))
     assert [(r["status"], r["reply"]) for r in rects] == [("replied", "已整改")]
 
+    def rectification_clock(events):
+        rows = build(conn, DeadlineClockProjection(), events, lambda: clocks(conn, CASE))
+        return [(r[2], r[6]) for r in rows if r[0] == "rectification"]
+
+    assert rectification_clock(story) == [("tax", False)], "the forged reply stopped the 15-day clock"
+    assert rectification_clock([*story, replied]) == [("tax", True)]
+
 
 def test_a_correction_pauses_the_service_clock_until_the_next_attempt(conn):
     story = clock_story(CASE)[:3]
