@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import psycopg
@@ -39,6 +39,8 @@ from events.envelope import Actor, Event, derived_event_id, new_event
 from infra.topics import decisions_topic, tasks_topic
 from projectors.checkpoint import Step
 from projectors.runtime import BaseProcessor, Worker
+
+from .personal_data import DepartmentKeys
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +132,7 @@ class AdapterProcessor(BaseProcessor):
         self.transient = (BackendUnavailable, psycopg.errors.UniqueViolation)
         self.actor = Actor(f"dept:{self.department}", "department", "department")
         self.stats = AdapterStats()
+        self.personal = DepartmentKeys(self.department)
         # explicit credentials win; otherwise the runtime picks `adapter.<department>` (infra/acls.py)
         self.principal = (kafka_auth.Credentials(kafka_user, kafka_password or kafka_auth.password(kafka_user))
                           if kafka_user else None)
@@ -139,6 +142,7 @@ class AdapterProcessor(BaseProcessor):
 
     def process(self, step: Step) -> None:
         conn = step.conn
+        keys = self.personal.bind(conn)
         ids = [i.event.payload.get("task_id") for i in step.items if i.event.type in ("TaskDispatched", "TaskCancelled")]
         stored: dict[str, list[Decision]] = {}
         cancelled: set[str] = set()
@@ -161,8 +165,11 @@ class AdapterProcessor(BaseProcessor):
         def settle() -> None:
             nonlocal rows
             if fresh:
-                for task, decisions in zip(fresh.values(), self._decide_all(list(fresh.values()), conn)):
+                opened = [keys.open_task(t) for t in fresh.values()]
+                for task, decisions in zip(fresh.values(), self._decide_all(opened, conn)):
                     tid = task.payload["task_id"]
+                    decisions = [replace(d, outputs=keys.seal_outputs(task.key, d.outputs)) if d.outputs else d
+                                 for d in decisions]
                     stored[tid] = decisions
                     counts.handled += 1
                     outcomes.extend(d.outcome for d in decisions)

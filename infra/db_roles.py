@@ -44,7 +44,7 @@ DEV_SECRET = "onething-dev-postgres-secret-not-for-production"
 #: shared adapter tables with a `department` column: one policy each
 DEPARTMENT_ROWS = ("adapter_decisions", "adapter_cancellations", "department_work_items",
                    "department_generic_records", "register_copies", "register_copy_applied",
-                   "register_copy_follow_ups", "register_copy_outages")
+                   "register_copy_follow_ups", "register_copy_outages", "department_data_keys")
 #: the runtime's bookkeeping, keyed by consumer name
 CONSUMER_ROWS = ("consumer_offsets", "processed_events")
 SHARED = ("department_register_counters",)

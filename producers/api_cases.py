@@ -32,6 +32,7 @@ from .api_forms import UNKNOWN_REGION, event_form, identity_checks, resolve_mate
 from .api_idempotency import Idempotent, idempotency_key
 from .api_limits import rate_limited
 from .api_observe import submitted
+from .api_personal import seal_submission
 from .api_state import ApiState, api_state, label
 
 log = structlog.get_logger("producers.intake_api")
@@ -114,9 +115,11 @@ def submit(body: ApplicationIn, ident: identity.Identity = Depends(rate_limited(
         case_id = intake_store.case_id_for(ident.subject, key)
         receipt_no = f"{region}-{date.today():%Y%m%d}-{case_id[-10:].upper()}"
         services = list(mf.selection.services)
+        form, refs = seal_submission(conn, state, caller.applicant_token, case_id, event_form(values), refs,
+                                     ordered_departments(cat, services))
         event = new_event(
             "ApplicationSubmitted", case_id,
-            {"bundle_code": body.bundle_code, "services": services, "form": event_form(values),
+            {"bundle_code": body.bundle_code, "services": services, "form": form,
              "materials": refs, "receipt_no": receipt_no, "idempotency_key": key},
             actor=ident.actor(on_behalf_of=caller.applicant_token), region_code=region, sequence=0,
             correlation_id=case_id, event_id=derived_event_id(case_id, "ApplicationSubmitted") if key else None)
@@ -204,8 +207,10 @@ def supplement(case_id: str, body: SupplementIn = Body(...), who: Acting = Depen
             errors += identity_checks(cat, values, who)
             if errors:
                 raise ApiError(422, dedupe(errors))
+            form, refs = seal_submission(conn, state, who.applicant_token, case_id, event_form(values), refs,
+                                         row.departments)
             event = produce(conn, state, APPLICATIONS, case_id, "MaterialsSupplemented",
-                            {"materials": refs, "form": event_form(values)},
+                            {"materials": refs, "form": form},
                             who.ident.actor(on_behalf_of=who.applicant_token), row.region_code)
             return once.answer({"case_id": case_id, "event_id": event.id, "sequence": event.envelope.sequence})
 

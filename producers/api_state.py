@@ -50,6 +50,7 @@ class ApiState:
     case_reader: Callable[[psycopg.Connection, str], dict | None] = default_read_case
     worklist_reader: Callable | None = None
     forms: dict[str, MergedForm] = field(default_factory=dict)
+    _keys: dict[str, Any] = field(default_factory=dict)
 
     def merged_form(self, bundle_code: str) -> MergedForm:
         """The bundle's merged form, built once per bundle rather than per request (~0.4 ms
@@ -58,6 +59,22 @@ class ApiState:
         if mf is None:
             mf = self.forms[bundle_code] = self.catalog.merged_form(bundle_code=bundle_code)
         return mf
+
+    def master_keys(self):
+        """The master key that wraps the data keys (infra/keystore.py), read once."""
+        if "master" not in self._keys:
+            from infra import keystore
+
+            self._keys["master"] = keystore.MasterKeys.from_env()
+        return self._keys["master"]
+
+    def platform_keys(self):
+        """Opens sealed values (events/personal.py) with the API's own connections."""
+        if "lookup" not in self._keys:
+            from infra import keystore
+
+            self._keys["lookup"] = keystore.platform_keys(self.database.connection, self.master_keys())
+        return self._keys["lookup"]
 
     def read_worklist(self) -> Callable | None:
         return self.worklist_reader or default_read_worklist()

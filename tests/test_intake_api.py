@@ -21,10 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
-from tests.support.topics import read_since
+from tests.support.topics import read_messages, read_since
 
 from events.envelope import Event
-from events import kafka_auth
+from events import kafka_auth, personal
 from infra.topics import APPLICATIONS
 from producers import e_license, identity, intake_store
 from producers.intake_api import create_app
@@ -58,6 +58,11 @@ def end_offsets(bootstrap: str) -> dict[TopicPartition, int]:
         return consumer.end_offsets(tps)
     finally:
         consumer.close()
+
+
+def opened(client: TestClient, values: dict[str, str]) -> dict[str, str]:
+    """Sealed values opened as the API opens them (its master key, its own connections)."""
+    return personal.open_fields(client.app.state.api.platform_keys(), values)
 
 
 def events_since(bootstrap: str, before: dict[TopicPartition, int]) -> list[Event]:
@@ -169,14 +174,21 @@ def test_accepted_only_after_the_event_is_on_the_topic(client, bootstrap, databa
     case_id = body["case_id"]
     assert body["status_url"].startswith(f"/status/{case_id}#token=")
     # read the end offsets right after the answer: the event must already be there
-    events = [e for e in events_since(bootstrap, before) if e.key == case_id]
-    assert [e.type for e in events] == ["ApplicationSubmitted"]
-    ev = events[0]
+    messages = [(m, e) for m, e in read_messages(bootstrap, before, timeout_s=20) if e is not None and e.key == case_id]
+    assert [e.type for _m, e in messages] == ["ApplicationSubmitted"]
+    raw, ev = messages[0]
     assert ev.payload["receipt_no"] == body["receipt_no"]
     assert ev.payload["bundle_code"] == "newborn" and "police.birth_registration" in ev.payload["services"]
-    assert ev.payload["form"]["mother_resident_id"] == WANG.resident_id
-    assert ev.payload["form"]["parents_married"] == "true"
-    mats = {m["code"]: m for m in ev.payload["materials"]}
+    # the personal fields and the materials' references travel sealed (events/personal.py) ...
+    for clear in (WANG.resident_id, LI.resident_id, WANG.name, "李小满", request["form"]["contact_mobile"],
+                  e_license.id_card_no(WANG)):
+        assert clear.encode() not in raw.value, "personal data in clear on the topic"
+    assert personal.is_sealed(ev.payload["form"]["mother_resident_id"])
+    assert ev.payload["form"]["parents_married"] == "true", "what is not personal stays clear"
+    # ... and open, for the platform, to what the applicant sent
+    assert opened(client, ev.payload["form"])["mother_resident_id"] == WANG.resident_id
+    mats = {m["code"]: m | {"ref": opened(client, {f"materials.{m['code']}.ref": m["ref"]}).popitem()[1]}
+            if m["ref"] else m for m in ev.payload["materials"]}
     assert mats["mother_id_card"] == {"code": "mother_id_card", "source": "fetched", "ref": e_license.id_card_no(WANG)}
     assert mats["father_id_card"]["source"] == "fetched" and mats["father_id_card"]["ref"] == e_license.id_card_no(LI)
     assert mats["marriage_certificate"]["ref"] == "EL-MC-440203-0001"
@@ -356,7 +368,7 @@ def test_supplement_and_withdraw_carry_increasing_sequences(client, bootstrap):
     assert [(e.type, e.envelope.sequence) for e in events] == [("MaterialsSupplemented", 1),
                                                                 ("ApplicationWithdrawn", 2)]
     assert events[0].payload["materials"][0]["code"] == "discharge_summary"
-    assert events[0].payload["form"] == {"contact_mobile": "13900001111"}
+    assert opened(client, events[0].payload["form"]) == {"contact_mobile": "13900001111"}
 
 
 def test_metrics_and_logs_carry_no_personal_data(client, settings, database_url):

@@ -22,6 +22,7 @@ from catalog.loader import load_catalog
 from catalog.validators import check_resident_id
 from events import bus
 from infra.demo import run_demo
+from producers import e_license
 from infra.supervisor import system
 from events.envelope import Actor, new_event
 from infra.topics import APPLICATIONS, CASES, DEADLETTER, REGISTRY_COMPANY, decisions_topic, tasks_topic
@@ -34,7 +35,7 @@ from .support.fast_forward import skip_history
 from .support.poison import NUL, produce
 from .support.scale import scaled
 from .support.newborn import submission
-from .support.topics import mark, read_since, wait_for
+from .support.topics import mark, read_messages, read_since, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 CATALOG = load_catalog()
@@ -91,9 +92,12 @@ def test_the_four_demo_paths_through_every_process(settings, running_stack, api_
     poisons: list[tuple[str, int, int]] = []
     dl_since: dict = {}
 
+    every_topic: dict = {}
+
     def before_start(s):
         skip_history(s.bootstrap_servers, s.database_url)
         dl_since.update(mark(s.bootstrap_servers, [DEADLETTER]))
+        every_topic.update(mark(s.bootstrap_servers, case_view.default_topics(CATALOG) + (DEADLETTER,)))
         poisons.extend(poison_every_topic(s.bootstrap_servers))
 
     ok, cases = run_demo(settings, exit_when_done=True, timeout_s=240, processing_s=0.05, before_start=before_start)
@@ -109,6 +113,22 @@ def test_the_four_demo_paths_through_every_process(settings, running_stack, api_
     assert set(services) == NEWBORN and all(s["status"] == "approved" for s in services.values())
     child_id = services["police.birth_registration"]["outputs"]["child_resident_id"]
     assert check_resident_id(child_id) is None  # a valid GB 11643 number, issued by the police
+    # no personal value in clear on any topic the cases went through (events/personal.py): not the
+    # form's, not the materials' references, not the police's output, not in a dead letter
+    people = [e_license.DEMO_PEOPLE[k] for k in ("wang_fang", "li_qiang", "zhang_wei", "liu_li", "chen_jing")]
+    clear = [child_id, "13800138000", "6222020200112233445", "小满", *(p.resident_id for p in people),
+             *(p.name for p in people), *(e_license.id_card_no(p) for p in people)]
+    def written_here(m, ev) -> bool:  # the poisons this test wrote in clear, and their dead letters, aside
+        if (m.topic, m.partition, m.offset) in poisons:
+            return False
+        p = ev.payload if ev is not None and ev.type == "DeadLettered" else {}
+        return (p.get("origin_topic"), p.get("origin_partition"), p.get("origin_offset")) not in poisons
+
+    raw = [(m.topic, ev.type if ev else None, m.value)
+           for m, ev in read_messages(settings.bootstrap_servers, every_topic, timeout_s=60) if written_here(m, ev)]
+    assert len(raw) > 50
+    leaked = {(topic, kind) for c in clear for topic, kind, value in raw if c.encode() in value}
+    assert not leaked, f"personal values in clear on the topics: {sorted(leaked)}"
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT count(*) FROM police_household_register WHERE case_id = %s AND record_no = %s",
                            (complete["case_id"], child_id)).fetchone()

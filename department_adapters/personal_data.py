@@ -1,0 +1,61 @@
+"""A department's side of crypto-shredding: open its tasks' personal fields, seal its outputs.
+
+The fields and materials of a task, and the outputs of earlier services it waits for, arrive
+sealed under the applicant's data key (events/personal.py). The key reaches a department only
+wrapped to the department's own public key, for the cases it was sent (infra/keystore.py); the
+SDK opens a task with the department's private key (`ONETHING_DEPARTMENT_KEY_<DEPT>`) before the
+backend sees it, and seals the outputs it produces (a child's resident ID, a certificate number)
+under the same key, so they travel and are kept in ciphertext as the form does. A value whose key
+was destroyed opens as 已删除.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace
+
+import psycopg
+
+from events import personal
+from events.envelope import Event
+from infra import keystore
+
+
+class DepartmentKeys:
+    def __init__(self, department: str):
+        self.department = department
+        self._conn: psycopg.Connection | None = None
+        self._keys = keystore.department_keys(lambda: nullcontext(self._conn), department)
+
+    def bind(self, conn: psycopg.Connection) -> "DepartmentKeys":
+        """Read keys through `conn` (the batch's own transaction)."""
+        self._conn = conn
+        return self
+
+    def open_task(self, task: Event) -> Event:
+        p = task.payload
+        fields, inputs = p.get("fields") or {}, p.get("inputs") or {}
+        materials = p.get("materials") or []
+        if not (personal.key_ids(fields) or personal.key_ids(inputs)
+                or any(personal.is_sealed(m.get("ref")) for m in materials)):
+            return task
+        opened = {
+            **p,
+            "fields": personal.open_fields(self._keys, fields),
+            "inputs": personal.open_fields(self._keys, inputs),
+            "materials": [m | {"ref": personal.open_value(self._keys, f"materials.{m['code']}.ref", m["ref"])}
+                          if personal.is_sealed(m.get("ref")) else m for m in materials],
+        }
+        return replace(task, payload=opened)
+
+    def seal_outputs(self, case_id: str, outputs: dict[str, str]) -> dict[str, str]:
+        """Outputs under the case's data key; as they are if the case came with none (a case
+        accepted before personal data was sealed, a register sync)."""
+        if not outputs or self._conn is None:
+            return outputs
+        key_id = keystore.case_key_id(self._conn, self.department, case_id)
+        if key_id is None:
+            return outputs
+        key = self._keys(key_id)
+        if key is None:  # erased: nothing of the subject is written in clear
+            return {k: personal.ERASED for k in outputs}
+        return {k: v if personal.is_sealed(v) else personal.seal(key, key_id, k, v) for k, v in outputs.items()}
