@@ -5,12 +5,14 @@ Used only when the stack runs with authentication (ONETHING_KAFKA_AUTH=scram): t
 StandardAuthorizer then denies whatever no ACL here allows (`allow.everyone.if.no.acl.found=false`).
 A principal is named after the consumer group of what it runs, so logs, lag and ACLs read alike:
 
-    api                        writes applications, registry.company, registry.person and
-                               decisions.<d> (staff's rectification replies); reads nothing
+    api                        writes applications, registry.company, registry.person,
+                               decisions.<d> (staff's rectification replies) and audit.reads
+                               (every read of personal data by staff); reads nothing
     dispatch                   reads applications, decisions.*; writes tasks.*, cases, deadletter
     cascade                    reads registry.*, decisions.<d> of subscribers; writes their tasks.<d>,
                                cascade, deadletter
-    projection.<read model>    reads its topics; writes deadletter (projection.deadlines also cases)
+    projection.<read model>    reads its topics; writes deadletter (projection.deadlines also cases;
+                               projection.read_audit reads audit.reads only)
     adapter.<d>                reads tasks.<d>; writes decisions.<d>, deadletter
     admin, broker              super users (the operator's tools, `onething up`, tests; the brokers)
 
@@ -28,8 +30,8 @@ import structlog
 
 from events import kafka_auth
 
-from .topics import (APPLICATIONS, CASCADE, CASES, DEADLETTER, REGISTRY_COMPANY, REGISTRY_PERSON,
-                     decisions_topic, tasks_topic)
+from .topics import (APPLICATIONS, AUDIT_READS, CASCADE, CASES, DEADLETTER, PRIVACY, REGISTRY_COMPANY,
+                     REGISTRY_PERSON, decisions_topic, tasks_topic)
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +41,7 @@ API, DISPATCH, CASCADE_PRINCIPAL = "api", "dispatch", "cascade"
 CASE_VIEW, KPIS, ESCALATION_QUEUE, RATINGS, DEADLINES = (
     "projection.case_view", "projection.kpis", "projection.escalation_queue", "projection.ratings",
     "projection.deadlines")
+READ_AUDIT = "projection.read_audit"
 
 
 def adapter_principal(department: str) -> str:
@@ -70,7 +73,7 @@ def declared_grants(departments: Iterable[str], register_departments: Iterable[s
     tasks = [tasks_topic(d) for d in depts]
     decisions = [decisions_topic(d) for d in depts]
     case_topics = [APPLICATIONS, CASES, *tasks, *decisions]
-    grants = _grants(API, writes=[APPLICATIONS, REGISTRY_COMPANY, REGISTRY_PERSON, *decisions])
+    grants = _grants(API, writes=[APPLICATIONS, REGISTRY_COMPANY, REGISTRY_PERSON, *decisions, AUDIT_READS, PRIVACY])
     grants += _grants(DISPATCH, reads=[APPLICATIONS, *decisions], writes=[*tasks, CASES, DEADLETTER],
                       groups=[DISPATCH])
     grants += _grants(CASCADE_PRINCIPAL, reads=[REGISTRY_COMPANY, REGISTRY_PERSON,
@@ -82,6 +85,7 @@ def declared_grants(departments: Iterable[str], register_departments: Iterable[s
     grants += _grants(ESCALATION_QUEUE, reads=[APPLICATIONS, CASES], writes=[DEADLETTER], groups=[ESCALATION_QUEUE])
     grants += _grants(RATINGS, reads=[APPLICATIONS, *tasks, *decisions], writes=[DEADLETTER], groups=[RATINGS])
     grants += _grants(DEADLINES, reads=case_topics, writes=[CASES, DEADLETTER], groups=[DEADLINES])
+    grants += _grants(READ_AUDIT, reads=[AUDIT_READS], writes=[DEADLETTER], groups=[READ_AUDIT])
     for d in depts:
         p = adapter_principal(d)
         grants += _grants(p, reads=[tasks_topic(d)], writes=[decisions_topic(d), DEADLETTER],

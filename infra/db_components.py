@@ -5,7 +5,8 @@ components — the API, dispatch, the cascade, each read model, the deadline clo
 owner's role, so a bug or an injection in the status page could rewrite `dispatch_cases` or
 read `e_license_holders` in full. Each now logs in as `onething_<component>`, a LOGIN role with
 
-- SELECT/INSERT/UPDATE/DELETE on the tables it writes (`writes`);
+- SELECT/INSERT/UPDATE/DELETE on the tables it writes (`writes`) — only SELECT/INSERT on the
+  append-only ones (`APPEND_ONLY`: the read audit, whose rows are evidence);
 - SELECT on the tables it only reads (`reads`: the API reads the read models, never writes them);
 - its runtime bookkeeping in `consumer_offsets` / `processed_events`, only under its own consumer
   names — the read model's name, a generation `name~stamp` a rebuild swapped in, or a lane
@@ -40,6 +41,9 @@ _KPIS = ("kpi_cases", "kpi_case_materials", "kpi_case_pauses", "kpi_service_atte
          "kpi_breaches", "kpi_escalations")
 _CASCADE = ("cascade_changes", "cascade_targets", "cascade_tasks", "cascade_departments")
 _DEADLINES = ("deadline_clocks", "deadline_cases")
+#: tables whose writer may only add rows: SELECT and INSERT, never UPDATE, DELETE or TRUNCATE (an
+#: earlier grant of those is revoked). The read audit is evidence (infra/migrations/0014_read_audit.sql).
+APPEND_ONLY = frozenset({"audit_reads"})
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,9 @@ COMPONENTS: dict[str, Access] = {
     # reads every read model for the status page, worklists, the queue and the KPIs
     "api": Access(
         writes=("intake_cases", "intake_idempotency", "intake_documents", "intake_ratings", "api_requests",
-                "api_actions", "register_keys", "register_change_requests"),
+                "api_actions", "register_keys", "register_change_requests", "data_keys", "department_data_keys"),
         reads=("e_licenses", "e_license_holders", *_CASE_VIEW, *_KPIS, "escalation_queue", "rectifications",
-               "case_ratings", "cascade_changes", "cascade_targets", *_DEADLINES)),
+               "case_ratings", "cascade_changes", "cascade_targets", *_DEADLINES, "audit_reads")),
     "dispatch": Access(writes=("dispatch_cases",), consumers=("dispatch",)),
     "cascade": Access(writes=_CASCADE, consumers=("cascade",)),
     "case_view": Access(writes=_CASE_VIEW, consumers=("case_view",)),
@@ -66,6 +70,7 @@ COMPONENTS: dict[str, Access] = {
     "escalation_queue": Access(writes=("escalation_queue",), reads=("case_view",), consumers=("escalation_queue",)),
     "ratings": Access(writes=("case_ratings", "rectifications"), consumers=("ratings",)),
     "deadlines": Access(writes=_DEADLINES, consumers=("deadlines",)),
+    "read_audit": Access(writes=("audit_reads",), consumers=("read_audit",)),  # append-only (APPEND_ONLY)
 }
 
 
@@ -109,13 +114,21 @@ def apply_grants(conn: psycopg.Connection) -> int:
         name = role(component)
         if name not in present:
             continue
-        crud = [t for t in (*access.writes, *(db_roles.CONSUMER_ROWS if access.consumers else ())) if t in have]
+        crud = [t for t in (*access.writes, *(db_roles.CONSUMER_ROWS if access.consumers else ()))
+                if t in have and t not in APPEND_ONLY]
+        append = [t for t in access.writes if t in have and t in APPEND_ONLY]
         select = [t for t in (*access.reads, *COMMON_READS) if t in have]
         missing_crud = db_roles.lacking(conn, name, crud, "SELECT, INSERT, UPDATE, DELETE")
+        missing_append = db_roles.lacking(conn, name, append, "SELECT, INSERT")
+        excess = _changing(conn, name, append)
         missing_select = db_roles.lacking(conn, name, select, "SELECT")
         todo = [t for t in db_roles.CONSUMER_ROWS if access.consumers and t in have
                 and (t, f"{name}_rows") not in policies]
-        if not (missing_crud or missing_select or todo):
+        # a department table this component works on whole (the API grants every department its
+        # data keys): row security is on there for the departments, so the component needs a policy
+        whole = [t for t in (*access.writes, *access.reads) if t in db_roles.DEPARTMENT_ROWS and t in have
+                 and (t, f"{name}_rows") not in policies]
+        if not (missing_crud or missing_append or excess or missing_select or todo or whole):
             continue
         changed += 1
         ident = sql.Identifier(name)
@@ -124,12 +137,32 @@ def apply_grants(conn: psycopg.Connection) -> int:
             conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, missing_crud)), ident))
             conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+        if missing_append:
+            conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, missing_append)), ident))
+        if excess:
+            conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, excess)), ident))
         if missing_select:
             conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, missing_select)), ident))
         rule = sql.SQL(" OR ").join(db_roles.consumer_rule(c, "~", ".") for c in access.consumers)
         for table in todo:
             db_roles.create_policy(conn, name, table, rule)
-        log.info("postgres.component_role_granted", role=name, tables=len(missing_crud) + len(missing_select),
+        if whole:
+            db_roles.enable_row_security(conn, whole)
+        for table in whole:
+            db_roles.create_policy(conn, name, table, sql.SQL("true"))
+        log.info("postgres.component_role_granted", role=name,
+                 tables=len(missing_crud) + len(missing_append) + len(missing_select), revoked=len(excess),
                  policies=len(todo))
     return changed
+
+
+def _changing(conn: psycopg.Connection, name: str, tables: list[str]) -> list[str]:
+    """The append-only tables on which role `name` may still change or remove rows."""
+    if not tables:
+        return []
+    return [t for (t,) in conn.execute(
+        "SELECT t FROM unnest(%s::text[]) AS t WHERE has_table_privilege(%s, t, 'UPDATE, DELETE, TRUNCATE')",
+        (tables, name))]

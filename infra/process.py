@@ -7,10 +7,10 @@ own name on more machines (`onething run dispatch`, `onething run adapter police
 
     api          the intake API, status page and register API (HTTP)
     core         dispatch + cascade
-    read-models  case view, KPIs, supervisor queue, ratings
+    read-models  case view, KPIs, supervisor queue, ratings, read audit
     adapters     every simulated department (ARG: a comma-separated subset)
     deadlines    the deadline clock
-    and each processor alone: dispatch, cascade, case-view, kpis, oversight, adapter DEPT
+    and each processor alone: dispatch, cascade, case-view, kpis, oversight, read-audit, adapter DEPT
 """
 from __future__ import annotations
 
@@ -75,6 +75,12 @@ def _oversight(settings: Settings, _arg: str | None) -> list:
     from projectors import oversight
 
     return oversight.processors()
+
+
+def _read_audit(settings: Settings, _arg: str | None) -> list:
+    from projectors import read_audit
+
+    return read_audit.processors()
 
 
 def _deadlines(settings: Settings, _arg: str | None) -> list:
@@ -157,13 +163,14 @@ PROCESSORS: dict[str, Callable[[Settings, str | None], list]] = {
     "case-view": _case_view,
     "kpis": _kpis,
     "oversight": _oversight,
+    "read-audit": _read_audit,
     "deadlines": _deadlines,
     "adapter": _adapter,
     "adapters": _adapters,
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("dispatch", "cascade"),
-    "read-models": ("case-view", "kpis", "oversight"),
+    "read-models": ("case-view", "kpis", "oversight", "read-audit"),
 }
 
 

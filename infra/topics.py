@@ -25,6 +25,8 @@ REGISTRY_COMPANY = "registry.company"
 REGISTRY_PERSON = "registry.person"
 SMOKE = "smoke"
 CASCADE = "cascade"
+AUDIT_READS = "audit.reads"
+PRIVACY = "privacy"
 
 
 def tasks_topic(department: str) -> str:
@@ -67,6 +69,10 @@ def declared_topics(departments: Iterable[str], partitions: int = 6, replication
         TopicSpec(DEADLETTER, "deadletter", retention_ms=DEADLETTER_RETENTION_MS,
                   doc="messages a consumer could not process, with reason and origin", **kw),
         TopicSpec(CASCADE, "derived", doc="cascade escalations (办不成事 for register syncs)", **kw),
+        TopicSpec(AUDIT_READS, "fact", doc="谁查看了我的数据: every read of personal data by staff, keyed by the "
+                                        "data subject's pseudonymous token", **kw),
+        TopicSpec(PRIVACY, "fact", doc="erasures of data subjects (SubjectErased: who, when, why; no personal data), "
+                                    "keyed by the pseudonymous subject token", **kw),
         TopicSpec(SMOKE, "derived", retention_ms=24 * 3600 * 1000,
                   doc="round trips of `onething smoke`; nothing consumes it", **kw),
     ]

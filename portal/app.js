@@ -2,7 +2,9 @@
  *
  * Opened from the receipt as /status/{case_id}#token=...: the token is moved from the URL
  * fragment into sessionStorage at once (and the fragment removed), then every request to
- * /api/v1/cases/{case_id} carries it as a bearer token. The page polls every few seconds.
+ * /api/v1/cases/{case_id} carries it as a bearer token. The page polls every few seconds, and
+ * with the case /api/v1/cases/{case_id}/reads: 谁查看了我的数据 (which department, in which staff
+ * role, when and why; never the staff member).
  * Everything from the server is written with textContent, never as HTML.
  */
 (function () {
@@ -45,7 +47,11 @@
       esc_auto: "超期自动督办", esc_mine: "您的反映",
       esc_status: { open: "待答复", replied: "已答复，办理中", resolved: "已办结" },
       esc_due: function (reply, resolve) { return "答复时限 " + reply + " · 办结时限 " + resolve; },
-      esc_reply: "答复：", esc_resolution: "办理结果："
+      esc_reply: "答复：", esc_resolution: "办理结果：",
+      reads_title: "谁查看了我的数据",
+      reads_hint: "工作人员每次查看您的个人信息都会留痕。这里列出查看部门、岗位、时间和原因，不显示工作人员个人信息。",
+      reads_empty: "目前还没有工作人员查看您的数据。",
+      reads_times: function (n) { return "共" + n + "次"; }, reads_what: "涉及："
     },
     en: {
       brand: "Get one thing done", page_title: "Case status", lang_button: "中文", lang_aria: "切换到中文",
@@ -83,7 +89,11 @@
       esc_auto: "Escalated automatically (overdue)", esc_mine: "Your report",
       esc_status: { open: "awaiting an answer", replied: "answered, being resolved", resolved: "resolved" },
       esc_due: function (reply, resolve) { return "answer by " + reply + " · resolve by " + resolve; },
-      esc_reply: "Answer: ", esc_resolution: "Resolution: "
+      esc_reply: "Answer: ", esc_resolution: "Resolution: ",
+      reads_title: "Who saw my data",
+      reads_hint: "Every time staff look at your personal data it is recorded. Shown here: the department, the staff role, when and why — never who the staff member is.",
+      reads_empty: "No staff member has looked at your data yet.",
+      reads_times: function (n) { return n + " times"; }, reads_what: "Data: "
     }
   };
   var FINAL = { approved: 1, rejected: 1, blocked: 1, cancelled: 1 };
@@ -104,6 +114,7 @@
   var TIMELINE_SHORT = 6;
   var timelineAll = false;
   var lastRefreshed = null;
+  var reads = null;
 
   function pickLang() {
     var q = new URLSearchParams(location.search).get("lang");
@@ -234,7 +245,36 @@
     renderMissing(view.missing || []);
     renderServices(services);
     renderOversight();
+    renderReads();
     renderTimeline(view.timeline || []);
+  }
+
+  // 谁查看了我的数据: each line is a department and a staff role, when, what and why
+  function renderReads() {
+    $("reads-card").hidden = reads === null;
+    if (reads === null) return;
+    var ul = $("reads");
+    ul.textContent = "";
+    $("reads-empty").hidden = reads.length > 0;
+    reads.forEach(function (r) {
+      var li = el("li", "oversight-item");
+      li.setAttribute("data-read-kind", r.kind);
+      li.appendChild(el("div", "oversight-head", pick(r.department_label) + " · " + pick(r.role_label)));
+      var when = fmtTime(r.last_at) + (r.times > 1 ? paren(t("reads_times")(r.times)) : "");
+      li.appendChild(el("div", "oversight-meta", when));
+      li.appendChild(el("p", "oversight-text", pick(r.kind_label) + (lang === "zh" ? "，" : ", ") + pick(r.purpose_label)));
+      if ((r.field_labels || []).length) {
+        li.appendChild(el("div", "oversight-meta", t("reads_what") + r.field_labels.map(pick).join(lang === "zh" ? "、" : ", ")));
+      }
+      ul.appendChild(li);
+    });
+  }
+
+  function refreshReads() {
+    fetch("/api/v1/cases/" + encodeURIComponent(caseId) + "/reads", { headers: authHeaders(), cache: "no-store" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (body) { if (body) { reads = body.reads || []; if (view) renderReads(); } })
+      .catch(function () {});
   }
 
   function renderReadOnly() {
@@ -540,7 +580,7 @@
         return r.json();
       })
       .then(function (body) {
-        if (body) { view = body; lastError = null; lastRefreshed = new Date(); }
+        if (body) { view = body; lastError = null; lastRefreshed = new Date(); refreshReads(); }
         render();
         if (body || lastError === null) timer = setTimeout(refresh, POLL_MS);
       })

@@ -10,13 +10,15 @@ decides who the caller may be. The rules:
 - `case_owner`: the case is the caller's own — the applicant's, or the person a clerk names in
   the body's `applicant` (404 otherwise, so nobody learns that a case exists);
 - `visible_case`: the applicant owner, a department with a service on the case, or the status
-  link of this very case may read it (404);
+  link of this very case may read it (404); `own_case`: only the applicant of it (their login or
+  its status link: who read their data, 404 for anyone else);
 - `supervisor`: the 办不成事 supervisor (403); `department_staff`: staff of the department in
   the path (404); `department_member`: any department's staff (404);
 - `staff_id_required`: staff tokens name the acting staff member (identity.verify_token refuses
   clerk, department and supervisor tokens without one; this rule states it on the route too).
 The KPI and register routers declare their own rules on `caller` (producers/kpi_api.py,
-producers/register_api.py).
+producers/register_api.py). A route that shows personal data also declares `read_audit`
+(producers/api_audit.py): a staff read names its staff member and is recorded before it is answered.
 """
 from __future__ import annotations
 
@@ -172,6 +174,14 @@ def visible_case(case_id: str = Path(...), ident: identity.Identity = Depends(st
     if row is None or not may_see(ident, case_id, row.applicant_token, row.departments):
         raise refuse(404, "case_id", "case.not_found")
     return SeenCase(None, row)
+
+
+def own_case(seen: SeenCase = Depends(visible_case), ident: identity.Identity = Depends(caller)) -> SeenCase:
+    """The applicant's own case only — their login or the receipt's link of it (404 for staff):
+    who read the applicant's data is the applicant's to see."""
+    if ident.role != "applicant":
+        raise refuse(404, "case_id", "case.not_found")
+    return seen
 
 
 def supervisor(ident: identity.Identity = Depends(staff_id_required)) -> identity.Identity:

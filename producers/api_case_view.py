@@ -1,6 +1,7 @@
 """Reading a case: the case view (per-service progress, what is missing, deadlines, results,
 timeline) for the applicant owner, a department working on it, or the receipt's status link of
-this case (`visible_case`, producers/api_access.py); and a department's worklist (its own staff)."""
+this case (`visible_case`, producers/api_access.py); and a department's worklist (its own staff).
+A staff member's read of either is recorded before it is answered (producers/api_audit.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,21 +11,30 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from . import identity, intake_store
-from .api_access import SeenCase, department_staff, visible_case
+from .api_access import SeenCase, department_staff, staff_id_required, visible_case
+from .api_audit import ReadAudit, read_audit
 from .api_catalog import services_view
 from .api_errors import ApiError, ApiRoute, err, jsonable
+from .api_personal import shown_view
 from .api_state import ApiState, api_state, label, today
+from .audit_reads import case_view_read, listed_reads
 
 router = APIRouter(prefix="/api/v1", route_class=ApiRoute)
 
 
 @router.get("/cases/{case_id}", tags=["cases"],
             summary="The case view: per-service progress, what is missing, deadlines, results, timeline")
-def get_case(case_id: str, seen: SeenCase = Depends(visible_case), state: ApiState = Depends(api_state)
-             ) -> JSONResponse:
+def get_case(case_id: str, seen: SeenCase = Depends(visible_case), state: ApiState = Depends(api_state),
+             ident: identity.Identity = Depends(staff_id_required),
+             audit: ReadAudit = Depends(read_audit)) -> JSONResponse:
     view = dict(seen.view) if seen.view is not None else provisional_view(state, seen.row)
+    view = shown_view(state, view, ident)
     view["output_labels"] = output_labels(state, view)
     view |= oversight_of(state, case_id, view)
+    if audit.recording:  # staff: recorded before it is shown, or refused (503)
+        with state.database.connection() as conn:
+            read = case_view_read(conn, audit.ident, case_id, view)
+        audit.record([read])
     return JSONResponse(jsonable(view), headers={"Cache-Control": "no-store"})
 
 
@@ -83,10 +93,12 @@ def output_labels(state: ApiState, view: dict[str, Any]) -> dict[str, dict[str, 
 @router.get("/departments/{department}/worklist", tags=["departments"],
             summary="A department's worklist (its own staff only)")
 def worklist(department: str, _staff: identity.Identity = Depends(department_staff),
-             state: ApiState = Depends(api_state)) -> JSONResponse:
+             audit: ReadAudit = Depends(read_audit), state: ApiState = Depends(api_state)) -> JSONResponse:
     reader = state.read_worklist()
     if reader is None:
         raise ApiError(501, [err("", "worklist.unavailable")])
     with state.database.connection() as conn:
         items = reader(conn, department)
+        reads, items = listed_reads(conn, items, "worklist", "worklist", "task_id")  # a read per listed case
+    audit.record(reads)
     return JSONResponse(jsonable({"department": department, "items": items}), headers={"Cache-Control": "no-store"})

@@ -1,6 +1,8 @@
 """What an application's or a correction's form and materials become: the MaterialRef records of
 the event (uploaded, fetched as e-licences, promised 容缺), the errors of each, and the checks
-that tie the form to the person it is for. Plain functions over a connection and the catalog."""
+that tie the form to the person it is for. Plain functions over a connection and the catalog.
+E-licences a clerk's filing fetches are the applicant's data read by staff: recorded first
+(`record_fetched`, producers/api_audit.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +13,7 @@ from catalog.form import MergedForm
 from catalog.model import Catalog
 from catalog.validators import check_resident_id
 
-from . import e_license, identity, intake_store
+from . import api_audit, e_license, identity, intake_store
 from .api_access import Acting
 from .api_catalog import promisable
 from .api_errors import err
@@ -100,7 +102,24 @@ def resolve_materials(conn: psycopg.Connection, cat: Catalog, mf: MergedForm, re
                                   (fm.material.label.zh, fm.material.label.en)))
             else:
                 refs.append({"code": fm.id, "source": "fetched", "ref": licence})
+    record_fetched(caller, refs, submission=submission)
     return refs, for_validation, errors
+
+
+def record_fetched(caller: Acting, refs: list[dict[str, Any]], *, submission: bool) -> None:
+    """Staff filing or correcting for an applicant fetched the applicant's e-licences: a read of
+    their data, recorded before the request goes on (503 if it cannot be). The case of a filing is
+    known only when the request carries an Idempotency-Key (its id derives from it)."""
+    fetched = tuple(r["code"] for r in refs if r["source"] == "fetched")
+    if not fetched or caller.ident.role == "applicant":
+        return
+    audit, binding = api_audit.bound(caller.ident)
+    case_id = binding.case_id
+    if case_id is None and submission and binding.idempotency_key:
+        case_id = intake_store.case_id_for(caller.ident.subject, binding.idempotency_key)
+    audit.record([api_audit.Read(caller.applicant_token, "e_license", "filing" if submission else "correction",
+                                 case_id=case_id, fields=fetched)])
+
 
 def identity_checks(cat: Catalog, values: dict[str, Any], caller: Acting) -> list[dict[str, str]]:
     """The applicant's own resident ID in the form must be the logged-in (or named) person's."""

@@ -18,7 +18,8 @@ Who may do what:
 - supervisor: `GET /escalations`, `GET /escalations/{id}`, `POST /escalations/{id}/reply|extend|resolve`;
 - department staff: `GET /departments/{dept}/rectifications`, `POST /rectifications/{id}/reply`.
 Text a person typed (comments, replies) is carried in the event and shown to who needs it; it is
-never logged.
+never logged. Staff reads of the queue, an escalation and the rectifications show the applicant's
+words and are recorded, a read per item, before they are answered (producers/api_audit.py).
 """
 from __future__ import annotations
 
@@ -40,11 +41,13 @@ from projectors import deadline_clock
 
 from . import identity, intake_store
 from .api_access import Acting, case_owner, department_member, department_staff, supervisor
+from .api_audit import ReadAudit, read_audit
 from .api_errors import MESSAGES as API_MESSAGES
 from .api_errors import ApiError, ApiRoute, err, no_store
 from .api_events import locked_case, produce
 from .api_idempotency import Idempotent, actions_on, idempotency_key, raise_to, take_once, taken
 from .api_state import ApiState, api_state, today
+from .audit_reads import listed_reads
 
 log = structlog.get_logger("producers.oversight_api")
 
@@ -201,7 +204,8 @@ def queue(status: Literal["open", "resolved", "all"] = Query("open"),
           case_id: str | None = Query(None, max_length=64), department: str | None = Query(None, max_length=64),
           receipt_no: str | None = Query(None, max_length=64, description="受理编号 of the case"),
           limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
-          _sup: identity.Identity = Depends(supervisor), state: ApiState = Depends(api_state)):
+          _sup: identity.Identity = Depends(supervisor), audit: ReadAudit = Depends(read_audit),
+          state: ApiState = Depends(api_state)):
     from projectors.escalation_queue import count_queue, read_queue
 
     if department is not None and department not in state.catalog.departments:
@@ -210,13 +214,21 @@ def queue(status: Literal["open", "resolved", "all"] = Query("open"),
         items = read_queue(conn, status=status, today=today(), case_id=case_id, department=department,
                            receipt_no=receipt_no, limit=limit, offset=offset)
         total = count_queue(conn, status=status)
+        reads, items = listed_reads(conn, items, "escalation", "escalation", "escalation_id")
+    audit.record(reads)
     return no_store({"status": status, "today": today(), "total": total, "offset": offset, "items": items})
 
 
 @router.get("/escalations/{escalation_id}", tags=ESCALATIONS, summary="One escalation")
-def one(escalation_id: str, _sup: identity.Identity = Depends(supervisor), state: ApiState = Depends(api_state)):
+def one(escalation_id: str, _sup: identity.Identity = Depends(supervisor), audit: ReadAudit = Depends(read_audit),
+        state: ApiState = Depends(api_state)):
     with state.database.connection() as conn:
-        return no_store(_escalation(conn, escalation_id))
+        item = _escalation(conn, escalation_id)
+        reads, shown = listed_reads(conn, [item], "escalation", "escalation", "escalation_id")
+    if not shown:
+        raise ApiError(404, [err("escalation_id", "escalation.not_found")])
+    audit.record(reads)
+    return no_store(item)
 
 
 def _escalation(conn: psycopg.Connection, escalation_id: str) -> dict[str, Any]:
@@ -289,11 +301,14 @@ def resolve(escalation_id: str, body: ResolveIn = Body(...), ident: identity.Ide
 @router.get("/departments/{department}/rectifications", tags=RATINGS,
             summary="差评整改: a department's rectifications (its own staff only)")
 def rectifications(department: str, status: Literal["open", "replied", "all"] = Query("open"),
-                   _staff: identity.Identity = Depends(department_staff), state: ApiState = Depends(api_state)):
+                   _staff: identity.Identity = Depends(department_staff), audit: ReadAudit = Depends(read_audit),
+                   state: ApiState = Depends(api_state)):
     from projectors.ratings import read_rectifications
 
     with state.database.connection() as conn:
         items = read_rectifications(conn, department, status=status, today=today())
+        reads, items = listed_reads(conn, items, "rectification", "rectification", "rectification_id")
+    audit.record(reads)
     return no_store({"department": department, "status": status, "items": items})
 
 

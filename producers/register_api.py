@@ -27,8 +27,10 @@ never in a URL. Writes need a register token (role `register`) or staff of the r
 department (market_regulation for companies, police for persons); status reads need any
 staff role (register, department, supervisor, system). The rules are dependencies
 (`register_writer(register)`, `status_reader`) over the API's bearer identity
-(producers/api_access.py); the router's recorder and cascade name travel with its routes
-(`route_context`). Control characters in any string are refused before the register rules run,
+(producers/api_access.py); the router's recorder, cascade name and producer travel with its routes
+(`route_context`). A company's entry with its legal representative and the person register's
+changes are personal data: a staff read of them names its staff member and is recorded first
+(producers/api_audit.py). Control characters in any string are refused before the register rules run,
 by the route class every API shares (producers/api_errors.py).
 """
 from __future__ import annotations
@@ -47,6 +49,9 @@ from projectors import cascade_status
 
 from . import identity
 from .api_access import caller
+from .api_audit import ReadAudit, read_audit
+from .api_producer import EventProducer
+from .audit_reads import cascade_reads, register_entry_read
 from .api_errors import ApiError, route_context, with_context
 from .db import Database
 from .register_changes import COMPANY, PERSON, ChangeRefused, Problem
@@ -81,6 +86,7 @@ class RegisterContext:
     database: Database
     recorder: RegisterRecorder
     cascade: str
+    producer: EventProducer | None = None  # for the read audit (the host app's, or the router's own)
 
 
 def register_context(ctx: RegisterContext = Depends(route_context)) -> RegisterContext:
@@ -194,7 +200,7 @@ def convert(uscc: str, body: ConversionIn, ident: identity.Identity = Depends(re
 
 
 def show_company(uscc: str, ident: identity.Identity = Depends(status_reader),
-                 ctx: RegisterContext = Depends(register_context)):
+                 audit: ReadAudit = Depends(read_audit), ctx: RegisterContext = Depends(register_context)):
     try:
         entry = ctx.recorder.master(COMPANY, uscc)
     except (RegisterUnavailable, psycopg.OperationalError):
@@ -205,6 +211,8 @@ def show_company(uscc: str, ident: identity.Identity = Depends(status_reader),
     if ident.role == "department" and ident.department != WRITERS[COMPANY]:
         kept = ctx.recorder.subscriptions.fields_for(ident.department, COMPANY)  # data minimisation
         body["fields"] = {k: v for k, v in body["fields"].items() if k in kept}
+    entry_read = register_entry_read(entry.fields, body["fields"], uscc)
+    audit.record([entry_read] if entry_read else [])
     return body
 
 
@@ -234,14 +242,16 @@ def read(ctx: RegisterContext, query: Callable[[psycopg.Connection], Any]) -> An
 def cascade_changes(key: str | None = Query(None, max_length=64, description="USCC or person token"),
                     register: str | None = Query(None, pattern="^(company|person)$"),
                     open: bool = False, limit: int = Query(50, ge=1, le=1000),
-                    _reader: identity.Identity = Depends(status_reader),
+                    _reader: identity.Identity = Depends(status_reader), audit: ReadAudit = Depends(read_audit),
                     ctx: RegisterContext = Depends(register_context)):
-    return read(ctx, lambda conn: {"changes": cascade_status.changes(
-        conn, cascade=ctx.cascade, key=key, register=register, open_only=open, limit=limit)})
+    found = read(ctx, lambda conn: cascade_status.changes(
+        conn, cascade=ctx.cascade, key=key, register=register, open_only=open, limit=limit))
+    audit.record(cascade_reads(found))
+    return {"changes": found}
 
 
 def cascade_change(change_event_id: str, _reader: identity.Identity = Depends(status_reader),
-                   ctx: RegisterContext = Depends(register_context)):
+                   audit: ReadAudit = Depends(read_audit), ctx: RegisterContext = Depends(register_context)):
     def one(conn):
         try:
             found = cascade_status.change(conn, change_event_id, cascade=ctx.cascade)
@@ -250,7 +260,9 @@ def cascade_change(change_event_id: str, _reader: identity.Identity = Depends(st
         if found is None:
             raise _error(404, "change_event_id", "cascade.not_found")
         return found
-    return read(ctx, one)
+    found = read(ctx, one)
+    audit.record(cascade_reads([found]))
+    return found
 
 
 def cascade_backlog(_reader: identity.Identity = Depends(status_reader),
@@ -280,17 +292,20 @@ ROUTES: list[tuple[str, str, Callable, str]] = [
 
 
 def create_router(settings: Settings, *, recorder: RegisterRecorder | None = None,
-                  cascade: str = "cascade", database: Database | None = None) -> APIRouter:
+                  cascade: str = "cascade", database: Database | None = None,
+                  producer: EventProducer | None = None) -> APIRouter:
     """The router over `settings`' broker and database; `cascade` names the cascade deployment to report on.
 
     `database` is the host app's connection pool, shared by the status reads and the recorder it
-    makes (without one the router keeps a small pool of its own, opened on first use). Handlers are
-    plain `def`: FastAPI runs them in its threadpool, so psycopg and the wait for the broker's
-    acknowledgement never block the event loop."""
+    makes (without one the router keeps a small pool of its own, opened on first use); `producer` is
+    the host app's, for the read audit (without one the router makes its own, connected on first
+    use). Handlers are plain `def`: FastAPI runs them in its threadpool, so psycopg and the wait for
+    the broker's acknowledgement never block the event loop."""
     db = database or Database.standalone(settings.database_url)
     rec = recorder or RegisterRecorder(settings.bootstrap_servers, settings.database_url, pool=db)
+    audit_producer = producer or EventProducer(settings.bootstrap_servers, 10.0)
     router = APIRouter(prefix="/api/v1", tags=["registers and cascade (一处变更、多处联动)"],
-                       route_class=with_context(RegisterContext(db, rec, cascade), "RegisterRoute"))
+                       route_class=with_context(RegisterContext(db, rec, cascade, audit_producer), "RegisterRoute"))
     for method, path, endpoint, summary in ROUTES:
         router.add_api_route(path, endpoint, methods=[method], summary=summary,
                              status_code=202 if method == "POST" else 200)

@@ -48,6 +48,9 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/applications"): APPLICANTS_AND_CLERKS,
     # the case: read by its applicant, its departments and its status link; acted on by its applicant
     ("GET", "/api/v1/cases/{case_id}"): frozenset({"owner", "dept_on_case", "receipt_link"}),
+    # 谁查看了我的数据: the applicant's own (their login or the case's link); what a staff member read: a supervisor
+    ("GET", "/api/v1/cases/{case_id}/reads"): frozenset({"owner", "receipt_link"}),
+    ("GET", "/api/v1/reads"): frozenset({"supervisor"}),
     ("POST", "/api/v1/cases/{case_id}/materials"): frozenset({"owner"}),
     ("POST", "/api/v1/cases/{case_id}/withdraw"): frozenset({"owner"}),
     ("POST", "/api/v1/cases/{case_id}/escalations"): frozenset({"owner"}),
@@ -62,6 +65,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/v1/escalations/{escalation_id}/reply"): frozenset({"supervisor"}),
     ("POST", "/api/v1/escalations/{escalation_id}/extend"): frozenset({"supervisor"}),
     ("POST", "/api/v1/escalations/{escalation_id}/resolve"): frozenset({"supervisor"}),
+    ("POST", "/api/v1/subjects/{subject}/erase"): frozenset({"supervisor"}),
     # KPIs: supervisors, and departments (their own services)
     ("GET", "/api/v1/kpis"): frozenset({"dept_on_case", "dept_off_case", "supervisor"}),
     ("GET", "/api/v1/kpis/reform/{bundle}"): frozenset({"dept_on_case", "dept_off_case", "supervisor"}),
@@ -91,6 +95,7 @@ REFUSED_BODY: dict[str, object] = {
     "/api/v1/escalations/{escalation_id}/reply": {"reply": ""},
     "/api/v1/escalations/{escalation_id}/extend": {"resolve_within_working_days": 99, "reason": "x"},
     "/api/v1/escalations/{escalation_id}/resolve": {"resolution": ""},
+    "/api/v1/subjects/{subject}/erase": {"reason": ""},
 }
 #: 404s that hide something from the caller (they count as refused)
 HIDING = {("case_id", "case.not_found"), ("department", "not_found")}
@@ -112,7 +117,8 @@ def world(settings, bootstrap, database_url):
             "dept_on_case": identity.department_token("police", "P-7"),
             "dept_off_case": identity.department_token("education", "E-1"),
             "supervisor": identity.supervisor_token("S-1"),
-            "register": identity.issue_token("register:test", "register", "register"),
+            # the register's reads of personal data name the staff member too (producers/api_audit.py)
+            "register": identity.issue_token("register:test", "register", "register", staff_id="R-1"),
             "receipt_link": link,
         }
         yield app, client, case_id, tokens
@@ -122,7 +128,7 @@ def concrete(path: str, case_id: str) -> str:
     return (path.replace("{case_id}", case_id).replace("{code}", "newborn").replace("{bundle}", "newborn")
             .replace("{department}", "police").replace("{escalation_id}", "esc-none")
             .replace("{rectification_id}", "rect-none").replace("{uscc}", "91440203MA4UNKNOWN0")
-            .replace("{change_event_id}", str(uuid.uuid4())))
+            .replace("{change_event_id}", str(uuid.uuid4())).replace("{subject}", "p_no_such_subject"))
 
 
 def allowed(response) -> bool:

@@ -38,7 +38,8 @@ def as_role(database_url: str, component: str) -> psycopg.Connection:
 @pytest.mark.parametrize("component, table", [
     ("api", "dispatch_cases"), ("case_view", "e_license_holders"), ("case_view", "intake_documents"),
     ("dispatch", "intake_documents"), ("dispatch", "e_license_holders"), ("kpis", "case_view"),
-    ("deadlines", "police_household_register"), ("cascade", "dispatch_cases"), ("ratings", "intake_cases")])
+    ("deadlines", "police_household_register"), ("cascade", "dispatch_cases"), ("ratings", "intake_cases"),
+    ("read_audit", "intake_cases"), ("read_audit", "case_view")])
 def test_a_component_is_refused_on_tables_it_does_not_need(owner, database_url, component, table):
     with as_role(database_url, component) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(f"SELECT 1 FROM {table} LIMIT 1")
@@ -50,6 +51,21 @@ def test_the_api_reads_the_read_models_but_never_writes_them(owner, database_url
         conn.execute("SELECT count(*) FROM intake_cases").fetchone()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM case_view WHERE case_id = %s", (f"roles-{RUN}",))
+
+
+def test_the_read_audit_is_append_only_for_its_writer_and_read_only_for_the_api(owner, database_url):
+    """Its rows are evidence (infra/db_components.py APPEND_ONLY): the projection adds, nobody edits."""
+    for component, allowed in (("read_audit", ("SELECT", "INSERT")), ("api", ("SELECT",))):
+        held = {p for p in ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE") if owner.execute(
+            "SELECT has_table_privilege(%s, 'audit_reads', %s)", (db_components.role(component), p)).fetchone()[0]}
+        assert held == set(allowed), component
+    with as_role(database_url, "read_audit") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("TRUNCATE audit_reads")
+    # a grant too many (by hand, or from before the table was append-only) is taken back
+    owner.execute("GRANT UPDATE, DELETE ON audit_reads TO onething_read_audit")
+    assert db_components.apply_grants(owner) == 1
+    assert not owner.execute("SELECT has_table_privilege('onething_read_audit', 'audit_reads', 'UPDATE, DELETE')"
+                             ).fetchone()[0]
 
 
 def test_no_component_may_change_the_schema(owner, database_url):
