@@ -499,7 +499,7 @@ def _check_services(f: _File, services: dict[str, Service], lines: dict[str, _Se
 # --- bundles -------------------------------------------------------------------------------
 
 _BUNDLE_KEYS = {"code", "zh", "en", "kind", "list", "lead", "modelled", "promised_total", "services",
-                "dropped_materials", "claims", "note"}
+                "dropped_materials", "claims", "note", "retention"}
 
 
 def _claims(f: _File, value: Any, line: int, what: str) -> list[Claim]:
@@ -626,6 +626,8 @@ def _bundle(f: _File, doc: Any, departments: dict[str, Department], services: di
     return Bundle(
         code=code or f.path.stem, label=f.label(m, what), kind=kind or "individual", listing=listing,
         lead=lead, lead_source=lead_source, modelled=modelled, members=tuple(members),
+        retention=f.figure(m["retention"], m.at("retention"), f"{what}: retention", unit_key="years")
+        if "retention" in m else None,
         promised_total=promised_total, dropped_materials=tuple(dropped),
         claims=tuple(_claims(f, m.get("claims"), m.at("claims"), what)),
         note=f.text(m, "note", what, required=False), origin=f.origin(m.line))

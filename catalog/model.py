@@ -222,6 +222,8 @@ class Bundle:
     claims: tuple[Claim, ...] = ()
     note: str | None = None
     origin: Origin | None = None
+    #: how long a closed case's personal data is kept before it may be erased (producers/erasure.py)
+    retention: Figure | None = None
 
     @property
     def services(self) -> tuple[str, ...]:

@@ -219,7 +219,7 @@ def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
 
 @main.command(help="Run the whole system (no NAME: api, core, read-models, adapters, deadlines under a supervisor) "
                    "or one process: api, core, read-models, adapters [DEPT,…], deadlines, or one processor alone: "
-                   "dispatch, cascade, case-view, kpis, oversight, adapter DEPT.")
+                   "dispatch, cascade, case-view, kpis, oversight, read-audit, adapter DEPT.")
 @click.argument("name", required=False)
 @click.argument("arg", required=False)
 def run(name: str | None, arg: str | None) -> None:
@@ -302,6 +302,29 @@ def replay_deadlines() -> None:
     console.print(f"deadlines: {total} events replayed")
 
 
+@main.group(help="谁查看了我的数据: the read audit of personal data.")
+def audit() -> None:
+    pass
+
+
+@audit.command("verify", help="Check every subject's hash chain of reads (or one subject's); print the first broken "
+                              "row of each broken chain and exit 1.")
+@click.option("--subject", help="the data subject's pseudonymous token (p_…)")
+def audit_verify(subject: str | None) -> None:
+    import psycopg
+
+    from projectors import read_audit
+
+    with psycopg.connect(_settings().database_url) as conn:
+        result = read_audit.verify(conn, subject)
+    for broken in result.broken:
+        console.print(f"[red]broken:[/red] {broken.describe()}", highlight=False, soft_wrap=True)
+    if not result.ok:
+        raise StackFailure(f"read audit: {len(result.broken)} of {result.chains} chains broken ({result.rows} rows read)")
+    console.print(f"read audit: {result.chains} chain{'s' if result.chains != 1 else ''}, {result.rows} rows, "
+                  "every chain holds", highlight=False)
+
+
 @main.group(help="The SRE view: a local Prometheus scraping every process, with the alert rules.")
 def prometheus() -> None:
     pass
@@ -333,8 +356,13 @@ def prometheus_down() -> None:
 
 def _register_groups() -> None:
     from catalog.cli import catalog
+    from producers.privacy_cli import deadletters, erase, keys, retention
     from producers.register_cli import cascade, registers
 
+    main.add_command(erase)
+    main.add_command(retention)
+    main.add_command(keys)
+    main.add_command(deadletters)
     main.add_command(catalog)
     main.add_command(registers)
     main.add_command(cascade)

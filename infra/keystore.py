@@ -133,21 +133,53 @@ def department_public_key(department: str) -> X25519PublicKey:
     raise KeyConfigError(f"{department_public_variable(department)} is not set (README, \"Personal data\")")
 
 
-def _kek(shared: bytes, department: str, key_id: str) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt=None, info=f"onething/dept/{department}/{key_id}".encode()).derive(shared)
+def _kek(shared: bytes, info: str) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info.encode()).derive(shared)
+
+
+def seal_to(public: X25519PublicKey, info: str, data: bytes) -> bytes:
+    """`data` for the holder of `public`'s private key only (ephemeral-static X25519, HKDF-SHA256,
+    AES-256-GCM; `info` binds the purpose): ephemeral public key ‖ nonce ‖ ciphertext."""
+    ephemeral = X25519PrivateKey.generate()
+    kek = _kek(ephemeral.exchange(public), info)
+    nonce = os.urandom(12)
+    eph = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return eph + nonce + AESGCM(kek).encrypt(nonce, data, info.encode())
+
+
+def open_as(private: X25519PrivateKey, info: str, blob: bytes) -> bytes:
+    kek = _kek(private.exchange(X25519PublicKey.from_public_bytes(blob[:32])), info)
+    return AESGCM(kek).decrypt(blob[32:44], blob[44:], info.encode())
 
 
 def wrap_for_department(department: str, key_id: str, key: bytes) -> bytes:
-    ephemeral = X25519PrivateKey.generate()
-    kek = _kek(ephemeral.exchange(department_public_key(department)), department, key_id)
-    nonce = os.urandom(12)
-    public = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return public + nonce + AESGCM(kek).encrypt(nonce, key, key_id.encode())
+    return seal_to(department_public_key(department), f"onething/dept/{department}/{key_id}", key)
 
 
 def unwrap_as_department(private: X25519PrivateKey, department: str, key_id: str, wrapped: bytes) -> bytes:
-    kek = _kek(private.exchange(X25519PublicKey.from_public_bytes(wrapped[:32])), department, key_id)
-    return AESGCM(kek).decrypt(wrapped[32:44], wrapped[44:], key_id.encode())
+    return open_as(private, f"onething/dept/{department}/{key_id}", wrapped)
+
+
+# -- the operator's key (dead letters) -----------------------------------------------------------------
+OPERATOR_KEY_ENV, OPERATOR_PUBLIC_KEY_ENV = "ONETHING_OPERATOR_KEY", "ONETHING_OPERATOR_PUBLIC_KEY"
+
+
+def operator_private_key() -> X25519PrivateKey:
+    """Only where an authorised operator reads dead letters (`onething deadletters show`)."""
+    text = os.environ.get(OPERATOR_KEY_ENV)
+    if text:
+        return X25519PrivateKey.from_private_bytes(_b64key(OPERATOR_KEY_ENV, text))
+    if _dev_allowed():
+        return X25519PrivateKey.from_private_bytes(_dev_bytes("operator"))
+    raise KeyConfigError(f"{OPERATOR_KEY_ENV} is not set (README, \"Personal data\")")
+
+
+def operator_public_key() -> X25519PublicKey:
+    """What every process that parks dead letters knows: the public half."""
+    text = os.environ.get(OPERATOR_PUBLIC_KEY_ENV)
+    if text:
+        return X25519PublicKey.from_public_bytes(_b64key(OPERATOR_PUBLIC_KEY_ENV, text))
+    return operator_private_key().public_key()
 
 
 # -- the store -------------------------------------------------------------------------------------

@@ -95,6 +95,36 @@ def problems(settings, principals: Iterable[str] = (), env: dict[str, str] | Non
             shared = env.get("ONETHING_KAFKA_USER") == principal and env.get("ONETHING_KAFKA_PASSWORD")
             if not env.get(own) and not shared:
                 out.append(f"{own} is not set (Kafka password of principal {principal})")
+    out += _key_problems(env, principals)
+    return out
+
+
+def _key_problems(env: dict[str, str], principals: Iterable[str]) -> list[str]:
+    """The keys of personal data (infra/keystore.py): the API seals with the master key and wraps
+    for each department's public key; a department opens with its private key; every process
+    seals its dead letters to the operator's public key."""
+    from infra import keystore
+
+    out = []
+    if env.get(keystore.DEV_SECRET_ENV):
+        out.append(f"{keystore.DEV_SECRET_ENV} is set: development keys are for development only")
+    if not env.get(keystore.OPERATOR_PUBLIC_KEY_ENV):
+        out.append(f"{keystore.OPERATOR_PUBLIC_KEY_ENV} is not set (dead letters are sealed to it)")
+    wanted = set(principals)
+    if "api" in wanted:
+        from catalog.loader import load_catalog
+
+        if not env.get(keystore.MASTER_KEY_ENV):
+            out.append(f"{keystore.MASTER_KEY_ENV} is not set (the master key that wraps the data keys)")
+        missing = [d for d in sorted(load_catalog().departments)
+                   if not env.get(keystore.department_public_variable(d))]
+        if missing:
+            out.append(f"{keystore.department_public_variable(missing[0])} is not set (and {len(missing) - 1} more "
+                       "departments' public keys: a case's data key is wrapped for each department it goes to)")
+    for principal in sorted(p for p in wanted if p.startswith("adapter.")):
+        variable = keystore.department_private_variable(principal.removeprefix("adapter."))
+        if not env.get(variable):
+            out.append(f"{variable} is not set (the department's private key opens its tasks)")
     return out
 
 

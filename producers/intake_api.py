@@ -13,6 +13,8 @@ Endpoints (JSON; errors always {"errors": [{"path", "code", "message_zh", "messa
   POST /api/v1/cases/{case_id}/materials      补正: supply or correct materials/fields → MaterialsSupplemented
   POST /api/v1/cases/{case_id}/withdraw       → ApplicationWithdrawn
   GET  /api/v1/departments/{dept}/worklist    a department's worklist (when the read model offers one)
+  GET  /api/v1/cases/{case_id}/reads          谁查看了我的数据: staff reads of the case (the applicant)
+  GET  /api/v1/reads?staff_id=                what one staff member read (a supervisor)
   GET  /status/{case_id}                      the citizen status page (portal/)
   GET  /metrics                               Prometheus
 
@@ -25,8 +27,9 @@ person typed: resident IDs, names and phones stay out of both.
 Where things are: this module only composes the app. Routers per resource —
 producers/api_catalog.py (bundles, form), api_documents.py (uploads), api_cases.py (submit,
 supplement, withdraw), api_case_view.py (the case, a department's worklist), oversight_api.py
-(办不成事, 好差评), kpi_api.py (晴雨表), register_api.py (一处变更), api_pages.py (pages,
-/metrics); the access rules as dependencies in api_access.py; errors and the shared route class in
+(办不成事, 好差评), api_reads.py (谁查看了我的数据), kpi_api.py (晴雨表), register_api.py (一处变更),
+api_pages.py (pages, /metrics); the access rules as dependencies in api_access.py, the read audit
+of staff reads in api_audit.py; errors and the shared route class in
 api_errors.py; the shared state in api_state.py; body limits, write authentication before the body
 and rate limits in api_limits.py; Idempotency-Key and actions-once in api_idempotency.py.
 
@@ -59,7 +62,7 @@ from pathlib import Path
 import anyio.to_thread
 import psycopg
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -70,7 +73,8 @@ from catalog.model import Catalog
 from infra import log as infra_log
 from infra.settings import Settings
 
-from . import api_case_view, api_cases, api_catalog, api_documents, api_pages, e_license, identity, oversight_api
+from . import (api_audit, api_case_view, api_cases, api_catalog, api_documents, api_erasure, api_pages, api_reads,
+               e_license, identity, oversight_api)
 from .api_errors import MESSAGES, ApiError, FastJSON, err, field_error, jsonable
 from .api_limits import BodyLimits, RateLimits
 from .api_observe import Observe, RouteTemplates
@@ -107,7 +111,7 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     from .kpi_api import create_router as kpi_router
     from .register_api import create_router as register_router
 
-    registers = register_router(settings, database=db)
+    registers = register_router(settings, database=db, producer=state.producer)
 
     def seed() -> None:
         try:
@@ -154,9 +158,11 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     app.add_middleware(Observe, templates=RouteTemplates(app))
     install_error_handlers(app)
 
-    for router in (api_catalog.router, api_documents.router, api_cases.router, api_case_view.router,
-                   oversight_api.router, api_pages.router):
+    for router in (api_catalog.router, api_documents.router, api_case_view.router, oversight_api.router,
+                   api_reads.router, api_erasure.router, api_pages.router):
         app.include_router(router)
+    # a clerk's filing reads the applicant's e-licences: the routes get the request's read audit
+    app.include_router(api_cases.router, dependencies=[Depends(api_audit.bind_read_audit)])
     app.include_router(registers)  # 一处变更: the master registers (register and department tokens)
     app.include_router(kpi_router(settings, database=db, catalog=state.catalog))  # 晴雨表, API and page at /kpis
     if Path(PORTAL_DIR).is_dir():

@@ -21,6 +21,8 @@ import pytest
 from catalog.loader import load_catalog
 from catalog.validators import check_resident_id
 from events import bus
+from events import personal
+from infra import keystore
 from infra.demo import run_demo
 from producers import e_license
 from infra.supervisor import system
@@ -31,6 +33,7 @@ from projectors import case_state, case_view
 from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
 from projectors.postgres_projection import rebuild
 
+from .support.borrowed import Borrowed
 from .support.fast_forward import skip_history
 from .support.poison import NUL, produce
 from .support.scale import scaled
@@ -137,6 +140,16 @@ def test_the_four_demo_paths_through_every_process(settings, running_stack, api_
                             (complete["case_id"],)).fetchone()[0]
         assert hrss == 1
 
+    # crypto-shredding: once the applicant's keys are destroyed, the police's output kept in the
+    # case view (sealed by the police adapter) opens as 已删除 — the read model needs no change
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        stored = read_case(conn, complete["case_id"])
+        sealed = {s["service_id"]: s["outputs"] for s in stored["services"]}["police.birth_registration"]
+        assert personal.is_sealed(sealed["child_resident_id"]), "the read model keeps ciphertext only"
+        assert keystore.erase(conn, stored["applicant_token"], by="test", reason="e2e") != []
+        platform = keystore.platform_keys(lambda: Borrowed(conn), ttl_s=0)
+        assert personal.open_fields(platform, sealed)["child_resident_id"] == personal.ERASED
+
     fixed = {s["service_id"]: s for s in corrected["services"]}
     assert corrected["status"] == "completed" and all(s["status"] == "approved" for s in fixed.values())
     assert max(s["attempt"] for s in fixed.values()) == 2  # re-dispatched after the supplement
@@ -158,6 +171,7 @@ def test_the_four_demo_paths_through_every_process(settings, running_stack, api_
     (reported,) = rejected["escalations"]
     assert reported["reason"] == "rejected" and reported["service_id"] == "health.birth_certificate"
     assert reported["status"] == "open" and reported["origin"] == "applicant"
+
 
 
 def _completed(database_url: str, case_ids: set[str]) -> int:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from events import personal
 from infra import db_roles, keystore, migrations, postgres_local
+from tests.support.borrowed import Borrowed
 
 KEY, KID = bytes(range(32)), uuid.UUID(int=7).hex
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
@@ -92,17 +93,17 @@ def test_a_subject_has_one_key_and_erasure_destroys_every_copy(owner, database_u
     sealed = personal.seal(key, key_id, "child_name", "小满")
 
     with psycopg.connect(db_roles.department_url(database_url, "police"), autocommit=True) as police:
-        opens = keystore.department_keys(lambda: _borrowed(police), "police", ttl_s=0)
+        opens = keystore.department_keys(lambda: Borrowed(police), "police", ttl_s=0)
         assert personal.open_value(opens, "child_name", sealed) == "小满"
         assert keystore.case_key_id(police, "police", case_id) == key_id
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             police.execute("SELECT 1 FROM data_keys LIMIT 1")
     with psycopg.connect(db_roles.department_url(database_url, "tax"), autocommit=True) as tax:
         assert keystore.case_key_id(tax, "tax", case_id) is None, "tax was not sent this case"
-        assert personal.open_value(keystore.department_keys(lambda: _borrowed(tax), "tax", ttl_s=0), "child_name",
+        assert personal.open_value(keystore.department_keys(lambda: Borrowed(tax), "tax", ttl_s=0), "child_name",
                                    sealed) == personal.ERASED
 
-    platform = keystore.platform_keys(lambda: _borrowed(owner), master, ttl_s=0)
+    platform = keystore.platform_keys(lambda: Borrowed(owner), master, ttl_s=0)
     assert personal.open_value(platform, "child_name", sealed) == "小满"
     assert keystore.erase(owner, subject, by="supervisor:S-1", reason="test") == [key_id]
     assert personal.open_value(platform, "child_name", sealed) == personal.ERASED
@@ -124,20 +125,10 @@ def test_rotating_the_master_key_rewraps_and_the_old_values_still_open(owner, mo
     assert owner.execute("SELECT master_key_id FROM data_keys WHERE key_id = %s", (key_id,)).fetchone()[0] == "k2"
     monkeypatch.delenv(keystore.OLD_MASTER_KEYS_ENV)
     only_new = keystore.MasterKeys.from_env()
-    assert personal.open_value(keystore.platform_keys(lambda: _borrowed(owner), only_new, ttl_s=0),
+    assert personal.open_value(keystore.platform_keys(lambda: Borrowed(owner), only_new, ttl_s=0),
                                "contact_mobile", sealed) == "13800138000"
     # the rest of the suite's keys: back under the development master key
     monkeypatch.setenv(keystore.OLD_MASTER_KEYS_ENV, f"k2={new_key}")
     monkeypatch.delenv(keystore.MASTER_KEY_ENV)
     keystore.rotate(owner, keystore.MasterKeys.from_env())
 
-
-class _borrowed:
-    def __init__(self, conn):
-        self.conn = conn
-
-    def __enter__(self):
-        return self.conn
-
-    def __exit__(self, *exc):
-        return False

@@ -16,7 +16,7 @@ from infra.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 STRONG = {"ONETHING_TOKEN_SECRET": "t" * 40, "ONETHING_PSEUDONYM_SECRET": "p" * 40,
           "DATABASE_URL": "postgresql://dispatch@db.example/onething", "ONETHING_KAFKA_AUTH": "scram",
-          "ONETHING_KAFKA_PASSWORD_DISPATCH": "x" * 24}
+          "ONETHING_KAFKA_PASSWORD_DISPATCH": "x" * 24, "ONETHING_OPERATOR_PUBLIC_KEY": "a" * 43 + "="}
 SCRAM = replace(Settings(), kafka_auth="scram")
 
 
@@ -36,6 +36,8 @@ def test_a_production_configuration_passes():
     ("DATABASE_URL", None, "DATABASE_URL is not set"),
     ("ONETHING_KAFKA_PASSWORD_DISPATCH", None, "ONETHING_KAFKA_PASSWORD_DISPATCH is not set"),
     ("ONETHING_KAFKA_DEV_SECRET", "anything", "ONETHING_KAFKA_DEV_SECRET is set"),
+    ("ONETHING_OPERATOR_PUBLIC_KEY", None, "ONETHING_OPERATOR_PUBLIC_KEY is not set"),
+    ("ONETHING_KEY_DEV_SECRET", "anything", "ONETHING_KEY_DEV_SECRET is set"),
 ])
 def test_each_unsafe_setting_is_named(variable, value, says):
     env = {k: v for k, v in STRONG.items() if k != variable}
@@ -44,6 +46,20 @@ def test_each_unsafe_setting_is_named(variable, value, says):
     found = problems(SCRAM, ["dispatch"], env=env)
     assert len(found) == 1 and says in found[0], found
     assert not value or value not in found[0], "a problem never quotes a value"
+
+
+def test_the_keys_of_personal_data_are_named_per_component():
+    """The API seals (master key, the departments' public keys); an adapter opens (its private key)."""
+    from catalog.loader import load_catalog
+
+    api = problems(SCRAM, ["api"], env={**STRONG, "ONETHING_KAFKA_PASSWORD_API": "x" * 24})
+    assert any(p.startswith("ONETHING_MASTER_KEY is not set") for p in api), api
+    assert any("ONETHING_DEPARTMENT_PUBLIC_KEY_" in p for p in api), api
+    keys = {f"ONETHING_DEPARTMENT_PUBLIC_KEY_{d.upper()}": "k" * 43 + "=" for d in load_catalog().departments}
+    assert problems(SCRAM, ["api"], env={**STRONG, **keys, "ONETHING_KAFKA_PASSWORD_API": "x" * 24,
+                                         "ONETHING_MASTER_KEY": "m" * 43 + "="}) == []
+    police = problems(SCRAM, ["adapter.police"], env={**STRONG, "ONETHING_KAFKA_PASSWORD_ADAPTER_POLICE": "x" * 24})
+    assert police == ["ONETHING_DEPARTMENT_KEY_POLICE is not set (the department's private key opens its tasks)"]
 
 
 def test_kafka_without_authentication_is_refused():
