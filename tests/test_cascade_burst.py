@@ -1,5 +1,5 @@
 """The cascade's reliability scenario, shaped like Kafka's own system tests: a burst of 1,000
-register changes over 100 companies, written by concurrent producers, while the tax
+register changes over 100 companies (400 over 40 in the suite's short form, tests/support/scale.py), written by concurrent producers, while the tax
 department's register system is down for part of it and the cascade projector is killed with
 SIGKILL once in the middle. Verified at the end against the log itself:
 
@@ -36,14 +36,15 @@ from projectors.cascade import CASCADE_TOPIC
 from .support.cascade_harness import (cascade_env, company_fields, end_offsets, new_resident_id, new_uscc,
                                       open_changes, skip_if_foreign_adapters, start_process,
                                       stop_process, wait_cascade_ready, wait_complete)
+from .support.scale import scaled
 from .support.topics import read_messages
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 SUBS = load_subscriptions()
 DEPARTMENTS = SUBS.departments("company")
-COMPANIES, CHANGES_PER_COMPANY = 100, 9   # + 1 registration each: 1,000 changes
+COMPANIES, CHANGES_PER_COMPANY = scaled(100, 40), 9   # + 1 registration each: 1,000 (400) changes
 DOWN, OUTAGE_S = "tax", 25.0
-KILL_AFTER_APPLIED = 2000  # of about 6,500 department applications
+KILL_AFTER_APPLIED = scaled(2000, 800)  # of about 6,500 (2,600) department applications
 
 
 def applied_targets(database_url: str, cascade: str) -> int:
@@ -82,7 +83,7 @@ def changes_for(rng: random.Random, j: int) -> dict[str, str]:
     return out
 
 
-def test_1000_changes_with_a_department_down_and_the_cascade_killed_end_in_equal_copies(
+def test_a_burst_of_changes_with_a_department_down_and_the_cascade_killed_ends_in_equal_copies(
         bootstrap, database_url, tmp_path):
     skip_if_foreign_adapters(bootstrap, DEPARTMENTS)
     settings = Settings.from_env()

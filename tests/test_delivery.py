@@ -13,18 +13,22 @@ import pytest
 from events import bus, codec
 from events.envelope import Actor, new_event
 
+from .support.scale import scaled
+
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
 N_EVENTS, N_KEYS = 10_000, 100
+#: the killed consumer's run: its short form in the suite (tests/support/scale.py)
+N_KILLED = scaled(N_EVENTS, 4_000)
 
 
-def _events(run: str):
+def _events(run: str, n: int = N_EVENTS):
     actor = Actor("tester", "system", "system")
     return [
         new_event("RegisterChanged", f"{run}-k{i % N_KEYS:03d}",
                   {"register": "company", "change_kind": "test", "changes": {"i": str(i)}},
                   actor=actor, region_code="440200", sequence=i // N_KEYS)
-        for i in range(N_EVENTS)
+        for i in range(n)
     ]
 
 
@@ -74,23 +78,23 @@ def test_consumer_killed_midway_resumes_without_loss(bootstrap, fresh_topic, tmp
     """kill -9 a consumer in the middle; a new member of its group resumes from the commit."""
     topic = fresh_topic(partitions=6)
     run = uuid.uuid4().hex[:6]
-    events = _events(run)
+    events = _events(run, N_KILLED)
     _produce(bootstrap, topic, events)
     out = tmp_path / "effects.txt"
     group = f"g-{run}"
     cmd = [sys.executable, "-m", "tests.support.durable_consumer", bootstrap, topic, group, str(out),
-           str(N_EVENTS)]
+           str(N_KILLED)]
 
     first = subprocess.Popen([*cmd, "0.2"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     progressed = 0
     deadline = time.monotonic() + 120
-    while progressed < N_EVENTS // 4 and time.monotonic() < deadline:
+    while progressed < N_KILLED // 4 and time.monotonic() < deadline:
         line = first.stdout.readline()
         if line.startswith("progress"):
             progressed = int(line.split()[1])
     first.kill()  # SIGKILL: no chance to commit or close
     first.wait()
-    assert 0 < progressed < N_EVENTS, "the first consumer should die part-way"
+    assert 0 < progressed < N_KILLED, "the first consumer should die part-way"
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]

@@ -3,7 +3,7 @@
 deadline clock → status API, on the real broker and PostgreSQL.
 
 Two scenarios: the demo's four paths (complete, 容缺→补正, rejected, withdrawn), and 1,000
-applications (400 in the suite's short form) with the core, read-model and adapter processes killed with SIGKILL in the middle
+applications (250 in the suite's short form) with the core, read-model and adapter processes killed with SIGKILL in the middle
 — every case must still complete, no department may process a task twice, and the case view
 must equal a fresh rebuild from the log.
 """
@@ -43,7 +43,7 @@ from .support.topics import mark, read_messages, read_since, wait_for
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 CATALOG = load_catalog()
 NEWBORN = set(CATALOG.select(bundle_code="newborn").services)
-E2E_CASES = scaled(1000, 400)   # tests/support/scale.py
+E2E_CASES = scaled(1000, 250)   # tests/support/scale.py
 
 
 def _free_port() -> int:
