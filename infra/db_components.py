@@ -132,20 +132,12 @@ def apply_grants(conn: psycopg.Connection) -> int:
             continue
         changed += 1
         ident = sql.Identifier(name)
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
-        if missing_crud:
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, missing_crud)), ident))
-            conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
-        if missing_append:
-            conn.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, missing_append)), ident))
+        db_roles.grant(conn, name, missing_crud, "SELECT, INSERT, UPDATE, DELETE")
+        db_roles.grant(conn, name, missing_append, "SELECT, INSERT")
         if excess:
             conn.execute(sql.SQL("REVOKE UPDATE, DELETE, TRUNCATE ON {} FROM {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, excess)), ident))
-        if missing_select:
-            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, missing_select)), ident))
+        db_roles.grant(conn, name, missing_select, "SELECT")
         rule = sql.SQL(" OR ").join(db_roles.consumer_rule(c, "~", ".") for c in access.consumers)
         for table in todo:
             db_roles.create_policy(conn, name, table, rule)

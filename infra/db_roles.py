@@ -134,12 +134,7 @@ def apply_grants(conn: psycopg.Connection, departments: Iterable[str]) -> int:
         if not missing and not todo:
             continue
         changed += 1
-        ident = sql.Identifier(name)
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
-        if missing:
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, missing)), ident))
-            conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
+        grant(conn, name, missing, "SELECT, INSERT, UPDATE, DELETE")
         mine = consumer_rule(f"adapter.{dept}", ".")
         for table in todo:
             rule = mine if table in CONSUMER_ROWS else sql.SQL("department = {}").format(sql.Literal(dept))
@@ -153,6 +148,18 @@ def consumer_rule(name: str, *separators: str) -> sql.Composable:
     """Rows of consumer `name` and of `name<separator>…` (a lane, a generation)."""
     return sql.SQL(" OR ").join([sql.SQL("consumer = {}").format(sql.Literal(name))] + [
         sql.SQL("starts_with(consumer, {})").format(sql.Literal(name + sep)) for sep in separators])
+
+
+def grant(conn: psycopg.Connection, name: str, tables: list[str], privileges: str) -> None:
+    """USAGE on the schema, and `privileges` on `tables` (with the sequences when it may write)."""
+    ident = sql.Identifier(name)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident))
+    if not tables:
+        return
+    conn.execute(sql.SQL("GRANT " + privileges + " ON {} TO {}").format(
+        sql.SQL(", ").join(map(sql.Identifier, tables)), ident))
+    if "INSERT" in privileges:
+        conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {}").format(ident))
 
 
 def enable_row_security(conn: psycopg.Connection, tables: list[str]) -> None:

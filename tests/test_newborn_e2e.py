@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import replace
 
 import psycopg
@@ -33,7 +34,6 @@ from projectors import case_state, case_view
 from projectors.case_view import CaseViewProjection, create_schema, drop_schema, read_case
 from projectors.postgres_projection import rebuild
 
-from .support.borrowed import Borrowed
 from .support.fast_forward import skip_history
 from .support.poison import NUL, produce
 from .support.scale import scaled
@@ -147,7 +147,7 @@ def test_the_four_demo_paths_through_every_process(settings, running_stack, api_
         sealed = {s["service_id"]: s["outputs"] for s in stored["services"]}["police.birth_registration"]
         assert personal.is_sealed(sealed["child_resident_id"]), "the read model keeps ciphertext only"
         assert keystore.erase(conn, stored["applicant_token"], by="test", reason="e2e") != []
-        platform = keystore.platform_keys(lambda: Borrowed(conn), ttl_s=0)
+        platform = keystore.platform_keys(lambda: nullcontext(conn), ttl_s=0)
         assert personal.open_fields(platform, sealed)["child_resident_id"] == personal.ERASED
 
     fixed = {s["service_id"]: s for s in corrected["services"]}

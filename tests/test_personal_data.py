@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import uuid
+from contextlib import nullcontext
 
 import psycopg
 import pytest
@@ -17,7 +18,6 @@ from hypothesis import strategies as st
 
 from events import personal
 from infra import db_roles, keystore, migrations, postgres_local
-from tests.support.borrowed import Borrowed
 
 KEY, KID = bytes(range(32)), uuid.UUID(int=7).hex
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
@@ -93,17 +93,17 @@ def test_a_subject_has_one_key_and_erasure_destroys_every_copy(owner, database_u
     sealed = personal.seal(key, key_id, "child_name", "小满")
 
     with psycopg.connect(db_roles.department_url(database_url, "police"), autocommit=True) as police:
-        opens = keystore.department_keys(lambda: Borrowed(police), "police", ttl_s=0)
+        opens = keystore.department_keys(lambda: nullcontext(police), "police", ttl_s=0)
         assert personal.open_value(opens, "child_name", sealed) == "小满"
         assert keystore.case_key_id(police, "police", case_id) == key_id
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             police.execute("SELECT 1 FROM data_keys LIMIT 1")
     with psycopg.connect(db_roles.department_url(database_url, "tax"), autocommit=True) as tax:
         assert keystore.case_key_id(tax, "tax", case_id) is None, "tax was not sent this case"
-        assert personal.open_value(keystore.department_keys(lambda: Borrowed(tax), "tax", ttl_s=0), "child_name",
+        assert personal.open_value(keystore.department_keys(lambda: nullcontext(tax), "tax", ttl_s=0), "child_name",
                                    sealed) == personal.ERASED
 
-    platform = keystore.platform_keys(lambda: Borrowed(owner), master, ttl_s=0)
+    platform = keystore.platform_keys(lambda: nullcontext(owner), master, ttl_s=0)
     assert personal.open_value(platform, "child_name", sealed) == "小满"
     assert keystore.erase(owner, subject, by="supervisor:S-1", reason="test") == [key_id]
     assert personal.open_value(platform, "child_name", sealed) == personal.ERASED
@@ -125,10 +125,37 @@ def test_rotating_the_master_key_rewraps_and_the_old_values_still_open(owner, mo
     assert owner.execute("SELECT master_key_id FROM data_keys WHERE key_id = %s", (key_id,)).fetchone()[0] == "k2"
     monkeypatch.delenv(keystore.OLD_MASTER_KEYS_ENV)
     only_new = keystore.MasterKeys.from_env()
-    assert personal.open_value(keystore.platform_keys(lambda: Borrowed(owner), only_new, ttl_s=0),
+    assert personal.open_value(keystore.platform_keys(lambda: nullcontext(owner), only_new, ttl_s=0),
                                "contact_mobile", sealed) == "13800138000"
     # the rest of the suite's keys: back under the development master key
     monkeypatch.setenv(keystore.OLD_MASTER_KEYS_ENV, f"k2={new_key}")
     monkeypatch.delenv(keystore.MASTER_KEY_ENV)
     keystore.rotate(owner, keystore.MasterKeys.from_env())
 
+
+
+def test_a_department_sees_only_the_outputs_its_own_services_wait_for(monkeypatch):
+    """Disease control's clerk no longer sees the child's resident ID the police issued; the
+    tax office, whose premium needs it, does; the applicant sees every output, opened."""
+    from types import SimpleNamespace
+
+    from catalog.loader import load_catalog
+    from producers.api_personal import shown_view
+
+    catalog = load_catalog()
+    sealed = personal.seal(KEY, KID, "child_resident_id", "440203202611290012")
+    view = {"services": [
+        {"service_id": "police.birth_registration", "department": "police", "outputs": {"child_resident_id": sealed}},
+        {"service_id": "disease_control.vaccination_record", "department": "disease_control",
+         "outputs": {"vaccination_record_no": "VR-1"}},
+        {"service_id": "tax.newborn_premium", "department": "tax", "outputs": {}}]}
+    state = SimpleNamespace(catalog=catalog, platform_keys=lambda: (lambda k: KEY if k == KID else None))
+
+    def outputs(role: str, department: str | None) -> dict[str, dict]:
+        shown = shown_view(state, view, SimpleNamespace(role=role, department=department))
+        return {s["service_id"]: s["outputs"] for s in shown["services"]}
+
+    dc = outputs("department", "disease_control")
+    assert dc["police.birth_registration"] == {} and dc["disease_control.vaccination_record"] == {"vaccination_record_no": "VR-1"}
+    assert outputs("department", "tax")["police.birth_registration"] == {"child_resident_id": "440203202611290012"}
+    assert outputs("applicant", None)["police.birth_registration"] == {"child_resident_id": "440203202611290012"}
