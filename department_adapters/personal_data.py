@@ -47,12 +47,16 @@ class DepartmentKeys:
         }
         return replace(task, payload=opened)
 
-    def seal_outputs(self, case_id: str, outputs: dict[str, str]) -> dict[str, str]:
-        """Outputs under the case's data key; as they are if the case came with none (a case
-        accepted before personal data was sealed, a register sync)."""
+    def seal_outputs(self, task: Event, outputs: dict[str, str]) -> dict[str, str]:
+        """Outputs under the case's data key — the one its fields came sealed with, else the one
+        granted for the case; as they are if the case came with none (a case accepted before
+        personal data was sealed, a register sync)."""
         if not outputs or self._conn is None:
             return outputs
-        key_id = keystore.case_key_id(self._conn, self.department, case_id)
+        p = task.payload
+        carried = personal.key_ids(p.get("fields") or {}) | personal.key_ids(p.get("inputs") or {})
+        key_id = next(iter(carried)) if len(carried) == 1 else keystore.case_key_id(self._conn, self.department,
+                                                                                       task.key)
         if key_id is None:
             return outputs
         key = self._keys(key_id)

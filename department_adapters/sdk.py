@@ -168,7 +168,7 @@ class AdapterProcessor(BaseProcessor):
                 opened = [keys.open_task(t) for t in fresh.values()]
                 for task, decisions in zip(fresh.values(), self._decide_all(opened, conn)):
                     tid = task.payload["task_id"]
-                    decisions = [replace(d, outputs=keys.seal_outputs(task.key, d.outputs)) if d.outputs else d
+                    decisions = [replace(d, outputs=keys.seal_outputs(task, d.outputs)) if d.outputs else d
                                  for d in decisions]
                     stored[tid] = decisions
                     counts.handled += 1

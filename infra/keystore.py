@@ -19,6 +19,7 @@ a master-wrapped key. Unwrapped keys are cached in a process for `ONETHING_KEY_C
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -124,11 +125,17 @@ def department_private_key(department: str) -> X25519PrivateKey:
 
 
 def department_public_key(department: str) -> X25519PublicKey:
-    """What the platform knows of a department's key: its public half."""
-    text = os.environ.get(department_public_variable(department))
-    if text:
-        return X25519PublicKey.from_public_bytes(_b64key(department_public_variable(department), text))
-    if _dev_allowed() or os.environ.get(department_private_variable(department)):
+    """What the platform knows of a department's key: its public half (read once per setting:
+    every accepted case wraps its key for each of its departments)."""
+    return _public_key(department, os.environ.get(department_public_variable(department)),
+                       os.environ.get(department_private_variable(department)), _dev_allowed())
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(department: str, public: str | None, private: str | None, dev: bool) -> X25519PublicKey:
+    if public:
+        return X25519PublicKey.from_public_bytes(_b64key(department_public_variable(department), public))
+    if dev or private:
         return department_private_key(department).public_key()
     raise KeyConfigError(f"{department_public_variable(department)} is not set (README, \"Personal data\")")
 
@@ -199,11 +206,13 @@ def subject_key(conn: psycopg.Connection, subject: str, master: MasterKeys) -> t
 
 
 def grant(conn: psycopg.Connection, case_id: str, key_id: str, key: bytes, departments) -> None:
-    """The key, wrapped for each department a case is sent to (once each)."""
-    have = {d for (d,) in conn.execute("SELECT department FROM department_data_keys WHERE case_id = %s", (case_id,))}
-    for dept in sorted(set(departments) - have):
-        conn.execute("INSERT INTO department_data_keys (case_id, department, key_id, wrapped) VALUES (%s, %s, %s, %s) "
-                     "ON CONFLICT DO NOTHING", (case_id, dept, key_id, wrap_for_department(dept, key_id, key)))
+    """The key, wrapped for each department a case is sent to (once each; one statement)."""
+    depts = sorted(set(departments))
+    if not depts:
+        return
+    conn.execute("INSERT INTO department_data_keys (case_id, department, key_id, wrapped) "
+                 "SELECT %s, d, %s, w FROM unnest(%s::text[], %s::bytea[]) AS x(d, w) ON CONFLICT DO NOTHING",
+                 (case_id, key_id, depts, [wrap_for_department(d, key_id, key) for d in depts]))
 
 
 class _Cache:
