@@ -53,10 +53,39 @@ case "$job" in
     shift || true
     # tests/conftest.py brings up a stack of the suite's own (broker 19092, database onething_test)
     set +e
-    .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+    if [ $# -gt 0 ] || [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -n "${DATABASE_URL:-}" ]; then
+      .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+      # pytest's 5 means "no test ran": that is a failure of the suite, not a pass
+      exit $?
+    fi
+    # The whole suite in two lanes at once, each on a stack of its own: the fault scenarios
+    # (`-m slow`: processes killed, brokers lost — mostly waiting) beside everything else, so the
+    # suite fits its 10 minutes on two cores. PostgreSQL is shared (one database per lane): it is
+    # started here, before either lane, and stopped here if this started it.
+    .venv/bin/python -c "from infra.kafka_local import ensure_jars; ensure_jars()"   # fetched once, not by both lanes
+    pg_was_up=$(.venv/bin/python -c "from infra import postgres_local as p; print(int(p.server_online()))")
+    # the server, the project's role, both lanes' databases and the components' roles, one after
+    # the other (two lanes creating the same role at once would race)
+    ONETHING_DB_NAME=onething_test .venv/bin/python -c \
+      "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url)"
+    ONETHING_DB_NAME=onething_test_faults .venv/bin/python -c \
+      "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url)"
+    mkdir -p .onething
+    ONETHING_HOME="$PWD/.onething/test-faults" ONETHING_KAFKA_PORT=19192 ONETHING_DB_NAME=onething_test_faults \
+      ONETHING_METRICS_BASE_PORT=19600 .venv/bin/python -m pytest -q -p no:cacheprovider -m slow \
+      > .onething/test-faults.log 2>&1 &
+    faults=$!
+    .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow"
     rc=$?
-    # pytest's 5 means "no test ran": that is a failure of the suite, not a pass
-    exit $rc ;;
+    wait "$faults"
+    rc_faults=$?
+    echo "---- beside it, the fault scenarios (-m slow; broker 19192, database onething_test_faults) ----"
+    cat .onething/test-faults.log
+    if [ "$pg_was_up" != 1 ]; then
+      .venv/bin/python -c "from infra.settings import Settings; from infra.stack import stop_postgres; stop_postgres(Settings.from_env())"
+    fi
+    [ "$rc" -ne 0 ] && exit "$rc"
+    exit "$rc_faults" ;;
   *)
     exec .venv/bin/onething "$@" ;;
 esac

@@ -671,6 +671,7 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
             proc.wait()
 
 
+@pytest.mark.slow  # a fault scenario: the suite runs it in its own lane (infra/onething.sh)
 def test_kill_9_in_the_middle_ends_with_the_view_of_a_fresh_rebuild(bootstrap, database_url, topology, tmp_path):
     view = OwnView(bootstrap, database_url, "kill", topology)
     fresh = OwnView(bootstrap, database_url, "fresh", topology, seed=False)

@@ -58,6 +58,7 @@ def first_wave_tasks(bootstrap: str, case_ids: set[str], since: dict):
     return read_since(bootstrap, since, lambda e: e.type == "TaskDispatched" and e.key in case_ids, timeout_s=120)
 
 
+@pytest.mark.slow  # a fault scenario: the suite runs it in its own lane (infra/onething.sh)
 def test_kill_9_in_the_middle_of_1000_applications_loses_no_task(bootstrap, database_url, tmp_path):
     """kill -9 right after the second batch's tasks were acknowledged by the broker and before its
     state and offsets were committed (projectors/crash_points.py): the restart re-reads that

@@ -85,6 +85,7 @@ def _loop(worker: Worker, stop: threading.Event, errors: list) -> None:
         errors.append(exc)
 
 
+@pytest.mark.slow  # a fault scenario: the suite runs it in its own lane (infra/onething.sh)
 def test_a_member_that_hung_mid_batch_and_lost_its_partitions_applies_nothing_twice(
         bootstrap, database_url, fresh_topic, tally_table):
     """Member A stalls inside its first batch past max.poll.interval: the group gives its
