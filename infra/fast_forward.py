@@ -16,7 +16,8 @@ from events import kafka_auth
 from catalog.loader import load_catalog
 from catalog.subscriptions import load_subscriptions
 from infra.supervisor import demo_departments
-from infra.topics import APPLICATIONS, CASES, REGISTRY_COMPANY, REGISTRY_PERSON, decisions_topic, tasks_topic
+from infra.topics import (APPLICATIONS, AUDIT_READS, CASES, REGISTRY_COMPANY, REGISTRY_PERSON, decisions_topic,
+                          tasks_topic)
 from projectors import generations
 
 
@@ -55,7 +56,7 @@ def skip_history(bootstrap: str, database_url: str) -> None:
     decisions = [decisions_topic(d) for d in departments]
     every = [APPLICATIONS, CASES, *(tasks_topic(d) for d in departments), *decisions]
     registers = [REGISTRY_COMPANY, REGISTRY_PERSON, *(decisions_topic(d) for d in load_subscriptions().departments())]
-    ends = end_offsets(bootstrap, sorted(set(every) | set(registers)))
+    ends = end_offsets(bootstrap, sorted(set(every) | set(registers) | {AUDIT_READS}))
 
     def of(topics) -> dict:
         return {tp: o for tp, o in ends.items() if tp.topic in set(topics)}
@@ -67,3 +68,4 @@ def skip_history(bootstrap: str, database_url: str) -> None:
             store_offsets(conn, f"adapter.{dept}", of([tasks_topic(dept)]))
         for name in READ_MODELS:
             store_offsets(conn, generations.current(conn, name), of(every))
+        store_offsets(conn, generations.current(conn, "read_audit"), of([AUDIT_READS]))

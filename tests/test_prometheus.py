@@ -19,6 +19,7 @@ from infra import prometheus_local
 from infra.prometheus_local import ALERTS, DASHBOARD, LocalPrometheus, targets_of
 from infra.supervisor import system
 
+from .support.fast_forward import skip_history
 from .support.newborn import submission
 from .support.topics import wait_for
 
@@ -121,6 +122,7 @@ def live(running_stack, tmp_path_factory):
     api_port = _free_block(1, 18600, 18900)
     env = {"ONETHING_METRICS_BASE_PORT": str(_free_block(20)), "ONETHING_API_PORT": str(api_port),
            "ONETHING_CASCADE_START": "latest", "ONETHING_SIM_PROCESSING_S": "0"}
+    skip_history(settings.bootstrap_servers, settings.database_url)  # from the log's end, not an earlier run's
     sup = system(tmp_path_factory.mktemp("logs"), departments=DEPARTMENTS, env=env)
     # a TSDB of the test's own: series a previous run left (up to 5 minutes old) must not count
     home = tmp_path_factory.mktemp("home")
