@@ -48,6 +48,8 @@ DEPARTMENT_ROWS = ("adapter_decisions", "adapter_cancellations", "department_wor
 #: the runtime's bookkeeping, keyed by consumer name
 CONSUMER_ROWS = ("consumer_offsets", "processed_events")
 SHARED = ("department_register_counters",)
+#: read only: a process checks the schema's version before it starts (infra/process.py)
+READS = ("schema_version",)
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,40}")
 
 
@@ -130,11 +132,13 @@ def apply_grants(conn: psycopg.Connection, departments: Iterable[str]) -> int:
         name = role(dept)
         crud = [t for t in (*own, *DEPARTMENT_ROWS, *CONSUMER_ROWS, *SHARED) if t in have]
         missing = lacking(conn, name, crud, "SELECT, INSERT, UPDATE, DELETE")
+        unread = lacking(conn, name, [t for t in READS if t in have], "SELECT")
         todo = [t for t in (*DEPARTMENT_ROWS, *CONSUMER_ROWS) if t in have and (t, f"{name}_rows") not in present_policies]
-        if not missing and not todo:
+        if not missing and not unread and not todo:
             continue
         changed += 1
         grant(conn, name, missing, "SELECT, INSERT, UPDATE, DELETE")
+        grant(conn, name, unread, "SELECT")
         mine = consumer_rule(f"adapter.{dept}", ".")
         for table in todo:
             rule = mine if table in CONSUMER_ROWS else sql.SQL("department = {}").format(sql.Literal(dept))

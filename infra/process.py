@@ -186,24 +186,33 @@ def run_hosted(name: str, settings: Settings, arg: str | None = None,
 
     processors = processors_of(name, settings, arg)
     require_safe(settings, name, _principals(processors))
-    _schema(settings)
+    _migrate_in_dev(settings)
     database_roles(settings, processors)
+    _schema_checked(next((p.database_url for p in processors if getattr(p, "database_url", None)),
+                         settings.database_url))
     _metrics(settings)
     host = Host(processors, settings.bootstrap_servers, settings.database_url,
                 name=name + (f".{arg}" if arg else ""))
     host.run(stop or _stop_flag())
 
 
-def _schema(settings: Settings) -> None:
-    """The schema this code expects. In development a process brings it up to date itself (as
-    the owner: idempotent, concurrent starters wait for each other); anywhere else migrating is
-    the operator's step (`onething migrate`) and a process only checks, then runs as its role."""
+def _migrate_in_dev(settings: Settings) -> None:
+    """In development a process brings the schema up to date itself, as the owner (idempotent;
+    concurrent starters wait for each other). Anywhere else migrating is the operator's step
+    (`onething migrate`) and the process has no owner's credentials."""
     from infra import migrations, safe_config
 
     if safe_config.is_dev():
         migrations.migrate(settings.database_url)
-    else:
-        migrations.require_current(settings.database_url)
+
+
+def _schema_checked(url: str) -> None:
+    """Outside development: refuse a schema this code was not written for, checked as the
+    process's own role (its DATABASE_URL may name only the server and database)."""
+    from infra import migrations, safe_config
+
+    if not safe_config.is_dev():
+        migrations.require_current(url)
 
 
 def _principals(processors) -> list[str]:
@@ -226,9 +235,10 @@ def run_api(settings: Settings, _arg: str | None) -> None:
     from producers import intake_api
 
     require_safe(settings, "api", [kafka_auth.default_principal()])
-    _schema(settings)
+    _migrate_in_dev(settings)
     api_role = db_components.role("api")
     urls = _role_urls(settings, [api_role], "api")
+    _schema_checked(urls.get(api_role, settings.database_url))
     if api_role not in urls:
         structlog.get_logger(__name__).warning("postgres.role_missing", role=api_role)
         intake_api.serve(settings)
