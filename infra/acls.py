@@ -6,8 +6,9 @@ StandardAuthorizer then denies whatever no ACL here allows (`allow.everyone.if.n
 A principal is named after the consumer group of what it runs, so logs, lag and ACLs read alike:
 
     api                        writes applications, registry.company, registry.person,
-                               decisions.<d> (staff's rectification replies) and audit.reads
-                               (every read of personal data by staff); reads nothing
+                               decisions.<d> (staff's rectification replies), audit.reads
+                               (every read of personal data by staff) and privacy (erasures);
+                               reads nothing
     dispatch                   reads applications, decisions.*; writes tasks.*, cases, deadletter
     cascade                    reads registry.*, decisions.<d> of subscribers; writes their tasks.<d>,
                                cascade, deadletter
