@@ -60,7 +60,8 @@ from .support.offsets import end_offsets, seed_offsets
 from .support.poison import (MARK, NUL, NUL_FAILURES, POISON_TEXT, Topics, dead_letters, drive, emitted, ends_of,
                              forget, keys_on_one_partition, produce)
 
-pytestmark = [pytest.mark.broker, pytest.mark.postgres]
+# a fault scenario per processor: `slow`, so the suite runs it in the fault lane (infra/onething.sh)
+pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 
 CAT = load_catalog()
 RUN = uuid.uuid4().hex[:8]
