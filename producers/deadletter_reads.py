@@ -2,8 +2,9 @@
 
 Opening a dead letter shows an original event, whose personal fields an operator may open too;
 that is a read of someone's data like a clerk's, so each opened event of a case is recorded on
-`audit.reads` (kind `dead_letter`, purpose `operations`, the operator's staff id and reason in
-the envelope and the correlation id), before the command prints anything.
+`audit.reads` (kind `dead_letter`, purpose `operations`, the operator's staff id in the envelope,
+the reason they gave as the purpose's id — on the topic only, never in a log line), before the
+command prints anything.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def record_operator_reads(producer, database_url: str, operator: str, reason: st
         subjects = dict(conn.execute("SELECT case_id, applicant_token FROM intake_cases WHERE case_id = ANY(%s)",
                                      (case_ids,)).fetchall())
     actor = Actor(f"operator:{operator}", "system", "system", staff_id=operator)
-    correlation = f"deadletters:{uuid.uuid4().hex[:12]}:{reason[:60]}"
+    # never the operator's reason here: it is free text and correlation ids are logged
+    correlation = f"deadletters:{uuid.uuid4().hex[:12]}"
     events = []
     for original in originals:
         subject = subjects.get(original.key)
@@ -69,7 +71,7 @@ def record_operator_reads(producer, database_url: str, operator: str, reason: st
         events.append(new_event("PersonalDataRead", subject, {
             "subject": subject, "department": None, "kind": "dead_letter", "case_id": original.key,
             "service_id": original.payload.get("service_id"), "fields": shown, "document_id": None,
-            "purpose": "operations", "purpose_id": original.id, "route": "onething deadletters show"},
+            "purpose": "operations", "purpose_id": reason[:200], "route": "onething deadletters show"},
             actor=actor, region_code=original.envelope.region_code or UNKNOWN_REGION, correlation_id=correlation))
     bus.publish_all(producer, [(AUDIT_READS, e) for e in events])
     return len(events)

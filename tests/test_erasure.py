@@ -134,6 +134,7 @@ def test_dead_letters_hold_ciphertext_and_an_operators_read_of_one_is_recorded(c
              if e is not None and e.type == "PersonalDataRead" and e.payload["kind"] == "dead_letter"
              and e.payload["case_id"] == case_id]
     assert reads and reads[0].envelope.actor.staff_id == "OPS-1" and "mother_resident_id" in reads[0].payload["fields"]
+    assert reads[0].payload["purpose_id"] == "incident 42", "the operator's reason is recorded"
 
 
 def _tp(sent):

@@ -21,7 +21,15 @@ from infra import kafka_security
 from infra.kafka_local import KafkaCluster, local_cluster, port_open
 from infra.settings import Settings
 
-PORT = 39192  # and 39193 for the controller: apart from the suite's stack (19092) and the lead's
+def _free_pair(start: int = 39192, stop: int = 39392) -> int:
+    """A client port whose controller port (+1) is free too: apart from the suite's stacks."""
+    for port in range(start, stop, 2):
+        if not port_open("127.0.0.1", port) and not port_open("127.0.0.1", port + 1):
+            return port
+    raise RuntimeError(f"no two free ports between {start} and {stop}")
+
+
+PORT = _free_pair()  # and PORT + 1 for the controller
 TOPIC = f"tls.probe.{uuid.uuid4().hex[:8]}"
 CLIENT_VARIABLES = ("KAFKA_BOOTSTRAP_SERVERS", "ONETHING_LOCAL_KAFKA", "ONETHING_KAFKA_TLS_CA",
                     "ONETHING_KAFKA_TLS", "ONETHING_KAFKA_CONTROLLER_PORT")
@@ -39,8 +47,6 @@ def tls_stack(tmp_path_factory):
         env.setenv("ONETHING_KAFKA_AUTH", "scram")
         env.setenv("ONETHING_KAFKA_HEAP_MB", "512")
         env.setenv("ONETHING_KAFKA_TLS", "1")
-        if port_open("127.0.0.1", PORT) or port_open("127.0.0.1", PORT + 1):
-            pytest.skip(f"ports {PORT}/{PORT + 1} are in use by another process")
         settings = Settings.from_env()
         cluster = local_cluster(settings)
         assert cluster.tls and cluster.bootstrap == f"127.0.0.1:{PORT}"
