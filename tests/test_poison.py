@@ -8,8 +8,9 @@ sits in a field that this processor writes to PostgreSQL, so the poison really f
 
 Per processor, against the real broker and PostgreSQL, on topics (or, for the cascade, keys and
 department lanes) and in schemas and names of this test's own, starting at the topics' end:
-5 good events, the poison, 5 good events are produced before the worker polls (one poll batch),
-then the worker (projectors.runtime.Worker) is stepped until its stored offsets pass them, and
+5 good events, the poison, 5 good events are produced before the worker is stepped (a fetch the
+consumer left in flight may return the first of them alone, so the poll batch is most of them), then
+the worker (projectors.runtime.Worker) is stepped until its stored offsets pass them, and
 one more good event is produced and must be applied too. What a user would notice is asserted:
 - every good event's effect is there exactly once (read-model rows, register records, derived
   events on the output topic by distinct id AND in total), the poison's effect nowhere;
@@ -401,9 +402,11 @@ def test_a_poison_in_the_middle_of_a_batch_is_dead_lettered_once_and_the_rest_ap
             drive(worker, database_url, ends_of(produce(bootstrap, [(s.inbox, later)])), timeout_s=20)
         group, at = worker.group, sent[BEFORE]
 
-        # the poison came in one batch with the good events and failed it as a whole (then isolated)
+        # the poison came in one batch with good events and failed it as a whole (then isolated). Not
+        # necessarily all of them: kafka-python leaves a fetch in flight after a poll, and the broker
+        # answers it with the first record batch produced (fetch.min.bytes=1).
         failed = [e["events"] for e in logs if e.get("event") == "runtime.batch_failed" and e.get("group") == group]
-        assert failed and max(failed) >= len(run), f"the poison was not in a batch with the others: {failed}"
+        assert failed and max(failed) >= len(run) // 2, f"the poison was not in a batch with the others: {failed}"
         assert worker.stats["retries"] == 0, "the poison was taken for a transient failure"
 
         # dead-lettered exactly once, with its origin, a reason that names the failure and quotes nothing
