@@ -1,0 +1,298 @@
+"""`onething faults`: bring the faults' stack up, run the load throughout, each scenario in turn,
+verify at the end, print one row per scenario, and stop everything it started.
+
+A scenario's window runs from its start to its recovery: the fault is injected after a few
+seconds of steady load, held, healed, and the scenario has recovered when every application
+started before the heal has been answered 202 and its case completed, and every partition is in
+sync again. Its figures are those of the applications started inside its window. Exit code 0
+only when nothing was lost or duplicated anywhere and every check of verify.py held.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import structlog
+
+from .load import ApplicationLoad, RegisterLoad
+from .scenarios import Context, Scenario, SkipScenario, chosen
+from .stack import FaultStack
+from .verify import Completions, Findings, gather, rebuild_differences, wait_caught_up
+
+log = structlog.get_logger(__name__)
+
+LEAD_S = 5.0            # steady load before each fault
+RECOVERY_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Window:
+    name: str
+    what: str
+    started: float
+    fault_at: float | None = None
+    healed_at: float | None = None
+    recovered_at: float | None = None
+    ended: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Row:
+    scenario: str
+    sent: int = 0
+    accepted: int = 0
+    completed: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    refused: int = 0
+    server_errors: int = 0       # 5xx other than a 503 with Retry-After
+    unavailable: int = 0         # 503 with Retry-After: allowed, counted
+    recover_s: float | None = None
+    p99_accept_ms: float | None = None   # the client's time to 202 (retries included), started during the fault
+    p99_request_ms: float | None = None  # each request's answer time during the fault
+    notes: str = ""
+    ok: bool = True
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(0.99 * len(s)))]
+
+
+class FaultRun:
+    def __init__(self, stack: FaultStack, short: bool, rate_per_s: float, progress=lambda note: None):
+        self.stack, self.short, self.rate, self.progress = stack, short, rate_per_s, progress
+        self.ctx = Context(stack, short)
+        self.completions = Completions(stack.database_url)
+        self.windows: list[Window] = []
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def tick(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            self.stack.sup.check()
+            self.completions.poll(self.load.case_ids())
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.5, left))
+
+    def settled_before(self, moment: float) -> bool:
+        """Every application started before `moment` answered 202 and its case completed."""
+        for app in self.load.snapshot():
+            if app.started >= moment:
+                break
+            if app.refused:
+                continue
+            if not app.case_ids or any(c not in self.completions.completed for c in app.case_ids):
+                return False
+        return True
+
+    def start(self) -> None:
+        from ..bench_cases import prepare_request
+
+        base = f"http://127.0.0.1:{self.stack.api_port}"
+        self.progress("the load: applications through the API, company changes through the register")
+        auth, body = prepare_request(base)
+        self.registers = RegisterLoad(self.stack.bootstrap, self.stack.database_url, companies=12,
+                                      rate_per_s=1.0, run=uuid.uuid4().hex[:8]).start()
+        self.load = ApplicationLoad(base, auth, body, self.rate).start()
+        baseline = Window("steady load (no fault)", "the load alone, before the first fault", time.monotonic())
+        self.tick(LEAD_S)
+        self._recover(baseline, time.monotonic())
+        self.windows.append(baseline)
+
+    def scenario(self, s: Scenario) -> Window:
+        w = Window(s.name, s.what, time.monotonic())
+        self.progress(f"{s.name}: steady load")
+        self.tick(LEAD_S)
+        if s.name.startswith("process "):   # work in flight: an accepted case not yet completed
+            deadline = time.monotonic() + 15
+            while self.settled_before(time.monotonic()) and time.monotonic() < deadline:
+                self.tick(0.2)
+        self.ctx.notes = w.notes
+        w.fault_at = time.monotonic()
+        self.progress(f"{s.name}: {s.what}")
+        try:
+            s.inject(self.ctx)
+            self.tick(s.hold(self.short))
+            w.healed_at = time.monotonic()
+            s.heal(self.ctx)
+        except SkipScenario as exc:
+            w.skipped = str(exc)
+        except Exception as exc:   # reported in its row; the run goes on to the next scenario
+            log.exception("faults.scenario_failed", scenario=s.name)
+            w.error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.progress(f"{s.name}: recovering")
+        self._recover(w, w.healed_at or w.fault_at)
+        self.windows.append(w)
+        return w
+
+    def pending(self) -> int:
+        """Applications not answered 202 yet, and accepted cases not completed yet."""
+        return sum(1 for a in self.load.snapshot() if not a.refused and (
+            not a.case_ids or any(c not in self.completions.completed for c in a.case_ids)))
+
+    def _recover(self, w: Window, healed: float) -> None:
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        said = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.settled_before(healed) and self.ctx.under_replicated() == 0:
+                w.recovered_at = time.monotonic()
+                break
+            self.tick(0.5)
+            if time.monotonic() - said > 15:
+                said = time.monotonic()
+                self.progress(f"{w.name}: recovering, {self.pending()} applications or cases still open, "
+                              f"{len(self.completions.completed)} completed")
+        else:
+            w.notes.append(f"not recovered in {RECOVERY_TIMEOUT_S:.0f} s")
+        w.ended = time.monotonic()
+
+    def finish(self) -> Findings:
+        self.progress("the load stops; waiting for every accepted case")
+        stop_at = time.monotonic()
+        self.load._stopping.set()
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while (self.load._thread.is_alive() or not self.settled_before(time.monotonic())) \
+                and time.monotonic() < deadline:
+            self.tick(0.5)
+        self.load.stop(5)
+        self.registers.stop()
+        if self.windows:
+            self.windows[-1].ended = max(self.windows[-1].ended, stop_at)
+        self.progress("the cascade settling: every register change at every copy")
+        companies = self.registers.companies
+        case_ids = set(self.load.case_ids())
+        deadline = time.monotonic() + 180
+        while True:
+            findings = gather(self.stack.bootstrap, self.stack.database_url, case_ids, companies)
+            if not findings.register_problems or time.monotonic() > deadline:
+                break
+            self.tick(3)
+        self.progress("the case view against a rebuild from the log")
+        wait_caught_up(self.stack.bootstrap, self.stack.database_url, "case_view")
+        findings.rebuild_differences = rebuild_differences(self.stack.bootstrap, self.stack.database_url)
+        self.completions.close()
+        return findings
+
+    def abort(self) -> None:
+        """Interrupted: the clients stop where they are (the stack goes down next)."""
+        for load in (getattr(self, "load", None), getattr(self, "registers", None)):
+            if load is not None:
+                load._stopping.set()
+        if getattr(self, "registers", None) is not None:
+            self.registers.recorder.close()
+
+    # -- the figures ---------------------------------------------------------------------------------
+    def rows(self, f: Findings) -> list[Row]:
+        apps = self.load.snapshot()
+        rows = []
+        for i, w in enumerate(self.windows):
+            end = self.windows[i + 1].started if i + 1 < len(self.windows) else float("inf")
+            mine = [a for a in apps if w.started <= a.started < end]
+            r = Row(w.name)
+            attempts = [t for a in apps for t in a.attempts if w.started <= t.at < end]
+            r.sent = len(attempts)
+            r.server_errors = sum(1 for t in attempts if t.status and t.status >= 500
+                                  and not (t.status == 503 and t.retry_after))
+            r.unavailable = sum(1 for t in attempts if t.status == 503 and t.retry_after)
+            r.refused = sum(1 for a in mine if a.refused)
+            accepted = [a for a in mine if a.case_ids]
+            r.accepted = len(accepted)
+            cases = [c for a in accepted for c in a.case_ids]
+            r.completed = sum(1 for c in cases if c in f.completed)
+            r.lost = sum(1 for a in mine if not a.case_ids and not a.refused) + sum(1 for c in cases if c not in f.completed)
+            r.duplicated = sum(1 for a in accepted if len(a.case_ids) > 1) + sum(
+                1 for c in cases if c in f.completed and f.case_problems(c))
+            if w.fault_at is not None and w.recovered_at is not None:
+                r.recover_s = round(w.recovered_at - w.fault_at, 1)
+            if w.fault_at is not None:
+                until = w.recovered_at or w.ended
+                during = [a for a in mine if w.fault_at <= a.started < until and a.accepted_at]
+                r.p99_accept_ms = _p99([1000 * a.first_accept_seconds for a in during])
+                r.p99_request_ms = _p99([1000 * t.seconds for t in attempts if w.fault_at <= t.at < until])
+            notes = list(w.notes)
+            if w.skipped:
+                notes.insert(0, f"not run: {w.skipped}")
+            if w.error:
+                notes.insert(0, f"fault not injected: {w.error}")
+            bad = sorted({p for c in cases for p in f.case_problems(c)})[:3]
+            notes += bad
+            r.notes = "; ".join(notes)
+            r.ok = not (r.lost or r.duplicated or r.server_errors or r.refused or w.error
+                        or (w.recovered_at is None))
+            rows.append(r)
+        return rows
+
+
+def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: str | None, console) -> int:
+    from rich.table import Table
+
+    from ..settings import Settings
+
+    home = Settings.from_env().home / "faults"
+    stack = FaultStack(home, base_port=int(os.environ.get("ONETHING_FAULTS_BASE_PORT") or 31000),
+                       partitions=int(os.environ.get("ONETHING_FAULTS_PARTITIONS") or 3))
+    scenarios = chosen(short, only)
+    started = time.monotonic()
+    say = lambda note: console.print(f"[dim]{time.monotonic() - started:6.0f} s[/dim]  {note}")
+    run = FaultRun(stack, short, rate or (2.0 if short else 3.0), progress=say)
+    try:
+        say(f"the faults' stack under {home} ({len(scenarios)} scenarios{', short form' if short else ''})")
+        stack.up(progress=say)
+        stack.system().start()
+        stack.wait_api()
+        run.start()
+        for s in scenarios:
+            run.scenario(s)
+        findings = run.finish()
+    except BaseException:
+        run.abort()
+        raise
+    finally:
+        say("stopping everything this started")
+        run.ctx.close()
+        stack.down()
+    rows = run.rows(findings)
+    checks = {
+        "every register change applied once, in order, by every subscriber": not findings.register_problems,
+        "the case view equals a rebuild from the log": not any(findings.rebuild_differences.values()),
+        "nothing dead-lettered": findings.dead_letters == 0,
+        "every scenario recovered, nothing lost or duplicated": all(r.ok for r in rows),
+    }
+    t = Table("scenario", "sent", "accepted", "completed", "lost", "dup", "5xx", "503", "recover s",
+              "p99 accept ms", "p99 request ms", "notes",
+              title=f"onething faults{' --short' if short else ''} — {date.today().isoformat()}")
+    fmt = lambda x: "-" if x is None else f"{x:,.0f}"
+    for r in rows:
+        t.add_row(r.scenario, str(r.sent), str(r.accepted), str(r.completed), str(r.lost), str(r.duplicated),
+                  str(r.server_errors), str(r.unavailable), "-" if r.recover_s is None else f"{r.recover_s:.1f}",
+                  fmt(r.p99_accept_ms), fmt(r.p99_request_ms), r.notes, style=None if r.ok else "red")
+    console.print(t)
+    console.print(f"register: {findings.register_changes} company changes on the log, "
+                  f"{findings.register_applications} applications at the copies"
+                  + (f"; problems: {findings.register_problems[:3]}" if findings.register_problems else ""))
+    console.print(f"case view vs rebuild, rows differing per table: {findings.rebuild_differences}; "
+                  f"dead letters: {findings.dead_letters}; total {time.monotonic() - started:.0f} s")
+    for what, held in checks.items():
+        console.print(f"{'[green]held[/green]' if held else '[red]FAILED[/red]'}  {what}")
+    if as_json:
+        Path(as_json).write_text(json.dumps({"date": date.today().isoformat(), "short": short,
+                                             "rows": [asdict(r) for r in rows], "checks": checks,
+                                             "register_changes": findings.register_changes,
+                                             "register_problems": findings.register_problems,
+                                             "rebuild_differences": findings.rebuild_differences,
+                                             "dead_letters": findings.dead_letters,
+                                             "seconds": round(time.monotonic() - started)}, ensure_ascii=False, indent=1))
+    return 0 if all(checks.values()) else 1

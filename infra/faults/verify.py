@@ -1,0 +1,209 @@
+"""What must hold after a faults run, checked against the log and the databases, not the clients.
+
+- every application answered 202 became exactly one case, and that case completed;
+- every completed case has exactly one child in the police register (户口登记) and exactly one
+  decision per service on the decisions topics (distinct events, whatever was redelivered);
+- every company change the register recorded was applied exactly once, in sequence order, by
+  every department that keeps a copy of the changed fields, and never needed the stale-value guard;
+- the case view equals a fresh rebuild of it from the log, row for row, in every table;
+- no answer was a 5xx other than a 503 with Retry-After; nothing was dead-lettered.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import psycopg
+import structlog
+from kafka import KafkaConsumer, TopicPartition
+
+from events import codec, kafka_auth
+from events.codec import DecodeError
+
+log = structlog.get_logger(__name__)
+
+CASE_VIEW_TABLES = ("case_view", "case_service_view", "case_materials", "case_timeline")
+
+
+class Completions:
+    """When the case view first showed each case completed; polled by the run loop, and
+    reconnecting when PostgreSQL restarts under it."""
+
+    def __init__(self, database_url: str):
+        self.database_url = database_url
+        self.completed: dict[str, float] = {}
+        self._conn: psycopg.Connection | None = None
+
+    def poll(self, case_ids) -> None:
+        pending = [c for c in case_ids if c not in self.completed]
+        if not pending:
+            return
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=3)
+            rows = self._conn.execute("SELECT case_id FROM case_view WHERE case_id = ANY(%s) AND status = 'completed'",
+                                      (pending,)).fetchall()
+        except psycopg.Error:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+            return
+        now = time.monotonic()
+        for (case_id,) in rows:
+            self.completed.setdefault(case_id, now)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+def read_topics(bootstrap: str, topics: list[str], timeout_s: float = 120.0) -> list:
+    """Every event on `topics` from the beginning to their end now (undecodable bytes skipped, counted)."""
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap, kafka_auth.ADMIN), enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out, deadline = [], time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topics[:3]}… to their end in {timeout_s:.0f} s")
+            for tp, msgs in consumer.poll(timeout_ms=500, max_records=5000).items():
+                for m in msgs:
+                    if m.offset < ends[tp]:
+                        try:
+                            out.append(codec.decode(m.value))
+                        except DecodeError:
+                            out.append(None)
+        return out
+    finally:
+        consumer.close()
+
+
+@dataclass
+class Findings:
+    """Per case and per change what the log and the databases say (run.py slices it per scenario)."""
+    completed: set[str] = field(default_factory=set)
+    police_children: Counter = field(default_factory=Counter)
+    decisions: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    services: dict[str, int] = field(default_factory=dict)     # case → services its bundle has
+    register_problems: list[str] = field(default_factory=list)
+    register_changes: int = 0
+    register_applications: int = 0
+    rebuild_differences: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+
+    def case_problems(self, case_id: str) -> list[str]:
+        out = []
+        if case_id not in self.completed:
+            out.append("not completed")
+        if self.police_children[case_id] != 1:
+            out.append(f"{self.police_children[case_id]} children in the police register")
+        decided = {s: ids for (c, s), ids in self.decisions.items() if c == case_id}
+        if len(decided) != self.services.get(case_id, len(decided)):
+            out.append(f"{len(decided)} of {self.services.get(case_id)} services decided")
+        out += [f"{len(ids)} decisions for {s}" for s, ids in decided.items() if len(ids) != 1]
+        return out
+
+
+def gather(bootstrap: str, database_url: str, case_ids: set[str], companies: list[str]) -> Findings:
+    from catalog.loader import load_catalog
+    from catalog.subscriptions import load_subscriptions
+    from infra.topics import DEADLETTER, REGISTRY_COMPANY, decisions_topic
+
+    catalog = load_catalog()
+    f = Findings()
+    with psycopg.connect(database_url) as conn:
+        f.completed = {r[0] for r in conn.execute(
+            "SELECT case_id FROM case_view WHERE case_id = ANY(%s) AND status = 'completed'", (list(case_ids),))}
+        f.police_children = Counter(dict(conn.execute(
+            "SELECT case_id, count(*) FROM police_household_register WHERE case_id = ANY(%s) GROUP BY case_id",
+            (list(case_ids),)).fetchall()))
+        f.services = {c: len(s) for c, s in conn.execute(
+            "SELECT case_id, services FROM case_view WHERE case_id = ANY(%s)", (list(case_ids),))}
+        applied = conn.execute(
+            "SELECT department, register_key, sequence, stale_fields FROM register_copy_applied "
+            "WHERE register = 'company' AND register_key = ANY(%s) ORDER BY id", (companies,)).fetchall()
+    for ev in read_topics(bootstrap, [decisions_topic(d) for d in sorted(catalog.departments)]):
+        if ev is not None and ev.type == "DecisionRecorded" and ev.key in case_ids \
+                and ev.payload.get("kind", "case_service") == "case_service":
+            f.decisions[(ev.key, ev.payload["service_id"])].add(ev.id)
+    f.dead_letters = sum(1 for _ in read_topics(bootstrap, [DEADLETTER]))
+
+    # register changes: expected (department, key) → sequences, from the master register's own log
+    subs = load_subscriptions()
+    keys = set(companies)
+    expected: dict[tuple[str, str], list[int]] = defaultdict(list)
+    seen: set[str] = set()
+    for ev in read_topics(bootstrap, [REGISTRY_COMPANY]):
+        if ev is None or ev.key not in keys or ev.id in seen:
+            continue
+        seen.add(ev.id)
+        for dept in subs.targets("company", ev.payload["changes"]):
+            expected[(dept, ev.key)].append(ev.envelope.sequence)
+    f.register_changes = len(seen)
+    got: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for dept, key, seq, stale in applied:
+        got[(dept, key)].append(seq)
+        if stale:
+            f.register_problems.append(f"{dept} needed the stale guard on {key} #{seq}")
+    f.register_applications = len(applied)
+    for dk in sorted(set(expected) | set(got)):
+        want = sorted(expected.get(dk, []))
+        if got.get(dk, []) != want:
+            f.register_problems.append(f"{dk[0]} applied {dk[1][-6:]}… as {got.get(dk, [])[:12]}, the log has {want[:12]}")
+    return f
+
+
+def rebuild_differences(bootstrap: str, database_url: str) -> dict[str, int]:
+    """Rebuild the case view from the whole log into a schema of its own; rows that differ per table."""
+    from projectors.case_view import CaseViewProjection, create_schema, drop_schema
+    from projectors.postgres_projection import rebuild
+
+    run = uuid.uuid4().hex[:8]
+    name = schema = f"faults_rebuild_{run}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create_schema(conn, schema)
+    try:
+        rebuild(CaseViewProjection(name, schema=schema), bootstrap, database_url)
+        out = {}
+        with psycopg.connect(database_url) as conn:
+            for table in CASE_VIEW_TABLES:
+                cols = [r[0] for r in conn.execute(
+                    "SELECT a.column_name FROM information_schema.columns a JOIN information_schema.columns b "
+                    "ON a.column_name = b.column_name AND b.table_schema = %s AND b.table_name = a.table_name "
+                    "WHERE a.table_schema = 'public' AND a.table_name = %s ORDER BY a.ordinal_position",
+                    (schema, table))]
+                sel = ", ".join(f'"{c}"' for c in cols)
+                n = 0
+                for a, b in (("public", schema), (schema, "public")):
+                    n += conn.execute(f'SELECT count(*) FROM (SELECT {sel} FROM "{a}"."{table}" EXCEPT '
+                                      f'SELECT {sel} FROM "{b}"."{table}") d').fetchone()[0]
+                out[table] = n
+        return out
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            drop_schema(conn, schema)
+            conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (name,))
+            conn.execute("DELETE FROM processed_events WHERE consumer = %s", (name,))
+
+
+def wait_caught_up(bootstrap: str, database_url: str, consumer: str, timeout_s: float = 120.0) -> bool:
+    """Until the projection `consumer` stored offsets at the end of every topic it reads."""
+    from infra.fast_forward import end_offsets
+    from projectors.case_view import default_topics
+
+    ends = end_offsets(bootstrap, list(default_topics()))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with psycopg.connect(database_url) as conn:
+            stored = {(t, p): o for t, p, o in conn.execute(
+                "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = %s", (consumer,))}
+        if all(stored.get((tp.topic, tp.partition), 0) >= end for tp, end in ends.items() if end > 0):
+            return True
+        time.sleep(1)
+    log.warning("faults.not_caught_up", consumer=consumer)
+    return False

@@ -1,0 +1,60 @@
+"""The short form of `onething faults`, as the README's test command runs it.
+
+On a stack of its own (three brokers, a PostgreSQL cluster of its own, every process of
+`onething run`, ports from 30000), under a steady load of applications and register changes:
+the leader of applications[0] killed and started again, `core` (dispatch and the cascade)
+killed with work in flight, PostgreSQL stopped at once and started again. What a user would
+notice is asserted from the run's own verification (infra/faults/verify.py): every application
+answered 202 completed, once, with one child in the police register and one decision per
+service; every register change applied once and in order at every copy; the case view equal
+to a rebuild; no 5xx but 503 with Retry-After; nothing dead-lettered; each scenario recovered.
+And the command stops everything it started. The whole list is `onething faults`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from infra.kafka_local import port_open
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.postgres]
+BASE = 30000
+
+
+def test_the_short_fault_scenarios_lose_nothing_and_leave_nothing_running(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "ONETHING_KAFKA_PORT", "ONETHING_DB_NAME",
+                        "ONETHING_METRICS_BASE_PORT", "ONETHING_API_PORT")}
+    env.update(ONETHING_HOME=str(tmp_path / "home"), ONETHING_FAULTS_BASE_PORT=str(BASE), ONETHING_ENV="dev")
+    out = tmp_path / "faults.json"
+    proc = subprocess.run([sys.executable, "-m", "infra.cli", "faults", "--short", "--json", str(out)], env=env,
+                          capture_output=True, text=True, timeout=1500)
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert out.exists(), tail
+    result = json.loads(out.read_text())
+    rows = {r["scenario"]: r for r in result["rows"]}
+    assert {"leader of applications[0] killed", "process core killed", "PostgreSQL restarted"} <= set(rows), tail
+    for name, r in rows.items():
+        assert r["accepted"] > 0, f"{name}: no application accepted in its window"
+        assert (r["lost"], r["duplicated"], r["server_errors"], r["refused"]) == (0, 0, 0, 0), (name, r)
+        assert r["completed"] == r["accepted"], (name, r)
+        assert r["ok"], (name, r["notes"])
+        if name != "steady load (no fault)":
+            assert r["recover_s"] is not None, f"{name} did not recover: {r['notes']}"
+    assert result["register_changes"] > 0 and not result["register_problems"], result["register_problems"][:5]
+    assert not any(result["rebuild_differences"].values()), result["rebuild_differences"]
+    assert result["dead_letters"] == 0
+    assert all(result["checks"].values()), result["checks"]
+    assert proc.returncode == 0, tail
+
+    # nothing left: no broker, API or PostgreSQL port, no process of its home, no PostgreSQL cluster
+    for port in (BASE + 92, BASE + 94, BASE + 96, BASE + 432, BASE + 800):
+        assert not port_open("127.0.0.1", port), f"port {port} still listening after the run"
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "home")], capture_output=True, text=True).stdout.strip()
+    assert not left, f"processes of the run still running: {left}"
+    clusters = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout
+    assert f"onething_faults_{BASE + 432}" not in clusters
