@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from .settings import Settings
-from .supervisor import Supervisor, system
+from .supervisor import StopFailed, Supervisor, system
 
 console = Console()
 TERMINAL = {"completed", "withdrawn"}
@@ -167,7 +167,9 @@ def _table(cases: list[DemoCase], base: str) -> Table:
 
 def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600, processing_s: float = 0.8,
              before_start=None) -> tuple[bool, list[DemoCase]]:
-    """`before_start(settings)` runs once the stack is up, before any process starts (tests use it)."""
+    """`before_start(settings)` runs once the stack is up, before any process starts (tests use it).
+    SIGTERM, SIGINT (also in the background, where a shell ignores it) and SIGHUP end the demo and
+    stop every process; raises StopFailed when one of them had to be killed or stopped with an error."""
     from . import stack
 
     with console.status("bringing the stack up (Kafka, PostgreSQL, topics)…"):
@@ -175,18 +177,19 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
     if before_start:
         before_start(settings)
     sup: Supervisor = system(settings.home / "logs", env=demo_env(processing_s))
-    sup.start()
     prom = None
-    if not exit_when_done:  # the SRE's view of the running demo, stopped with it
-        from . import prometheus_local
-
-        prom = prometheus_local.for_system(settings, sup)
     import os
 
     base = f"http://{os.environ.get('ONETHING_API_HOST', '127.0.0.1')}:{os.environ.get('ONETHING_API_PORT', '8000')}"
     ok = False
     cases: list[DemoCase] = []
+    sup.stop_on_signals(interrupt=True)   # the demo's loops wait on HTTP and sleeps: the signal interrupts them
     try:
+        sup.start()
+        if not exit_when_done:  # the SRE's view of the running demo, stopped with it
+            from . import prometheus_local
+
+            prom = prometheus_local.for_system(settings, sup)
         with console.status("starting the intake API, dispatch, case view and six department adapters…"):
             _wait_api(base)
         cases += [DemoCase("complete 齐全", "wang_fang"), DemoCase("容缺→补正 correction", "chen_jing"),
@@ -239,7 +242,9 @@ def run_demo(settings: Settings, *, exit_when_done: bool, timeout_s: float = 600
         pass
     finally:
         with console.status("stopping every process…"):
-            sup.stop()
+            problems = sup.stop()
             if prom is not None:
                 prom.down()
+    if problems:
+        raise StopFailed(problems)
     return ok, cases

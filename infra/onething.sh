@@ -32,11 +32,15 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
+# exactly the versions the tests passed with: requirements.lock (written by infra/lock.sh) pins every
+# package, the test extra's and the build backend's too, each file checked against its sha256; then
+# the project itself, resolving nothing again. Done again whenever the lock or pyproject.toml changes.
 stamp=.venv/.onething-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test]"
+  .venv/bin/pip install -q --require-hashes -r requirements.lock
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
 

@@ -265,6 +265,9 @@ COMPONENTS = ("api", *GROUPS, *PROCESSORS)
 
 
 def main(argv: list[str]) -> None:
+    from .lifeline import die_with_parent
+
+    die_with_parent()   # a child of `onething run`/`demo` ends with it, also when it is killed with SIGKILL
     if not argv or argv[0] not in COMPONENTS:
         raise SystemExit(f"usage: python -m infra.process {{{'|'.join(COMPONENTS)}}} [ARG]")
     name, arg = argv[0], (argv[1] if len(argv) > 1 else None)
