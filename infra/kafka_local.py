@@ -3,7 +3,9 @@
 No Docker, no download mirror: `infra/kafka/pom.xml` pins the release and Maven copies the
 runtime jars into a per-user cache, so a second run (even from a fresh clone) downloads
 nothing. The same code starts one combined broker+controller for the local stack or a
-three-node quorum on one host for fault tests (`KafkaCluster(n=3, ...)`).
+three-node quorum on one host (`KafkaCluster(n=3, ...)`; `onething up --nodes 3`). How many nodes a
+home holds is fixed when it is formatted and recorded in `<home>/nodes.json`, so later commands and
+clients find every node without being told (infra/settings.py reads it).
 
 With `auth="scram"` (ONETHING_KAFKA_AUTH) the client and inter-broker listener speaks
 SASL/SCRAM-SHA-512, the controller listener SASL/PLAIN (SCRAM credentials live in the metadata
@@ -15,6 +17,7 @@ serves SASL_SSL there, signed by a CA made for the stack, `<home>/tls/ca.pem`, i
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -35,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 LOG4J = Path(__file__).resolve().parent / "kafka" / "log4j.properties"
+NODES_FILE = "nodes.json"   # <kafka home>/nodes.json: {"nodes": n}, written before the first format
 
 
 class KafkaStackError(RuntimeError):
@@ -73,6 +77,16 @@ def ensure_jars() -> Path:
         raise KafkaStackError(f"mvn finished but {libs} holds no kafka_2.13 jar")
     marker.write_text(kafka_version())
     return libs
+
+
+def recorded_nodes(home: Path) -> int | None:
+    """How many nodes the stack under `home` was formatted with; None before it was (or before
+    this record existed: such a home holds one node)."""
+    try:
+        nodes = json.loads((Path(home) / NODES_FILE).read_text()).get("nodes")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return nodes if isinstance(nodes, int) and nodes >= 1 else None
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -248,6 +262,8 @@ class KafkaCluster:
         in the same JVM run that formats: no extra start-up."""
         auth = auth or self.auth
         cid = self._cluster_id()
+        if not self._formatted():   # recorded first: a format that fails half-way is resumed with the same n
+            self._record_nodes()
         formatted_now = False
         for node in self.nodes:
             self._write_config(node, auth)
@@ -271,6 +287,24 @@ class KafkaCluster:
     def _formatted(self) -> bool:
         return any((n.data_dir / "meta.properties").exists() for n in self.nodes)
 
+    def _record_nodes(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.home / (NODES_FILE + ".tmp")
+        tmp.write_text(json.dumps({"nodes": self.n}))
+        tmp.replace(self.home / NODES_FILE)
+
+    def check_topology(self) -> None:
+        """A home formatted for another number of nodes cannot be reused: its quorum's voters and its
+        topics' replicas name the nodes it had. Refuse, saying how to get the count asked for."""
+        if not any(self.home.glob("node-*/data/meta.properties")):
+            return
+        had = recorded_nodes(self.home) or 1
+        if had != self.n:
+            raise KafkaStackError(
+                f"{self.home} holds a {had}-node cluster, not {self.n}: run `onething down`, then remove "
+                f"{self.home} (its data is lost) or set ONETHING_HOME to another directory, to start "
+                f"{self.n} node(s); or leave out --nodes / ONETHING_KAFKA_NODES to use it as it is")
+
     def _add_super_users(self, timeout: float) -> None:
         """A stack formatted before authentication existed has no SCRAM users, and nobody can log
         in to create them. Start it once as it was (PLAINTEXT, no authorizer), upsert `admin` and
@@ -291,7 +325,9 @@ class KafkaCluster:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> str:
         """Start every node not already running, then wait until the cluster answers. A running
-        stack in the other security mode is restarted in this one (with a log line)."""
+        stack in the other security mode is restarted in this one (with a log line). A home formatted
+        for another node count is refused."""
+        self.check_topology()
         if self.auth == "scram" and self._formatted() and not self.record.has_super_users():
             self._add_super_users(timeout)   # stops the stack
         was, was_tls = self.recorded_mode(), self.record.tls()
@@ -399,6 +435,12 @@ def _reap(pid: int) -> None:
         pass
 
 
-def local_cluster(settings) -> KafkaCluster:
-    return KafkaCluster(settings.kafka_dir, n=1, base_port=settings.kafka_port,
+def local_cluster(settings, n: int | None = None) -> KafkaCluster:
+    """The stack `onething up` runs: `settings.kafka_nodes` nodes (or `n`) from ONETHING_KAFKA_PORT on."""
+    return KafkaCluster(settings.kafka_dir, n=n or settings.kafka_nodes, base_port=settings.kafka_port,
                         heap_mb=settings.kafka_heap_mb, auth=settings.kafka_auth)
+
+
+def recorded_cluster(settings) -> KafkaCluster:
+    """Every node the home holds, whatever this environment asks for: what `down` must stop."""
+    return local_cluster(settings, n=max(settings.kafka_nodes, recorded_nodes(settings.kafka_dir) or 1))
