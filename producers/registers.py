@@ -144,6 +144,22 @@ class RegisterRecorder:
                                                    delivery_timeout_ms=int(self.produce_timeout_s * 1000) + 10)
             return self._producer
 
+    def _discard_producer(self) -> None:
+        """After a change the broker did not confirm, the next attempt gets a fresh producer (a new
+        producer id, fresh metadata and connections). `onething faults` found kafka-python's
+        idempotent producer, once a batch had expired in flight while a partition leader was
+        killed, timing out every later send to that partition for ten minutes after the broker was
+        back. A producer given by the caller is the caller's to manage."""
+        if not self._own_producer:
+            return
+        with self._producer_lock:
+            stale, self._producer = self._producer, None
+        if stale is not None:
+            try:
+                stale.close(timeout=0)
+            except Exception:   # closing a wedged producer must not hide the original failure
+                log.warning("register.producer_close_failed")
+
     def _conn(self) -> psycopg.Connection:
         held = getattr(self._local, "held", None)
         if held is not None:
@@ -350,6 +366,7 @@ class RegisterRecorder:
         try:
             bus.publish(self.producer(), TOPICS[register], event, timeout=self.produce_timeout_s + 2)
         except Exception as exc:
+            self._discard_producer()
             raise RegisterUnavailable("an earlier change of this register entry is not yet acknowledged by the "
                                       "broker; nothing new was recorded, try again") from exc
         current = RegisterRecord(register, key, next_seq - 1, dict(record), str(last_id) if last_id else None)
@@ -425,6 +442,7 @@ class RegisterRecorder:
                 try:
                     future.get(timeout=self.produce_timeout_s + 2)
                 except Exception as exc:
+                    self._discard_producer()
                     CHANGES.labels(register, change_kind, "unconfirmed").inc()
                     log.warning("register.unconfirmed", register=register, key=key, sequence=next_seq,
                                 error=type(exc).__name__)

@@ -45,6 +45,9 @@ def test_the_short_fault_scenarios_lose_nothing_and_leave_nothing_running(tmp_pa
         assert r["ok"], (name, r["notes"])
         if name != "steady load (no fault)":
             assert r["recover_s"] is not None, f"{name} did not recover: {r['notes']}"
+    # what `onething status` showed the operator meanwhile: the killed node down, partitions under-replicated
+    seen = rows["leader of applications[0] killed"]["facts"]
+    assert len(seen["down"]) == 1 and seen["under_replicated"] > 0 and seen["controller"] is not None, seen
     assert result["register_changes"] > 0 and not result["register_problems"], result["register_problems"][:5]
     assert not any(result["rebuild_differences"].values()), result["rebuild_differences"]
     assert result["dead_letters"] == 0

@@ -27,6 +27,7 @@ from infra.kafka_local import NODES_FILE, KafkaCluster, KafkaStackError, port_op
 from infra.settings import Settings
 from infra.stack import department_codes
 from infra.topics import declared_topics, decisions_topic, tasks_topic
+from .support.scale import LONG
 
 ROOT = Path(__file__).resolve().parent.parent
 ONETHING = [sys.executable, "-m", "infra.cli"]
@@ -215,6 +216,7 @@ def _java_of(home: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not LONG, reason="the suite covers it in test_faults' short form (a 3-node cluster, a broker killed); ONETHING_TEST_SCALE=long runs it")
 @pytest.mark.timeout(900)   # three JVMs formatting and starting on two shared cores
 def test_up_three_nodes_status_shows_a_killed_broker_and_down_stops_all(tmp_path):
     home = tmp_path / "home"

@@ -42,6 +42,7 @@ class Window:
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
     error: str | None = None
+    facts: dict = field(default_factory=dict)   # what the scenario observed (e.g. `onething status` meanwhile)
 
 
 @dataclass
@@ -55,10 +56,13 @@ class Row:
     refused: int = 0
     server_errors: int = 0       # 5xx other than a 503 with Retry-After
     unavailable: int = 0         # 503 with Retry-After: allowed, counted
+    register_changes: int = 0    # company changes started in the window …
+    register_recorded: int = 0   # … and recorded (each once: a change id)
     recover_s: float | None = None
     p99_accept_ms: float | None = None   # the client's time to 202 (retries included), started during the fault
     p99_request_ms: float | None = None  # each request's answer time during the fault
     notes: str = ""
+    facts: dict = field(default_factory=dict)
     ok: bool = True
 
 
@@ -88,7 +92,10 @@ class FaultRun:
             time.sleep(min(0.5, left))
 
     def settled_before(self, moment: float) -> bool:
-        """Every application started before `moment` answered 202 and its case completed."""
+        """Every application started before `moment` answered 202 and its case completed, and every
+        register change started before it recorded."""
+        if any(c.recorded_at is None and c.started < moment for c in self.registers.snapshot()):
+            return False
         for app in self.load.snapshot():
             if app.started >= moment:
                 break
@@ -104,6 +111,7 @@ class FaultRun:
         base = f"http://127.0.0.1:{self.stack.api_port}"
         self.progress("the load: applications through the API, company changes through the register")
         auth, body = prepare_request(base)
+        self.warm_up(base, auth, body)
         self.registers = RegisterLoad(self.stack.bootstrap, self.stack.database_url, companies=12,
                                       rate_per_s=1.0, run=uuid.uuid4().hex[:8]).start()
         self.load = ApplicationLoad(base, auth, body, self.rate).start()
@@ -111,6 +119,33 @@ class FaultRun:
         self.tick(LEAD_S)
         self._recover(baseline, time.monotonic())
         self.windows.append(baseline)
+
+    def warm_up(self, base: str, auth: dict, body: dict, timeout_s: float = 300.0) -> None:
+        """One application through the whole system before the load: every processor has joined its
+        group and found its coordinator, so the baseline measures the system, not its start."""
+        import httpx
+
+        self.progress("warming up: one application through every process")
+        deadline = time.monotonic() + timeout_s
+        key, case_id = f"faults-warm-{uuid.uuid4().hex}", None
+        while case_id is None and time.monotonic() < deadline:
+            try:
+                r = httpx.post(f"{base}/api/v1/applications", json=body, headers=auth | {"Idempotency-Key": key},
+                               timeout=20)
+                if r.status_code == 202:
+                    case_id = r.json()["case_id"]
+                    break
+            except httpx.HTTPError:
+                pass
+            self.stack.sup.check()
+            time.sleep(1)
+        while case_id and case_id not in self.completions.completed and time.monotonic() < deadline:
+            self.completions.poll([case_id])
+            self.stack.sup.check()
+            time.sleep(0.5)
+        if case_id not in self.completions.completed:
+            raise RuntimeError(f"the warm-up application did not complete in {timeout_s:.0f} s; "
+                               f"see the process logs in {self.stack.sup.log_dir}")
 
     def scenario(self, s: Scenario) -> Window:
         w = Window(s.name, s.what, time.monotonic())
@@ -125,6 +160,7 @@ class FaultRun:
         self.progress(f"{s.name}: {s.what}")
         try:
             s.inject(self.ctx)
+            w.facts.update(self.ctx.state.pop("status_down", {}))
             self.tick(s.hold(self.short))
             w.healed_at = time.monotonic()
             s.heal(self.ctx)
@@ -201,9 +237,11 @@ class FaultRun:
         for i, w in enumerate(self.windows):
             end = self.windows[i + 1].started if i + 1 < len(self.windows) else float("inf")
             mine = [a for a in apps if w.started <= a.started < end]
-            r = Row(w.name)
+            r = Row(w.name, facts=w.facts)
             attempts = [t for a in apps for t in a.attempts if w.started <= t.at < end]
             r.sent = len(attempts)
+            changes = [c for c in self.registers.snapshot() if w.started <= c.started < end]
+            r.register_changes, r.register_recorded = len(changes), sum(1 for c in changes if c.recorded_at)
             r.server_errors = sum(1 for t in attempts if t.status and t.status >= 500
                                   and not (t.status == 503 and t.retry_after))
             r.unavailable = sum(1 for t in attempts if t.status == 503 and t.retry_after)
@@ -231,7 +269,7 @@ class FaultRun:
             notes += bad
             r.notes = "; ".join(notes)
             r.ok = not (r.lost or r.duplicated or r.server_errors or r.refused or w.error
-                        or (w.recovered_at is None))
+                        or r.register_recorded < r.register_changes or (w.recovered_at is None))
             rows.append(r)
         return rows
 
@@ -247,7 +285,7 @@ def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: st
     scenarios = chosen(short, only)
     started = time.monotonic()
     say = lambda note: console.print(f"[dim]{time.monotonic() - started:6.0f} s[/dim]  {note}")
-    run = FaultRun(stack, short, rate or (2.0 if short else 3.0), progress=say)
+    run = FaultRun(stack, short, rate or (1.0 if short else 2.0), progress=say)
     try:
         say(f"the faults' stack under {home} ({len(scenarios)} scenarios{', short form' if short else ''})")
         stack.up(progress=say)
@@ -271,15 +309,16 @@ def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: st
         "nothing dead-lettered": findings.dead_letters == 0,
         "every scenario recovered, nothing lost or duplicated": all(r.ok for r in rows),
     }
-    t = Table("scenario", "sent", "accepted", "completed", "lost", "dup", "5xx", "503", "recover s",
+    t = Table("scenario", "sent", "accepted", "completed", "lost", "dup", "5xx", "503", "register", "recover s",
               "p99 accept ms", "p99 request ms", "notes",
               title=f"onething faults{' --short' if short else ''} — {date.today().isoformat()}")
     fmt = lambda x: "-" if x is None else f"{x:,.0f}"
     for r in rows:
         t.add_row(r.scenario, str(r.sent), str(r.accepted), str(r.completed), str(r.lost), str(r.duplicated),
-                  str(r.server_errors), str(r.unavailable), "-" if r.recover_s is None else f"{r.recover_s:.1f}",
+                  str(r.server_errors), str(r.unavailable), f"{r.register_recorded}/{r.register_changes}",
+                  "-" if r.recover_s is None else f"{r.recover_s:.1f}",
                   fmt(r.p99_accept_ms), fmt(r.p99_request_ms), r.notes, style=None if r.ok else "red")
-    console.print(t)
+    console.print(t, width=max(console.width, 200))   # a log or CI: wide enough for every column
     console.print(f"register: {findings.register_changes} company changes on the log, "
                   f"{findings.register_applications} applications at the copies"
                   + (f"; problems: {findings.register_problems[:3]}" if findings.register_problems else ""))

@@ -91,7 +91,27 @@ def _kill_leader(topic: str, partition: int) -> Callable[[Context], None]:
         ctx.state["node"] = node
         ctx.notes.append(f"node {node.node_id} led {topic}[{partition}]")
         ctx.stack.cluster.stop_node(node, hard=True)
+        _status_while_down(ctx)
     return inject
+
+
+def _status_while_down(ctx: Context) -> None:
+    """What `onething status` tells the operator with the node down (after the controller noticed)."""
+    from infra import stack
+
+    node = ctx.state["node"]
+    deadline = time.monotonic() + 30
+    while True:
+        st = stack.status(ctx.stack.settings())["kafka"]
+        down = [b["id"] for b in st.get("brokers", []) if b["state"] != "up"]
+        if (down == [node.node_id] and st.get("under_replicated")) or time.monotonic() > deadline:
+            break
+        ctx.stack.sup.check()
+        time.sleep(1)
+    ctx.state["status_down"] = {"down": down, "under_replicated": len(st.get("under_replicated") or []),
+                                "controller": st.get("controller")}
+    ctx.notes.append(f"status: brokers down {down}, {len(st.get('under_replicated') or [])} partitions "
+                     f"under-replicated, controller {st.get('controller')}")
 
 
 def _restart_node(ctx: Context) -> None:

@@ -147,6 +147,8 @@ class FaultStack:
         self.home = Path(home)
         self.base_port = base_port
         self.partitions = partitions
+        self.heap_mb = heap_mb
+        # the same nodes `onething up` starts from environment() (local_cluster): a handle to kill them
         self.cluster = KafkaCluster(self.home / "kafka", n=3, base_port=base_port + 92, heap_mb=heap_mb, auth="scram")
         self.postgres = PrivatePostgres(base_port + 432)
         self.api_port = base_port + 800
@@ -167,17 +169,22 @@ class FaultStack:
         return self.postgres.url
 
     def environment(self) -> dict[str, str]:
-        """What the runner and every child process see: servers named by URL (so nothing here
-        starts or stops a server of its own), the production topic settings, development credentials."""
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "DATABASE_URL": self.database_url,
-                "ONETHING_KAFKA_AUTH": "scram", "ONETHING_ENV": "dev", "ONETHING_HOME": str(self.home),
-                "ONETHING_PARTITIONS": str(self.partitions), "ONETHING_REPLICATION_FACTOR": "3",
-                "ONETHING_MIN_INSYNC_REPLICAS": "2", "ONETHING_API_PORT": str(self.api_port),
+        """What the runner and every child process see: the local 3-node stack as `onething up
+        --nodes 3` runs it for an operator (replication 3, min.insync.replicas 2 by default there),
+        PostgreSQL named by URL (so nothing here starts or stops Debian's own), development credentials."""
+        return {"ONETHING_HOME": str(self.home), "ONETHING_KAFKA_PORT": str(self.base_port + 92),
+                "ONETHING_KAFKA_NODES": "3", "ONETHING_KAFKA_HEAP_MB": str(self.heap_mb),
+                "DATABASE_URL": self.database_url, "ONETHING_KAFKA_AUTH": "scram", "ONETHING_ENV": "dev",
+                "ONETHING_PARTITIONS": str(self.partitions), "ONETHING_API_PORT": str(self.api_port),
                 "ONETHING_METRICS_BASE_PORT": str(self.base_port + 400)}
+
+    def settings(self):
+        from ..settings import Settings
+
+        return Settings.from_env()
 
     def up(self, progress=lambda note: None) -> None:
         from .. import stack
-        from ..settings import Settings
 
         if self.cluster.running():
             self.cluster.stop(hard=True)
@@ -187,13 +194,19 @@ class FaultStack:
         shutil.rmtree(self.home / "kafka", ignore_errors=True)   # a cluster of the run's own, every time
         if self.disk is not None:
             self.disk.mount()
+        for name in ("KAFKA_BOOTSTRAP_SERVERS", "ONETHING_DB_NAME", "ONETHING_REPLICATION_FACTOR",
+                     "ONETHING_MIN_INSYNC_REPLICAS"):
+            os.environ.pop(name, None)   # the 3-node stack's own defaults, whatever the caller's shell says
         os.environ.update(self.environment())
         progress("PostgreSQL (a cluster of its own)")
         self.postgres.up()
-        progress("three brokers")
-        self.cluster.start(timeout=180)
-        progress("topics (replication 3, min.insync.replicas 2), ACLs, migrations")
-        stack.up(Settings.from_env())
+        settings = self.settings()
+        if settings.kafka_nodes != 3 or settings.replication_factor != 3 or settings.min_insync_replicas != 2:
+            raise FaultStackError(f"the faults' stack must be 3 nodes, replication 3, min.insync.replicas 2; "
+                                  f"got {settings.kafka_nodes}, {settings.replication_factor}, "
+                                  f"{settings.min_insync_replicas}")
+        progress("`onething up --nodes 3`: three brokers, topics, ACLs, migrations")
+        stack.up(settings)
 
     def system(self, processing_s: float = 0.1):
         from ..supervisor import system

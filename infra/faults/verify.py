@@ -2,7 +2,8 @@
 
 - every application answered 202 became exactly one case, and that case completed;
 - every completed case has exactly one child in the police register (户口登记) and exactly one
-  decision per service on the decisions topics (distinct events, whatever was redelivered);
+  final decision per service on the decisions topics (distinct events, whatever was redelivered),
+  and no task's outcome said twice under two event ids;
 - every company change the register recorded was applied exactly once, in sequence order, by
   every department that keeps a copy of the changed fields, and never needed the stale-value guard;
 - the case view equals a fresh rebuild of it from the log, row for row, in every table;
@@ -24,6 +25,7 @@ from events.codec import DecodeError
 
 log = structlog.get_logger(__name__)
 
+FINAL = ("approved", "rejected")   # a service's decision; "accepted" (受理) and corrections come before it
 CASE_VIEW_TABLES = ("case_view", "case_service_view", "case_materials", "case_timeline")
 
 
@@ -88,7 +90,8 @@ class Findings:
     """Per case and per change what the log and the databases say (run.py slices it per scenario)."""
     completed: set[str] = field(default_factory=set)
     police_children: Counter = field(default_factory=Counter)
-    decisions: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    #: (case, service) → {decision event id: (task id, outcome)}: 受理 (accepted) then the final one
+    decisions: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=lambda: defaultdict(dict))
     services: dict[str, int] = field(default_factory=dict)     # case → services its bundle has
     register_problems: list[str] = field(default_factory=list)
     register_changes: int = 0
@@ -105,7 +108,12 @@ class Findings:
         decided = {s: ids for (c, s), ids in self.decisions.items() if c == case_id}
         if len(decided) != self.services.get(case_id, len(decided)):
             out.append(f"{len(decided)} of {self.services.get(case_id)} services decided")
-        out += [f"{len(ids)} decisions for {s}" for s, ids in decided.items() if len(ids) != 1]
+        for s, decisions in decided.items():
+            finals = {i for i, (_task, outcome) in decisions.items() if outcome in FINAL}
+            if len(finals) != 1:
+                out.append(f"{len(finals)} final decisions for {s}")
+            said = Counter(decisions.values())   # the same outcome of the same task under two ids: said twice
+            out += [f"{outcome} said {n} times for {s}" for (_task, outcome), n in said.items() if n > 1]
         return out
 
 
@@ -130,7 +138,7 @@ def gather(bootstrap: str, database_url: str, case_ids: set[str], companies: lis
     for ev in read_topics(bootstrap, [decisions_topic(d) for d in sorted(catalog.departments)]):
         if ev is not None and ev.type == "DecisionRecorded" and ev.key in case_ids \
                 and ev.payload.get("kind", "case_service") == "case_service":
-            f.decisions[(ev.key, ev.payload["service_id"])].add(ev.id)
+            f.decisions[(ev.key, ev.payload["service_id"])][ev.id] = (ev.payload["task_id"], ev.payload["outcome"])
     f.dead_letters = sum(1 for _ in read_topics(bootstrap, [DEADLETTER]))
 
     # register changes: expected (department, key) → sequences, from the master register's own log
