@@ -76,4 +76,9 @@ def decode(data: bytes, store: SchemaStore | None = None, reader: SchemaVersion 
         record = schemaless_reader(io.BytesIO(data[10:]), writer.wire, None if reader is writer else reader.wire)
     except Exception as exc:  # truncated or corrupt body: fastavro raises several types
         raise DecodeError(f"corrupt {writer.event_type} v{writer.version} body: {type(exc).__name__}") from None
+    if record["envelope"]["event_type"] != writer.event_type:
+        # a body written under another type's fingerprint can still parse; consumers pick their
+        # fold by event_type, so it would reach one with another type's payload (the value may be
+        # anything a producer wrote: not quoted)
+        raise DecodeError(f"envelope.event_type is not {writer.event_type}, the type of its schema")
     return from_record(record)

@@ -41,12 +41,19 @@ def migrate() -> None:
 
 
 @main.command(help="Start (or reuse) the broker and PostgreSQL, apply migrations and topics.")
-def up() -> None:
+@click.option("--nodes", type=click.IntRange(1, 9), default=None,
+              help="KRaft nodes of the local cluster (3: replication 3, min.insync.replicas 2, as in production); "
+                   "recorded in ONETHING_HOME, so later commands need not repeat it  [default: ONETHING_KAFKA_NODES, "
+                   "else what the home holds, else 1]")
+def up(nodes: int | None) -> None:
     from . import stack
     from .kafka_local import KafkaStackError
     from .postgres_local import PostgresStackError
 
-    s = _settings()
+    s = Settings.from_env(kafka_nodes=nodes)
+    if nodes is not None and not s.local_kafka:
+        raise StackFailure("--nodes sizes the local cluster; KAFKA_BOOTSTRAP_SERVERS names a cluster of "
+                           "your own (set ONETHING_REPLICATION_FACTOR / ONETHING_MIN_INSYNC_REPLICAS for it)")
     try:
         with console.status("bringing the stack up…"):
             report = stack.up(s)
@@ -56,7 +63,8 @@ def up() -> None:
         console.print(f"[dim]{note}[/dim]")
     console.print(f"kafka     {report.kafka}" + (f"   (log: {report.kafka_log})" if report.kafka_log else ""))
     console.print(f"postgres  {report.postgres}   migrations applied now: {report.migrations_applied or 'none'}")
-    console.print(f"topics    {len(report.topics.created)} created, {len(report.topics.unchanged)} unchanged")
+    console.print(f"topics    {len(report.topics.created)} created, {len(report.topics.unchanged)} unchanged"
+                  f"   (replication {s.replication_factor}, min.insync.replicas {s.min_insync_replicas})")
     for line in report.topics.drift:
         console.print(f"[bold red]topic drift[/bold red] {line}")
     if report.acls is not None:
@@ -80,23 +88,33 @@ def down(with_postgres: bool) -> None:
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
-@main.command(help="Broker, PostgreSQL, topics with end offsets, consumer groups with lag.")
+@main.command(help="Brokers, the controller quorum, under-replicated partitions, PostgreSQL, topics with end "
+                   "offsets, consumer groups with lag. Exits 1 when Kafka or PostgreSQL is down, also with --json "
+                   "(a degraded cluster that still answers is shown, in --json as kafka.problems).")
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
+    import logging
+
     from . import stack
 
+    # a dead broker is a row of the table: kafka-python's connection errors to it would only repeat it
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     st = stack.status(_settings())
+    k, p = st["kafka"], st["postgres"]
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
-        return
-    k, p = st["kafka"], st["postgres"]
-    console.print(f"kafka     {k.get('state')}  {k['bootstrap']}  brokers={k.get('brokers', [])}")
+        sys.exit(0 if k.get("state") == "up" and p.get("state") == "up" else 1)
+    brokers = k.get("brokers", [])
+    up_count = sum(1 for b in brokers if b["state"] == "up")
+    console.print(f"kafka     {k.get('state')}  {k['bootstrap']}  brokers {up_count}/{len(brokers)} up"
+                  + (f"  controller={k['controller']}" if k.get("controller") is not None else ""))
     console.print(f"postgres  {p.get('state')}  {p['url']}  {p.get('version', p.get('error', ''))}"
                   f"  schema_version={p.get('schema_version')}")
+    _print_kafka_health(k)
     if "topics" in st:
         table = Table("topic", "partitions", "end offsets", title="topics")
         for t in st["topics"]:
-            table.add_row(t["name"], str(t["partitions"]), str(t["end_offsets"]))
+            table.add_row(t["name"], str(t["partitions"]), "?" if t["end_offsets"] is None else str(t["end_offsets"]))
         console.print(table)
         groups = Table("consumer group", "partitions", "lag", title="consumer groups")
         for g in st["groups"]:
@@ -108,6 +126,38 @@ def status(as_json: bool) -> None:
         console.print(projections)
     if k.get("state") != "up" or p.get("state") != "up":
         sys.exit(1)
+
+
+def _print_kafka_health(k: dict) -> None:
+    """The brokers, the quorum and the partitions that lost a replica: what `status` adds for a cluster."""
+    if k.get("brokers"):
+        table = Table("broker", "address", "state", "pid", title="brokers")
+        for b in k["brokers"]:
+            state = "[green]up[/green]" if b["state"] == "up" else "[bold red]down[/bold red]"
+            table.add_row(str(b["id"]), b["address"] or "?", state, str(b.get("pid") or "-"))
+        console.print(table)
+    q = k.get("quorum")
+    if q:
+        table = Table("voter", "log end offset", "lag", "caught up (ms ago)",
+                      title=f"controller quorum: leader {q['leader']}, epoch {q.get('epoch')}, "
+                            f"high watermark {q.get('high_watermark')}")
+        for v in q["voters"]:
+            table.add_row(f"{v['id']}" + (" (leader)" if v["id"] == q["leader"] else ""), str(v["log_end_offset"]),
+                          str(v["lag"]), str(v["caught_up_ms_ago"]))
+        console.print(table)
+    under = k.get("under_replicated")
+    if under is not None:
+        console.print(f"under-replicated partitions: {len(under)}")
+        if under:
+            table = Table("topic", "partition", "leader", "replicas", "in sync", title="under-replicated")
+            for u in under[:20]:
+                table.add_row(u["topic"], str(u["partition"]), str(u["leader"]), ",".join(map(str, u["replicas"])),
+                              ",".join(map(str, u["isr"])))
+            console.print(table)
+            if len(under) > 20:
+                console.print(f"… and {len(under) - 20} more (`onething status --json`)")
+    for line in k.get("problems", []) + k.get("errors", []):
+        console.print(f"[bold red]kafka[/bold red] {line}")
 
 
 @main.group(help="Topics as code.")
@@ -212,7 +262,12 @@ def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
     os.environ.setdefault(safe_config.ENV, safe_config.DEV)  # the demo is development by definition
     ctx.invoke(up)
     ctx.invoke(smoke, count=1000)
-    ok, _cases = run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout)
+    from .supervisor import StopFailed
+
+    try:
+        ok, _cases = run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout)
+    except StopFailed as exc:
+        raise StackFailure(f"not every process stopped cleanly: {exc}") from None
     if not ok:
         sys.exit(1)
 
@@ -237,13 +292,17 @@ def run(name: str | None, arg: str | None) -> None:
     stopping = sup.stop_on_signals()  # Ctrl-C, SIGTERM (systemd, a script) and SIGHUP stop every child
     sup.start()
     console.print(f"running {', '.join(sup.children)}; logs in {s.home / 'logs'}; Ctrl-C stops")
+    problems: list[str] = []
     try:
         while not stopping.is_set():
             for restarted in sup.check():
                 console.print(f"[yellow]restarted {restarted}[/yellow]")
             stopping.wait(1)
     finally:
-        sup.stop()
+        problems = sup.stop()   # README, "Stopping: signals, exit status, systemd"
+    if problems:
+        raise StackFailure("not every process stopped cleanly: " + "; ".join(problems))
+    console.print(f"stopped ({sup.stop_signal or 'done'}): every process ended")
 
 
 @main.command(help="Benchmark the whole system against the raw Kafka pipe on a stack of its own; prints figures.")
@@ -366,6 +425,10 @@ def _register_groups() -> None:
     main.add_command(catalog)
     main.add_command(registers)
     main.add_command(cascade)
+    from .fuzz import fuzz  # schemathesis against the running API (infra/fuzz.py)
+    main.add_command(fuzz)
+    from .faults.command import faults   # the fault scenarios (infra/faults/)
+    main.add_command(faults)
 
 
 _register_groups()

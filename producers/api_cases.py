@@ -28,7 +28,7 @@ from .api_access import Acting, acting_for, case_owner
 from .api_catalog import ordered_departments
 from .api_errors import ApiError, ApiRoute, FastJSON, dedupe, err, field_error
 from .api_events import locked_case, produce
-from .api_forms import UNKNOWN_REGION, event_form, identity_checks, resolve_materials
+from .api_forms import UNKNOWN_REGION, event_form, identity_checks, resolve_materials, whole_numbers
 from .api_idempotency import Idempotent, idempotency_key
 from .api_limits import rate_limited
 from .api_observe import submitted
@@ -95,7 +95,7 @@ def submit(body: ApplicationIn, ident: identity.Identity = Depends(rate_limited(
         submitted("invalid")
         raise ApiError(422, [err("bundle_code", "bundle.not_available")])
     mf = state.merged_form(body.bundle_code)
-    values = dict(body.form)
+    values = whole_numbers(mf, body.form)
     body_hash = intake_store.request_hash(body.model_dump())
 
     with state.database.connection() as conn:
@@ -200,7 +200,7 @@ def supplement(case_id: str, body: SupplementIn = Body(...), who: Acting = Depen
             if not body.materials and not body.form:
                 raise ApiError(422, [err("materials", "supplement.empty")])
             mf = state.merged_form(row.bundle_code)
-            values = dict(body.form)
+            values = whole_numbers(mf, body.form)
             refs, _, errors = resolve_materials(conn, cat, mf, body.materials, values, who, submission=False)
             asked = {f"fields.{k}" for k in values}
             errors += [field_error(e) for e in validate_form(cat, row.bundle_code, values, {}) if e.path in asked]

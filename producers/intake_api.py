@@ -151,6 +151,8 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
         lifespan=lifespan,
     )
     app.state.api = state
+    from .api_form_schema import publish as publish_forms
+    publish_forms(app, state.catalog)  # each bundle's merged form: the submission's JSON Schema in /openapi.json
     app.state.producer, app.state.database, app.state.catalog = state.producer, db, state.catalog
 
     # -- plumbing: body limits and write authentication, request ids, metrics, error bodies -----

@@ -281,7 +281,7 @@ def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: st
 
     home = Settings.from_env().home / "faults"
     stack = FaultStack(home, base_port=int(os.environ.get("ONETHING_FAULTS_BASE_PORT") or 31000),
-                       partitions=int(os.environ.get("ONETHING_FAULTS_PARTITIONS") or 3))
+                       partitions=int(os.environ.get("ONETHING_FAULTS_PARTITIONS") or (2 if short else 3)))
     scenarios = chosen(short, only)
     started = time.monotonic()
     say = lambda note: console.print(f"[dim]{time.monotonic() - started:6.0f} s[/dim]  {note}")

@@ -2,7 +2,9 @@
 
 A scenario's `inject` runs at the fault's start; the run then waits `hold_s` (the supervisor
 restarting what dies meanwhile), calls `heal`, and waits for recovery (run.py). The short form
-(`--short`, and inside the test suite) runs the scenarios marked `short` with shorter holds.
+(`--short`, and inside the test suite) runs the scenarios marked `short` with shorter holds: a
+broker killed and PostgreSQL restarted, the two faults no other test of the suite injects into the
+whole system (processes killed mid-flight are tests/test_crash_points.py and test_newborn_e2e.py).
 """
 from __future__ import annotations
 
@@ -190,12 +192,12 @@ PROCESSES = ("api", "core", "read-models", "adapters", "deadlines")
 
 SCENARIOS: list[Scenario] = [
     Scenario("leader of applications[0] killed", _kill_leader(APPLICATIONS, 0), _restart_node,
-             hold_s=30, short_hold_s=10, short=True, what="kill -9 the broker leading applications[0]; start it again"),
+             hold_s=30, short_hold_s=5, short=True, what="kill -9 the broker leading applications[0]; start it again"),
     Scenario("leader of decisions.police[0] killed", _kill_leader(decisions_topic("police"), 0), _restart_node,
              hold_s=30, what="kill -9 the broker leading decisions.police[0]; start it again"),
     Scenario("broker hung 30 s", _stop_broker, _continue_broker, hold_s=30,
              what="SIGSTOP the leader of decisions.police[0], SIGCONT after the hold"),
-    *[Scenario(f"process {p} killed", _kill_process(p), short=p == "core",
+    *[Scenario(f"process {p} killed", _kill_process(p),
                what=f"kill -9 `{p}` with work in flight; the supervisor starts it again") for p in PROCESSES],
     Scenario("PostgreSQL restarted", _stop_postgres, _start_postgres, hold_s=10, short_hold_s=5, short=True,
              what="stop PostgreSQL at once (-m immediate: no checkpoint), start it after the hold"),
