@@ -121,6 +121,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.broker
 @pytest.mark.postgres
+@pytest.mark.slow   # in the fault lane: the suite's lanes even out (infra/onething.sh)
 def test_schemathesis_over_every_route_and_role_then_dispatch(settings, bootstrap, database_url, tmp_path):
     app = create_app(api_settings(settings, bootstrap, database_url), seed_demo=False)
     skip_history(bootstrap, database_url)

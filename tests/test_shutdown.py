@@ -147,6 +147,7 @@ def _kill_all(run: Run, known: list[procs.Proc]) -> None:
 
 @pytest.mark.broker
 @pytest.mark.postgres
+@pytest.mark.slow   # the whole system started and stopped: in the fault lane (infra/onething.sh)
 def test_sigterm_stops_every_process_of_onething_run_and_frees_its_ports(running_stack, bootstrap, database_url,
                                                                         tmp_path):
     skip_history(bootstrap, database_url)   # started at the log's end, not behind what earlier tests left
@@ -200,6 +201,7 @@ def test_onething_run_exits_1_naming_the_processes_it_had_to_kill(running_stack,
 
 @pytest.mark.broker
 @pytest.mark.postgres
+@pytest.mark.slow   # the whole system started and stopped: in the fault lane (infra/onething.sh)
 def test_children_of_a_killed_supervisor_stop_by_themselves(running_stack, bootstrap, database_url, tmp_path):
     skip_history(bootstrap, database_url)
     run = _start(tmp_path)

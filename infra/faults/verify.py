@@ -20,8 +20,7 @@ import psycopg
 import structlog
 from kafka import KafkaConsumer, TopicPartition
 
-from events import codec, kafka_auth
-from events.codec import DecodeError
+from events import kafka_auth
 
 log = structlog.get_logger(__name__)
 
@@ -62,27 +61,19 @@ class Completions:
 
 
 def read_topics(bootstrap: str, topics: list[str], timeout_s: float = 120.0) -> list:
-    """Every event on `topics` from the beginning to their end now (undecodable bytes skipped, counted)."""
+    """Every event on `topics` from the beginning to their end now (None for undecodable bytes)."""
+    from infra.fuzz_follow import read_events
+
     consumer = KafkaConsumer(**kafka_auth.connection(bootstrap, kafka_auth.ADMIN), enable_auto_commit=False)
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out, deadline = [], time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topics[:3]}… to their end in {timeout_s:.0f} s")
-            for tp, msgs in consumer.poll(timeout_ms=500, max_records=5000).items():
-                for m in msgs:
-                    if m.offset < ends[tp]:
-                        try:
-                            out.append(codec.decode(m.value))
-                        except DecodeError:
-                            out.append(None)
-        return out
+        starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
     finally:
         consumer.close()
+    events, reached = read_events(bootstrap, starts, timeout_s=timeout_s)
+    if any(reached[tp] < ends[tp] for tp in tps):
+        raise TimeoutError(f"could not read {topics[:3]}… to their end in {timeout_s:.0f} s")
+    return [ev for _topic, ev in events]
 
 
 @dataclass
