@@ -146,10 +146,10 @@ class RegisterRecorder:
 
     def _discard_producer(self) -> None:
         """After a change the broker did not confirm, the next attempt gets a fresh producer (a new
-        producer id, fresh metadata and connections). `onething faults` found kafka-python's
-        idempotent producer, once a batch had expired in flight while a partition leader was
-        killed, timing out every later send to that partition for ten minutes after the broker was
-        back. A producer given by the caller is the caller's to manage."""
+        producer id, fresh metadata and connections). `onething faults` found this recorder's
+        producer timing out every send to one partition for ten minutes after that partition's
+        leader was killed and back (the cause inside kafka-python is not pinned down; a fresh
+        producer recovers at once). A producer given by the caller is the caller's to manage."""
         if not self._own_producer:
             return
         with self._producer_lock:
