@@ -160,7 +160,7 @@ def test_sigterm_stops_every_process_of_onething_run_and_frees_its_ports(running
         for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # SIGINT too, though started in the background
             assert caught & (1 << (signo - 1)), f"the supervisor does not handle {signo.name}"
 
-        began = time.monotonic()
+        began, stopped_at = time.monotonic(), procs.now_ticks()
         os.kill(run.pid, signal.SIGTERM)
         code = run.shell.wait(STOP_TIMEOUT_S + 30)
         took = time.monotonic() - began
@@ -169,7 +169,7 @@ def test_sigterm_stops_every_process_of_onething_run_and_frees_its_ports(running
         assert "stopped (SIGTERM): every process ended" in output, output[-3000:]
         print(f"`onething run` stopped {took:.1f} s after SIGTERM")
         assert procs.survivors(tree) == [], _logs(run)
-        assert ports & procs.listening() == set(), "ports still listening after the stop"
+        assert procs.still_held(ports, stopped_at) == set(), "ports still listening after the stop"
         for name in PROCESSES:   # the supervisor waited for each: none outlived it
             assert '"lifeline.parent_gone"' not in run.new_log(name), name
     finally:
@@ -209,6 +209,7 @@ def test_children_of_a_killed_supervisor_stop_by_themselves(running_stack, boots
     try:
         tree, ports = _started(run)
         children = [p for p in tree if p.ppid == run.pid]
+        stopped_at = procs.now_ticks()
         os.kill(run.pid, signal.SIGKILL)   # no code of the supervisor runs any more
         assert run.shell.wait(30) == 128 + signal.SIGKILL, run.output()[-3000:]
         began = time.monotonic()
@@ -218,7 +219,7 @@ def test_children_of_a_killed_supervisor_stop_by_themselves(running_stack, boots
         took = time.monotonic() - began
         assert gone, f"{[p.cmd for p in procs.survivors(children)]}\n{_logs(run)}"
         print(f"children gone {took:.1f} s after the supervisor's SIGKILL")
-        assert ports & procs.listening() == set(), "ports still listening after the children ended"
+        assert procs.still_held(ports, stopped_at) == set(), "ports still listening after the children ended"
         for name in PROCESSES:   # a clean stop each, not the lifeline's hard end at the timeout
             log = run.new_log(name)
             assert '"lifeline.stop_timed_out"' not in log, f"{name} had to end itself: {log[-2000:]}"

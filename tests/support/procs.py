@@ -111,3 +111,17 @@ def listening_ports(pids) -> set[int]:
 def listening() -> set[int]:
     """Every TCP port anything listens on here."""
     return set(_listeners().values())
+
+
+def still_held(ports: set[int], since_ticks: int) -> set[int]:
+    """Of `ports`, those a process that already ran at `since_ticks` (clock ticks after boot) still
+    listens on. A port freed by the run and taken since by a newcomer (another lane's process,
+    picking a free port) is not the run's: only a process that existed while the run held the port
+    can hold it now (its own, or one it handed the socket to)."""
+    return {port for p in processes() if p.start <= since_ticks
+            for port in listening_ports([p.pid]) if port in ports}
+
+
+def now_ticks() -> int:
+    """This moment in the clock ticks after boot that `Proc.start` counts."""
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
