@@ -47,6 +47,9 @@ fi
 # the local stack with its development credentials (infra/safe_config.py); a real deployment
 # runs `onething run` under its own environment, not this script
 export ONETHING_ENV=${ONETHING_ENV:-dev}
+# Bytecode caches on: a machine set up with PYTHONDONTWRITEBYTECODE (this one was) recompiles every
+# module in every process the suite starts, and pytest re-rewrites the asserts of every test module
+unset PYTHONDONTWRITEBYTECODE
 
 job=${1:-demo}
 case "$job" in
@@ -55,10 +58,16 @@ case "$job" in
     exec .venv/bin/onething demo "$@" ;;
   test)
     shift || true
+    # No plugin autoloading: pytest would otherwise rewrite the asserts of every module of every
+    # package that ships a plugin (all of hypothesis, schemathesis and anyio: ~300 modules, ~10 s of
+    # CPU in each lane); the two plugins the suite uses are named instead. Each lane ends with its
+    # 15 slowest steps, so a CI log shows where the time went.
+    export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
+    PYTEST_PLUGINS_ARGS="-p pytest_timeout -p _hypothesis_pytestplugin --durations=15"
     # tests/conftest.py brings up a stack of the suite's own (broker 19092, database onething_test)
     set +e
     if [ $# -gt 0 ] || [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -n "${DATABASE_URL:-}" ]; then
-      .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+      .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS "$@"
       # pytest's 5 means "no test ran": that is a failure of the suite, not a pass
       exit $?
     fi
@@ -76,14 +85,14 @@ case "$job" in
       "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url)"
     mkdir -p .onething
     ONETHING_HOME="$PWD/.onething/test-faults" ONETHING_KAFKA_PORT=19192 ONETHING_DB_NAME=onething_test_faults \
-      ONETHING_METRICS_BASE_PORT=19600 .venv/bin/python -m pytest -q -p no:cacheprovider -m "slow and not faults" \
+      ONETHING_METRICS_BASE_PORT=19600 .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m "slow and not faults" \
       > .onething/test-faults.log 2>&1 &
     faults=$!
     # `onething faults --short` on a 3-node stack and a PostgreSQL cluster of its own (ports from 30000):
     # mostly waiting for brokers to die and come back, so a lane of its own
-    .venv/bin/python -m pytest -q -p no:cacheprovider -m faults > .onething/test-faults-short.log 2>&1 &
+    .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m faults > .onething/test-faults-short.log 2>&1 &
     short=$!
-    .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not faults"
+    .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m "not slow and not faults"
     rc=$?
     wait "$faults"
     rc_faults=$?
