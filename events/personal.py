@@ -81,6 +81,24 @@ def open_fields(keys: KeyLookup, values: Mapping[str, str]) -> dict[str, str]:
     return {k: open_value(keys, k, v) for k, v in values.items()}
 
 
+def seal_bytes(key: bytes, key_id: str, label: str, data: bytes) -> bytes:
+    """A document's body sealed like a value (nonce ‖ ciphertext ‖ tag), `label` (the document's
+    ref) bound in: a body copied to another row does not open."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, data, _aad(key_id, label))
+
+
+def open_bytes(keys: KeyLookup, key_id: str, label: str, sealed: bytes) -> bytes | None:
+    """The clear body; None once its key was destroyed (erased)."""
+    key = keys(key_id)
+    if key is None:
+        return None
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _aad(key_id, label))
+    except InvalidTag:
+        raise SealBroken(f"document {label}: the sealed body does not open under key {key_id}") from None
+
+
 def key_ids(values: Mapping[str, str]) -> set[str]:
     return {kid for v in values.values() if (kid := key_id_of(v))}
 

@@ -18,6 +18,8 @@ from catalog.model import Catalog
 from events import personal
 from infra import keystore
 
+from . import intake_store
+
 
 def personal_field(catalog: Catalog):
     fields = catalog.fields
@@ -34,6 +36,7 @@ def seal_submission(conn: psycopg.Connection, state, subject: str, case_id: str,
     """(form, materials) as the event carries them; the subject's key granted to `departments`."""
     key_id, key = keystore.subject_key(conn, subject, state.master_keys())
     keystore.grant(conn, case_id, key_id, key, departments)
+    intake_store.record_uses(conn, case_id, subject, materials)  # who may download them (api_documents.py)
     sealed = personal.seal_fields(key, key_id, form, personal_field(state.catalog))
     refs = [m | {"ref": personal.seal(key, key_id, f"materials.{m['code']}.ref", m["ref"])}
             if m.get("ref") and not personal.is_sealed(m["ref"]) else m for m in materials]

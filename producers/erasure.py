@@ -102,7 +102,9 @@ def erase(conn: psycopg.Connection, publish, catalog: Catalog, subject: str, *, 
         who = f"{actor.role}:{actor.staff_id or actor.id_token}"
         key_ids = keystore.erase(conn, subject, by=who, reason=reason)
         ids = [c.case_id for c in cases]
-        conn.execute("DELETE FROM intake_documents WHERE owner_token = %s", (subject,))
+        # their uploads, and what a clerk uploaded for their cases (sealed under the clerk's key)
+        conn.execute("DELETE FROM intake_documents WHERE owner_token = %s OR ref IN "
+                     "(SELECT ref FROM intake_document_uses WHERE applicant_token = %s)", (subject, subject))
         event = new_event("SubjectErased", subject,
                           {"subject": subject, "key_ids": key_ids, "case_ids": ids, "reason": reason,
                            "retention_overridden": override},

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import psycopg
 
+from events import personal
+
 #: namespace of case ids derived from an Idempotency-Key; changing it breaks retries in flight
 CASE_NAMESPACE = uuid.UUID("2b7f3d2e-4c1a-5e8b-9f60-1d3c5a7e9b21")
 MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
@@ -110,12 +112,50 @@ def take_sequence(conn: psycopg.Connection, case_id: str, *, status: str | None 
     return int(row[0])
 
 
-def save_document(conn: psycopg.Connection, owner_token: str, content_type: str, body: bytes) -> dict[str, Any]:
+def save_document(conn: psycopg.Connection, owner_token: str, content_type: str, body: bytes,
+                  key: tuple[str, bytes]) -> dict[str, Any]:
+    """Stores the body sealed under `key` (the owner's data key: key id, key); the digest is of the
+    clear body, so a download can be checked against what the uploader was told."""
     ref = f"doc-{uuid.uuid4().hex}"
     digest = hashlib.sha256(body).hexdigest()
-    conn.execute("INSERT INTO intake_documents (ref, owner_token, content_type, size_bytes, sha256, body) "
-                 "VALUES (%s, %s, %s, %s, %s, %s)", (ref, owner_token, content_type, len(body), digest, body))
+    key_id, data_key = key
+    conn.execute("INSERT INTO intake_documents (ref, owner_token, content_type, size_bytes, sha256, body, key_id) "
+                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                 (ref, owner_token, content_type, len(body), digest,
+                  personal.seal_bytes(data_key, key_id, ref, body), key_id))
     return {"ref": ref, "sha256": digest, "size_bytes": len(body), "content_type": content_type}
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    ref: str
+    owner_token: str
+    content_type: str
+    sha256: str
+    body: bytes           # as stored: sealed, unless key_id is None (stored before sealing)
+    key_id: str | None
+
+
+def stored_document(conn: psycopg.Connection, ref: str) -> StoredDocument | None:
+    row = conn.execute("SELECT ref, owner_token, content_type, sha256, body, key_id FROM intake_documents "
+                       "WHERE ref = %s", (ref,)).fetchone()
+    return StoredDocument(row[0], row[1], row[2], row[3], bytes(row[4]), row[5]) if row else None
+
+
+def record_uses(conn: psycopg.Connection, case_id: str, applicant_token: str, materials: Iterable[dict]) -> None:
+    """The uploaded documents a case's materials name (before their refs are sealed)."""
+    rows = [(m["ref"], case_id, m["code"], applicant_token) for m in materials
+            if m.get("source") == "uploaded" and isinstance(m.get("ref"), str) and not personal.is_sealed(m["ref"])]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO intake_document_uses (ref, case_id, material_code, applicant_token) "
+                            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", rows)
+
+
+def document_uses(conn: psycopg.Connection, ref: str) -> list[tuple[str, str]]:
+    """(case id, material code) of every case that used the document."""
+    return [(c, m) for c, m in conn.execute(
+        "SELECT case_id, material_code FROM intake_document_uses WHERE ref = %s ORDER BY used_at", (ref,))]
 
 
 def owned_documents(conn: psycopg.Connection, owner_token: str, refs: Iterable[str]) -> set[str]:

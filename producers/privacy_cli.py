@@ -1,4 +1,4 @@
-"""`onething erase`, `onething retention`, `onething keys rotate`, `onething deadletters show`: the
+"""`onething erase`, `onething retention`, `onething keys rotate|seal-documents`, `onething deadletters show`: the
 operator's side of personal data (README, "Personal data"). Each runs as the tables' owner and the
 Kafka `admin` principal, like the other operator commands."""
 from __future__ import annotations
@@ -89,6 +89,32 @@ def keys_rotate() -> None:
         with console.status("re-wrapping data keys…"):
             n = keystore.rotate(conn, master)
     console.print(f"{n} data keys re-wrapped under master key {master.current_id}")
+
+
+@keys.command("seal-documents", help="Seal the uploaded documents stored in clear before bodies were sealed "
+                                     "(migration 0019), each under its uploader's data key; safe to run again.")
+def keys_seal_documents() -> None:
+    from rich.progress import Progress
+
+    from events import personal
+    from infra import keystore
+
+    s = Settings.from_env()
+    master = keystore.MasterKeys.from_env()
+    with psycopg.connect(s.database_url, autocommit=True) as conn:
+        refs = [r for (r,) in conn.execute("SELECT ref FROM intake_documents WHERE key_id IS NULL ORDER BY ref")]
+        with Progress(console=console) as progress:
+            task = progress.add_task("sealing documents…", total=len(refs))
+            for ref in refs:
+                with conn.transaction():
+                    row = conn.execute("SELECT owner_token, body FROM intake_documents WHERE ref = %s "
+                                       "AND key_id IS NULL FOR UPDATE", (ref,)).fetchone()
+                    if row is not None:
+                        key_id, key = keystore.subject_key(conn, row[0], master)
+                        conn.execute("UPDATE intake_documents SET body = %s, key_id = %s WHERE ref = %s",
+                                     (personal.seal_bytes(key, key_id, ref, bytes(row[1])), key_id, ref))
+                progress.advance(task)
+    console.print(f"{len(refs)} documents sealed")
 
 
 @click.group("deadletters", help="Messages a consumer could not process (kept 365 days, sealed to the operator).")
