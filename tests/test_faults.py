@@ -16,24 +16,38 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from infra.kafka_local import port_open
+from tests.support.scale import LONG
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.broker, pytest.mark.postgres]
 BASE = 30000
 
 
-def test_the_short_fault_scenarios_lose_nothing_and_leave_nothing_running(tmp_path):
+def faults_env(home) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "ONETHING_KAFKA_PORT", "ONETHING_DB_NAME",
                         "ONETHING_METRICS_BASE_PORT", "ONETHING_API_PORT")}
-    env.update(ONETHING_HOME=str(tmp_path / "home"), ONETHING_FAULTS_BASE_PORT=str(BASE), ONETHING_ENV="dev")
+    env.update(ONETHING_HOME=str(home), ONETHING_FAULTS_BASE_PORT=str(BASE), ONETHING_ENV="dev")
+    return env
+
+
+@pytest.mark.timeout(1500)   # the run's own bound (below) comes first, and stops it cleanly
+def test_the_short_fault_scenarios_lose_nothing_and_leave_nothing_running(tmp_path):
     out = tmp_path / "faults.json"
-    proc = subprocess.run([sys.executable, "-m", "infra.cli", "faults", "--short", "--json", str(out)], env=env,
-                          capture_output=True, text=True, timeout=1500)
-    tail = (proc.stdout + proc.stderr)[-6000:]
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "faults", "--short", "--json", str(out)],
+                            env=faults_env(tmp_path / "home"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        output, _ = proc.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:   # SIGTERM: the run takes its stack down, then the test fails
+        proc.terminate()
+        output, _ = proc.communicate(timeout=240)
+        pytest.fail(f"onething faults --short ran over 1200 s; its output:\n{output[-6000:]}")
+    tail = output[-6000:]
     assert out.exists(), tail
     result = json.loads(out.read_text())
     rows = {r["scenario"]: r for r in result["rows"]}
@@ -61,3 +75,29 @@ def test_the_short_fault_scenarios_lose_nothing_and_leave_nothing_running(tmp_pa
     assert not left, f"processes of the run still running: {left}"
     clusters = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout
     assert f"onething_faults_{BASE + 432}" not in clusters
+
+
+@pytest.mark.skipif(not LONG, reason="a second 3-node stack: ONETHING_TEST_SCALE=long (README, Tests)")
+@pytest.mark.timeout(600)
+def test_a_run_killed_with_sigkill_leaves_no_broker_cluster_or_disk_behind(tmp_path):
+    """The CI job's time limit, the OOM killer: no code of the run's own runs, its reaper does."""
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "faults", "--short"], env=faults_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster = f"onething_faults_{BASE + 432}"
+    up = lambda: port_open("127.0.0.1", BASE + 92) and port_open("127.0.0.1", BASE + 432)
+    deadline = time.monotonic() + 300
+    while not up() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    assert up(), "the faults' stack did not come up"
+    proc.kill()
+    proc.wait()
+    gone = lambda: (not any(port_open("127.0.0.1", BASE + p) for p in (92, 94, 96, 432, 800))
+                    and cluster not in subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True,
+                                                      text=True).stdout
+                    and not subprocess.run(["pgrep", "-f", str(home)], capture_output=True).stdout.strip())
+    deadline = time.monotonic() + 180
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert gone(), (home / "faults" / "reaper.log").read_text() if (home / "faults" / "reaper.log").exists() else ""
+    assert not os.path.ismount(home / "faults" / "kafka" / "node-3" / "data")

@@ -134,7 +134,7 @@ class TmpfsDisk:
         self.ballast.unlink(missing_ok=True)
 
     def unmount(self) -> None:
-        if self.mounted:
+        if self.mounted or os.path.ismount(self.path):   # also one a killed run left (the reaper's)
             subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
             self.mounted = False
 
@@ -156,6 +156,7 @@ class FaultStack:
         if disk_node:
             self.disk = TmpfsDisk(self.node(disk_node).data_dir)
         self.sup = None
+        self.reaper = None
 
     def node(self, node_id: int) -> KafkaNode:
         return next(n for n in self.cluster.nodes if n.node_id == node_id)
@@ -186,8 +187,11 @@ class FaultStack:
     def up(self, progress=lambda note: None) -> None:
         from .. import stack
 
+        from . import reaper
+
         if self.cluster.running():
             self.cluster.stop(hard=True)
+        self.reaper = reaper.start(self.home, self.base_port)   # takes it all down if this run is SIGKILLed
         if self.disk is not None and os.path.ismount(self.disk.path):   # left by a run that was killed
             self.disk.mounted = True
             self.disk.unmount()
@@ -239,6 +243,12 @@ class FaultStack:
                 step()
             except Exception:
                 log.exception("faults.down_step_failed")
+        from . import reaper
+
+        reaper.mark_clean(self.home)
+        if self.reaper is not None:   # this run's own: nothing left for it to do
+            self.reaper.terminate()
+            self.reaper.wait(10)
 
     def wait_api(self, timeout_s: float = 120) -> None:
         import httpx
