@@ -15,6 +15,9 @@ How each figure is computed ("before" = every service applied for separately):
   limits through the dependency graph (services in parallel overlap);
 - trips: before, one visit per department (more where a service needs more); after, for
   the online channel, 0, or 1 if any service needs the person present.
+
+A conditional service (`applies_when`: employer registration only for a company with staff)
+is counted as applying: the figures are those of the fullest application of the bundle.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class BundleFigures:
     critical_path: tuple[str, ...]
     estimated: frozenset[str]  # metrics that rest on at least one estimated figure
     claims: tuple[Claim, ...]
+    conditional: int = 0       # services that apply only under a condition (counted as applying)
 
     def metric(self, name: str) -> Change:
         return getattr(self, name)
@@ -85,7 +89,8 @@ def bundle_figures(catalog: Catalog, bundle_code: str) -> BundleFigures:
         steps=Change(sum(s.steps for s in services), 2 + (1 if in_person else 0)),
         time_days=Change(sum(f.value for f in statutory), longest),
         trips=Change(trips_before, 1 if in_person else 0),
-        critical_path=path, estimated=frozenset(estimated), claims=bundle.claims)
+        critical_path=path, estimated=frozenset(estimated), claims=bundle.claims,
+        conditional=len(bundle.conditional))
 
 
 def all_figures(catalog: Catalog) -> list[BundleFigures]:

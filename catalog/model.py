@@ -38,11 +38,21 @@ class Label:
 
 
 @dataclass(frozen=True)
+class AdapterConfig:
+    """How the department's reference adapter runs it (department_adapters/reference/).
+
+    A department without one has no simulated backend, so a bundle naming it would be accepted
+    and then wait forever: the loader refuses such a bundle."""
+    processing_s: float = 0.05
+
+
+@dataclass(frozen=True)
 class Department:
     """部门: a body that decides services and receives a minimised task payload."""
     code: str
     label: Label
     origin: Origin | None = None
+    adapter: AdapterConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class Field:
     pattern: str | None = None
     hint: Label | None = None
     origin: Origin | None = None
+    #: how an output is numbered by the department that issues it (reference adapters' formats.py)
+    format: str | None = None
 
     def option(self, value: str) -> Option | None:
         return next((o for o in self.options if o.value == value), None)
@@ -132,6 +144,23 @@ class Need:
 
 
 @dataclass(frozen=True)
+class AutoDecision:
+    """免批秒办: the service is decided by rule from shared data, without a clerk.
+
+    Approved when every condition of `approve_when` holds over the task's fields and the
+    outputs it consumes (none: approved on the data alone, as a check that always answers);
+    otherwise refused, naming the condition that failed. `basis`, an output of the service,
+    records the data the decision relied on."""
+    source: str
+    approve_when: tuple[Condition, ...] = ()
+    basis: str | None = None
+
+    @property
+    def relies_on(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.field for c in self.approve_when))
+
+
+@dataclass(frozen=True)
 class Service:
     """事项: one department's administrative service.
 
@@ -153,6 +182,7 @@ class Service:
     in_person: bool = False  # needs the person present even online (fingerprint, 首签 at hospital)
     note: str | None = None
     origin: Origin | None = None
+    auto_decision: AutoDecision | None = None
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -166,6 +196,8 @@ class Member:
     service: str
     promised: Figure | None = None
     origin: Origin | None = None
+    #: the service is part of the application only when this holds over the form's answers
+    applies_when: Condition | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +256,9 @@ class Bundle:
     origin: Origin | None = None
     #: how long a closed case's personal data is kept before it may be erased (producers/erasure.py)
     retention: Figure | None = None
+    #: 情形引导: fields asked to find which conditional services apply (no department receives them
+    #: unless a service of its own asks for them too)
+    questions: tuple[str, ...] = ()
 
     @property
     def services(self) -> tuple[str, ...]:
@@ -231,6 +266,15 @@ class Bundle:
 
     def member(self, service_id: str) -> Member | None:
         return next((m for m in self.members if m.service == service_id), None)
+
+    @property
+    def conditional(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.applies_when is not None)
+
+    def applicable(self, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """The services of an application with these answers: a conditional one only when its
+        condition holds (a company without employees registers no employer account)."""
+        return tuple(m.service for m in self.members if m.applies_when is None or m.applies_when.holds(values))
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: it is a registry

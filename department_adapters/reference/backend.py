@@ -35,7 +35,7 @@ from catalog.validators import check_region_code
 from department_adapters.sdk import BackendUnavailable, Decision, InvalidTask
 from events.envelope import Event
 
-from . import numbers, registers
+from . import automatic, numbers, registers
 from .config import BackendConfig
 from .registers import Issue, Record
 
@@ -95,7 +95,7 @@ class SimulatedBackend:
                 # routes it there); answering "applied" here would tell the cascade a lie
                 raise InvalidTask("register syncs are not decided by the case-service backend")
             svc = self._service(p.get("service_id", ""))
-            if self.config.processing_s:
+            if self.config.processing_s and svc.auto_decision is None:  # 免批秒办 waits for nobody
                 time.sleep(self.config.processing_s)
             verdicts.append((task, svc, self._verdict(svc, p)))
         issues, recorder = self._plan(conn, [(t, svc) for t, svc, v in verdicts if v.outcome == "approved"])
@@ -175,11 +175,19 @@ class SimulatedBackend:
 
         for rule in self.config.rejections:
             if rule.applies_to(svc.id) and rule.matches(task_fields):
-                return Decision("rejected", reason=rule.reason or self._rejection_text(rule.field))
+                return Decision("rejected", reason=rule.reason or self._rejection_text(rule.field),
+                                reason_code=rule.reason_code or "not_eligible")
+
+        if svc.auto_decision is not None:
+            failed = automatic.failed_condition(svc.auto_decision, typed, inputs)
+            if failed is not None:
+                return Decision("rejected", reason=automatic.refusal_text(self.catalog, failed),
+                                reason_code="not_eligible")
 
         held = {m["code"]: m.get("source") or "uploaded" for m in p.get("materials") or ()}
         gaps: list[tuple[str, str]] = []   # (material, state)
         reasons: list[str] = []
+        codes: list[str] = []
         for need in svc.materials:
             state = held.get(need.id, "missing")
             needed = _needed(need, typed)
@@ -192,11 +200,14 @@ class SimulatedBackend:
                     hit = True
                     if rule.reason and rule.reason not in reasons:
                         reasons.append(rule.reason)
+                    if rule.reason_code and rule.reason_code not in codes:
+                        codes.append(rule.reason_code)
             if hit:
                 gaps.append((need.id, state))
         if gaps:
+            default = "promised_material_due" if all(st == "promised" for _, st in gaps) else "materials_incomplete"
             return Decision("correction_requested", reason="; ".join(reasons) or self._correction_text(gaps),
-                            missing_materials=tuple(code for code, _ in gaps))
+                            missing_materials=tuple(code for code, _ in gaps), reason_code=(codes or [default])[0])
         return Decision("approved")
 
     def _rejection_text(self, field_id: str) -> str:
@@ -219,7 +230,9 @@ class SimulatedBackend:
         if register is None:
             e_licenses = frozenset(o for o in svc.produces
                                    if o in self.catalog.materials and self.catalog.materials[o].e_license)
-            register = self._registers[svc.id] = registers.register_for(svc.id, svc.produces, e_licenses)
+            register = self._registers[svc.id] = registers.register_for(svc.id, svc.produces, e_licenses,
+                                                                        catalog=self.catalog,
+                                                                        auto=svc.auto_decision)
         return register
 
     def _plan(self, conn: psycopg.Connection, approved: Sequence[tuple[Event, Service]]

@@ -24,6 +24,9 @@ over service ids (`*`, `police.*`, `tax.newborn_premium`; default `*`):
 - rejection (不予办理): `{"service": "police.*", "field": "registration_parent", "equals": "father",
   "reason": "…"}` (or `"in": [...]`); compact `[service:]field=value[|value…]`. A task whose
   field has one of the values is rejected. The default reason names the field, never its value.
+  Either kind of rule may name a `reason_code` of the department's list (catalog/data/reasons.yaml);
+  without one a rejection carries `not_eligible`, a correction `materials_incomplete` (or
+  `promised_material_due` when only 容缺 materials are missing).
 - correction (补正): `{"service": "*", "material": "medical_invoice", "when": "absent", "reason": "…"}`;
   compact `[service:]material[@when]`. `when` is `missing` (not in the task), `promised`
   (容缺: promised for later) or `absent` (either; the default). A rule applies only to services
@@ -52,6 +55,7 @@ class RejectRule:
     values: tuple[str, ...]
     service: str = "*"
     reason: str | None = None
+    reason_code: str | None = None   # from the department's list (catalog/data/reasons.yaml)
 
     def applies_to(self, service_id: str) -> bool:
         return fnmatchcase(service_id, self.service)
@@ -64,12 +68,12 @@ class RejectRule:
         if isinstance(raw, RejectRule):
             return raw
         if isinstance(raw, Mapping):
-            unknown = set(raw) - {"service", "field", "equals", "in", "reason"}
+            unknown = set(raw) - {"service", "field", "equals", "in", "reason", "reason_code"}
             if unknown or "field" not in raw or ("equals" in raw) == ("in" in raw):
                 raise ValueError(f"rejection rule needs field and one of equals/in, got keys {sorted(raw)}")
             values = (raw["equals"],) if "equals" in raw else tuple(raw["in"])
             return cls(str(raw["field"]), tuple(_text(v) for v in values), str(raw.get("service", "*")),
-                       raw.get("reason"))
+                       raw.get("reason"), raw.get("reason_code"))
         service, body = _split_service(str(raw))
         if "=" not in body:
             raise ValueError(f"rejection rule {raw!r}: expected [service:]field=value[|value…]")
@@ -83,6 +87,7 @@ class CorrectionRule:
     when: str = "absent"
     service: str = "*"
     reason: str | None = None
+    reason_code: str | None = None   # from the department's list (catalog/data/reasons.yaml)
 
     def __post_init__(self) -> None:
         if self.when not in CORRECTION_WHEN:
@@ -100,11 +105,11 @@ class CorrectionRule:
         if isinstance(raw, CorrectionRule):
             return raw
         if isinstance(raw, Mapping):
-            unknown = set(raw) - {"service", "material", "when", "reason"}
+            unknown = set(raw) - {"service", "material", "when", "reason", "reason_code"}
             if unknown or "material" not in raw:
                 raise ValueError(f"correction rule needs material, got keys {sorted(raw)}")
             return cls(str(raw["material"]), str(raw.get("when", "absent")), str(raw.get("service", "*")),
-                       raw.get("reason"))
+                       raw.get("reason"), raw.get("reason_code"))
         service, body = _split_service(str(raw))
         material, _, when = body.partition("@")
         return cls(material.strip(), when.strip() or "absent", service)

@@ -3,7 +3,9 @@
 `REGISTERS` maps a service to the table it writes (migration 0006) and a small function that
 makes the record's number, the outputs the decision returns and the register's own columns.
 A service with no entry (bundles beyond the newborn one) writes `department_generic_records`
-with generic numbers, so a simulated department can decide any service of the catalog.
+(the department's rows of it), each output numbered in its catalog format (formats.py) or, with
+none, generically, so a simulated department can decide any service of the catalog; a rule-decided
+service (免批秒办) also records `decided_by = 'rule'` and what it relied on (migration 0015).
 
 Number formats (plausible, not official):
   childbirth_registration_no  SY + region + year + 6 digits       SY4402032025000001
@@ -187,17 +189,37 @@ def generic_value(output: str, region: str, n: int, e_license: bool) -> str:
     return f"EL-{abbreviation(output)}-{region}-{n:08d}" if e_license else f"{abbreviation(output)}{region}{n:08d}"
 
 
-def make_generic(produces: tuple[str, ...], e_licenses: frozenset[str]) -> Callable[[Issue], Record]:
+def make_generic(produces: tuple[str, ...], e_licenses: frozenset[str], catalog: Any = None,
+                 auto: Any = None) -> Callable[[Issue], Record]:
+    """Any service's register: each output in its catalog format (formats.py) where the catalog
+    gives one, else a generic number; a rule-decided service (免批秒办) records what it relied on."""
+    from . import automatic, formats
+
     def issue(i: Issue) -> Record:
         n = i.number(f"generic:{i.service_id}")
-        outputs = {o: generic_value(o, i.region, n, o in e_licenses) for o in produces}
-        record_no = next(iter(outputs.values()), None) or f"{abbreviation(i.service_id)}{i.region}{n:08d}"
-        return Record(record_no, outputs, {"department": i.department})
+        outputs: dict[str, str] = {}
+        columns: dict[str, Any] = {"department": i.department}
+        relied_on = automatic.basis(catalog, auto, i.fields, i.inputs) if auto is not None and catalog else None
+        if relied_on is not None:
+            columns.update(decided_by="rule", basis=Jsonb(relied_on))
+        numbered: list[str] = []   # outputs that are numbers of this record (not a check's answer)
+        for o in produces:
+            if relied_on is not None and o == auto.basis:
+                outputs[o] = automatic.basis_text(catalog, relied_on)
+                continue
+            value = formats.output_value(catalog, o, region=i.region, today=i.today, n=n, fields=i.fields) \
+                if catalog is not None and o not in e_licenses else None
+            if value is None or formats.is_number(catalog, o):
+                numbered.append(value or generic_value(o, i.region, n, o in e_licenses))
+            outputs[o] = value if value else generic_value(o, i.region, n, o in e_licenses)
+        record_no = next(iter(numbered), None) or f"{abbreviation(i.service_id)}{i.region}{n:08d}"
+        return Record(record_no, outputs, columns)
     return issue
 
 
-def register_for(service_id: str, produces: tuple[str, ...] = (), e_licenses: frozenset[str] = frozenset()) -> Register:
-    return REGISTERS.get(service_id) or Register(GENERIC_TABLE, make_generic(produces, e_licenses))
+def register_for(service_id: str, produces: tuple[str, ...] = (), e_licenses: frozenset[str] = frozenset(), *,
+                 catalog: Any = None, auto: Any = None) -> Register:
+    return REGISTERS.get(service_id) or Register(GENERIC_TABLE, make_generic(produces, e_licenses, catalog, auto))
 
 
 # -- writing and reading ------------------------------------------------------------------

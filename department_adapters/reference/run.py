@@ -2,7 +2,7 @@
 processor of the runtime with its own group (`adapter.<department>`), so one department's
 outage pauses only its own partitions, and each scales out alone.
 
-    python -m department_adapters.reference.run [DEPARTMENT ...]   # default: the newborn bundle's
+    python -m department_adapters.reference.run [DEPARTMENT ...]   # default: every department of the catalog
 
 Connection settings come from `infra.settings.Settings` (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL);
 behaviour from `BackendConfig.from_env(department)` (ONETHING_SIM_*, see config.py) unless a
@@ -30,8 +30,13 @@ def build_backend(department: str, config: BackendConfig | None = None, *, name:
     """The department's whole backend: case services by `SimulatedBackend`, and — when the
     cascade's register-copy half is installed — register syncs by `RegisterCopyBackend`, routed
     on the task's kind (a department has one adapter, one group, for both)."""
-    case = SimulatedBackend(department, config if config is not None else BackendConfig.from_env(department),
-                            name=name)
+    if config is None:  # the catalog's adapter configuration, ONETHING_SIM_* over it
+        from catalog.loader import load_catalog
+
+        adapter = load_catalog().department(department).adapter
+        base = BackendConfig(processing_s=adapter.processing_s) if adapter is not None else None
+        config = BackendConfig.from_env(department, base=base)
+    case = SimulatedBackend(department, config, name=name)
     return ByKind(case, RegisterCopyBackend(department, name=name))
 
 
@@ -43,10 +48,27 @@ def _known(departments: Iterable[str]) -> list[str]:
     from catalog.loader import load_catalog
 
     departments = list(dict.fromkeys(departments))
-    unknown = sorted(set(departments) - set(load_catalog().departments))
+    catalog = load_catalog()
+    unknown = sorted(set(departments) - set(catalog.departments))
     if unknown:  # fail now, not in a restart loop
         raise ValueError(f"unknown departments {unknown}")
+    unconfigured = sorted(d for d in departments if catalog.departments[d].adapter is None)
+    if unconfigured:
+        raise ValueError(f"departments without an adapter configuration (catalog/data/departments.yaml): "
+                         f"{unconfigured}")
     return departments
+
+
+def catalog_departments() -> list[str]:
+    """Every department a bundle's service (or a register copy) needs an answer from: what
+    `onething run adapters` hosts by default, all in one process."""
+    from catalog.loader import load_catalog
+    from catalog.subscriptions import load_subscriptions
+
+    catalog = load_catalog()
+    used = {catalog.service(s).department for b in catalog.bundles.values() for s in b.services}
+    return sorted((used | set(load_subscriptions().departments())) & {
+        code for code, d in catalog.departments.items() if d.adapter is not None})
 
 
 def adapter_processors(departments: Iterable[str], configs: Mapping[str, BackendConfig] | None = None, *,
@@ -108,7 +130,7 @@ def main(argv: list[str]) -> None:
 
     from infra import log as logmod
 
-    departments = argv or newborn_departments()
+    departments = argv or catalog_departments()
     logmod.configure("adapters." + "+".join(departments) if len(departments) < 4 else "adapters", "INFO")
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,8 +13,8 @@ from catalog import load_catalog
 # A small valid catalog: two departments, three services in a chain a → b, plus c in parallel.
 SMALL = {
     "data/departments.yaml": """
-        health: {zh: 卫健, en: Health}
-        police: {zh: 公安, en: Police}
+        health: {zh: 卫健, en: Health, adapter: {processing_s: 0.05}}
+        police: {zh: 公安, en: Police, adapter: {}}
     """,
     "data/fields.yaml": """
         mother_name: {type: string, zh: 母亲姓名, en: Mother's name, pii: true}
