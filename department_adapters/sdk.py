@@ -26,6 +26,7 @@ events/kafka_auth.py says how they are looked up.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -44,10 +45,14 @@ from .personal_data import DepartmentKeys
 
 log = structlog.get_logger(__name__)
 
+REASON_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 OUTCOMES = ("accepted", "correction_requested", "approved", "rejected", "applied", "failed")
 BACKEND_RETRIES = Counter("onething_adapter_backend_retries_total", "Backend calls retried", ["department"])
 BACKEND_UP = Gauge("onething_adapter_backend_up", "1 if the last backend call succeeded", ["department"])
 TASKS_HANDLED = Counter("onething_adapter_tasks_total", "Tasks handled by outcome", ["department", "outcome"])
+UNLISTED_REASONS = Counter("onething_adapter_unlisted_reason_codes_total",
+                           "Decisions whose reason code the department's list (catalog/data/reasons.yaml) lacks; "
+                           "the status page shows a generic reason for them", ["department"])
 
 
 class BackendUnavailable(Exception):
@@ -61,14 +66,21 @@ class InvalidTask(Exception):
 
 @dataclass(frozen=True)
 class Decision:
+    """A backend's decision. `reason_code` names the reason from the department's list
+    (catalog/data/reasons.yaml): the applicant reads its sentence in the page's language, while
+    `reason` stays the department's own words for its records and for decisions without a code."""
     outcome: str
     reason: str | None = None
     missing_materials: tuple[str, ...] = ()
     outputs: dict[str, str] = field(default_factory=dict)
+    reason_code: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise ValueError(f"decision outcome must be one of {OUTCOMES}, got {self.outcome!r}")
+        if self.reason_code is not None and not REASON_CODE.fullmatch(self.reason_code):
+            # a code is catalog vocabulary, never free text: a malformed one is the backend's bug
+            raise ValueError("a reason code is lower_snake_case, at most 64 characters")
 
 
 class Backend(Protocol):
@@ -100,11 +112,11 @@ class AdapterStats:
     backend_waits: int = 0
 
 
-_STORED = ("SELECT task_id, position, outcome, reason, missing, outputs FROM adapter_decisions "
+_STORED = ("SELECT task_id, position, outcome, reason, missing, outputs, reason_code FROM adapter_decisions "
            "WHERE department = %s AND task_id = ANY(%s) ORDER BY task_id, position")
 _CANCELLED = "SELECT task_id FROM adapter_cancellations WHERE department = %s AND task_id = ANY(%s)"
-_STORE = ("INSERT INTO adapter_decisions (department, task_id, position, event_id, outcome, reason, missing, outputs)"
-          " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+_STORE = ("INSERT INTO adapter_decisions (department, task_id, position, event_id, outcome, reason, missing, outputs,"
+          " reason_code) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
 
 
 class AdapterProcessor(BaseProcessor):
@@ -132,6 +144,7 @@ class AdapterProcessor(BaseProcessor):
         self.transient = (BackendUnavailable, psycopg.errors.UniqueViolation)
         self.actor = Actor(f"dept:{self.department}", "department", "department")
         self.stats = AdapterStats()
+        self._reason_list = None
         self.personal = DepartmentKeys(self.department)
         # explicit credentials win; otherwise the runtime picks `adapter.<department>` (infra/acls.py)
         self.principal = (kafka_auth.Credentials(kafka_user, kafka_password or kafka_auth.password(kafka_user))
@@ -150,8 +163,8 @@ class AdapterProcessor(BaseProcessor):
             with conn.pipeline():  # both reads in one round trip
                 decided = conn.execute(_STORED, (self.department, ids))
                 withdrawn = conn.execute(_CANCELLED, (self.department, ids))
-                for task_id, _pos, o, r, m, out in decided.fetchall():
-                    stored.setdefault(task_id, []).append(Decision(o, r, tuple(m or ()), dict(out or {})))
+                for task_id, _pos, o, r, m, out, code in decided.fetchall():
+                    stored.setdefault(task_id, []).append(Decision(o, r, tuple(m or ()), dict(out or {}), code))
                 cancelled = {r[0] for r in withdrawn.fetchall()}
         rows: list[tuple] = []
         counts = AdapterStats()
@@ -175,7 +188,8 @@ class AdapterProcessor(BaseProcessor):
                     outcomes.extend(d.outcome for d in decisions)
                     eids = event_ids[task.id] = [_event_id(task, n) for n in range(len(decisions))]
                     rows += [(self.department, tid, n, eids[n], d.outcome, d.reason, list(d.missing_materials),
-                              json.dumps(d.outputs)) for n, d in enumerate(decisions)]
+                              json.dumps(d.outputs), d.reason_code) for n, d in enumerate(decisions)]
+                    self._check_codes(decisions)
                 fresh.clear()
             for task in run:
                 eids = event_ids.get(task.id)
@@ -218,6 +232,22 @@ class AdapterProcessor(BaseProcessor):
             BACKEND_UP.labels(self.department).set(1)
 
         step.on_commit(done)
+
+    def _check_codes(self, decisions: list[Decision]) -> None:
+        """A code the department's list lacks still goes out (the decision counts; the page shows a
+        generic reason, catalog/reasons.py says why): here it is logged and counted, by department
+        and code only, so the list or the backend gets fixed."""
+        for d in decisions:
+            if d.reason_code and not self._reasons().listed(self.department, d.reason_code):
+                UNLISTED_REASONS.labels(self.department).inc()
+                log.warning("adapter.unlisted_reason_code", department=self.department, reason_code=d.reason_code)
+
+    def _reasons(self):
+        if self._reason_list is None:
+            from catalog.reasons import load_reasons
+
+            self._reason_list = load_reasons()
+        return self._reason_list
 
     def _decide_all(self, tasks: list[Event], conn: psycopg.Connection) -> list[list[Decision]]:
         """The backend's decisions on `tasks`: by its `handle_batch` when it has one, else one
@@ -279,7 +309,8 @@ class AdapterProcessor(BaseProcessor):
             "DecisionRecorded", task.key,
             {"task_id": p["task_id"], "department": self.department, "service_id": p["service_id"],
              "kind": p.get("kind", "case_service"), "outcome": d.outcome, "reason": d.reason,
-             "missing_materials": list(d.missing_materials), "outputs": dict(d.outputs)},
+             "reason_code": d.reason_code, "missing_materials": list(d.missing_materials),
+             "outputs": dict(d.outputs)},
             actor=self.actor, region_code=task.envelope.region_code, cause=task,
             event_id=event_id or _event_id(task, position),
         )

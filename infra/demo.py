@@ -10,6 +10,7 @@ which opens rectification tasks for the health department.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -39,10 +40,13 @@ class DemoCase:
 
 
 def demo_env(processing_s: float = 0.8) -> dict[str, str]:
-    """Simulated departments slow enough to watch, and the health department's rejection rule."""
+    """Simulated departments slow enough to watch, and the health department's rejection rule, with
+    the code of its reason list (catalog/data/reasons.yaml) the status page shows in zh and en."""
+    rule = {"service": "health.birth_certificate", "field": "birth_hospital", "equals": REJECTING_HOSPITAL,
+            "reason_code": "hospital_not_registered"}
     return {
         "ONETHING_SIM_PROCESSING_S": str(processing_s),
-        "ONETHING_SIM_HEALTH_REJECT": f"health.birth_certificate:birth_hospital={REJECTING_HOSPITAL}",
+        "ONETHING_SIM_HEALTH_REJECT": json.dumps([rule], ensure_ascii=False),
     }
 
 

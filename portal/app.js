@@ -10,92 +10,9 @@
 (function () {
   "use strict";
 
-  var POLL_MS = 4000;
-  var STRINGS = {
-    zh: {
-      brand: "高效办成一件事", page_title: "办件进度查询", lang_button: "EN", lang_aria: "Switch to English",
-      receipt_no: "受理编号", submitted_at: "申请时间", due_date: "承诺办结", progress: "办理进度",
-      missing_title: "需要您补充的材料",
-      missing_hint: "请拍照或扫描后在下方上传（PDF、JPG、PNG，不超过10MB）；也可携带原件到任一政务服务窗口补交。",
-      services_title: "各事项办理情况", timeline_title: "办理记录", footer: "如有疑问请拨打12345政务服务便民热线",
-      needed_by: "用于：", upload: "上传并提交", uploading: "正在上传…", uploaded: "已提交，等待部门审核",
-      choose_file: "选择文件（拍照或扫描件）", upload_failed: "上传失败：", pick_first: "请先选择文件",
-      too_large: "文件不能超过10MB",
-      days_left: function (n) { return "还剩" + n + "个工作日"; },
-      days_over: function (n) { return "已超期" + n + "个工作日"; },
-      due_today: "今天到期", done_of: function (a, b) { return a + "/" + b + " 项已办结"; },
-      attempt: function (n) { return "第" + n + "次办理"; }, due: "办结时限：", completed_at: "办结时间：",
-      reason: "说明：", missing_here: "缺少：", results: "办理结果",
-      read_only: "您正通过受理回执中的查询链接查看办件（只能查看）。补充材料、评价或反映问题，请登录本人账号后打开本页。",
-      loading: "正在加载办件信息…", no_token: "请从受理回执中的链接打开本页面（链接中含有查询凭证）。",
-      expired: "查询凭证已失效，请重新登录后查看办件。", not_found: "未找到该办件，或您无权查看。",
-      offline: "网络连接中断，正在重试…", refreshed: function (t) { return "每" + (POLL_MS / 1000) + "秒自动刷新 · 更新于 " + t; },
-      provisional: "申请已受理，正在分发到各部门，请稍候…",
-      awaiting: "有部门需要您补充材料，补齐后将继续办理。",
-      completed: "本件已全部办结。", withdrawn: "本件已撤回。",
-      title: "办件进度 · 高效办成一件事",
-      show_all: function (n) { return "查看全部" + n + "条记录"; },
-      rating_title: "办事评价（好差评）", rating_case: "整体评价", comment: "意见建议（选填）", rate_submit: "提交评价",
-      rating_hint: "请对本次办理作出评价；“不满意”或“非常不满意”的评价将转责任部门整改，并在15个工作日内答复您。",
-      not_rated: "不评价", rated: "您的评价：", rating_thanks: "感谢您的评价。", pick_grade: "请选择整体评价",
-      rect_open: function (d, due) { return d + "正在整改，应于" + due + "前答复"; },
-      rect_replied: function (d) { return d + "整改答复："; },
-      escalation_title: "办不成事反映", escalate_open: "遇到办不成的事？向督办窗口反映", escalate_reason: "反映类型",
-      reason_stuck: "办件停滞、无人处理", reason_overdue: "超过承诺时限", reason_rejected: "事项未办成", reason_other: "其他问题",
-      escalate_service: "涉及事项（选填）", whole_case: "整个办件", escalate_submit: "提交反映",
-      escalated: "已提交，督办人员将在3个工作日内答复。", sending: "正在提交…", failed: "提交失败：",
-      esc_auto: "超期自动督办", esc_mine: "您的反映",
-      esc_status: { open: "待答复", replied: "已答复，办理中", resolved: "已办结" },
-      esc_due: function (reply, resolve) { return "答复时限 " + reply + " · 办结时限 " + resolve; },
-      esc_reply: "答复：", esc_resolution: "办理结果：",
-      reads_title: "谁查看了我的数据",
-      reads_hint: "工作人员每次查看您的个人信息都会留痕。这里列出查看部门、岗位、时间和原因，不显示工作人员个人信息。",
-      reads_empty: "目前还没有工作人员查看您的数据。",
-      reads_times: function (n) { return "共" + n + "次"; }, reads_what: "涉及："
-    },
-    en: {
-      brand: "Get one thing done", page_title: "Case status", lang_button: "中文", lang_aria: "切换到中文",
-      receipt_no: "Receipt no.", submitted_at: "Submitted", due_date: "Promised by", progress: "Progress",
-      missing_title: "Documents we still need from you",
-      missing_hint: "Take a photo or scan and upload it below (PDF, JPG or PNG, up to 10 MB), or bring the original to any government service window.",
-      services_title: "Each service", timeline_title: "History", footer: "Questions? Call the 12345 government service hotline.",
-      needed_by: "Needed for: ", upload: "Upload and submit", uploading: "Uploading…", uploaded: "Submitted; the department will review it",
-      choose_file: "Choose a file (photo or scan)", upload_failed: "Upload failed: ", pick_first: "Choose a file first",
-      too_large: "A file can be at most 10 MB",
-      days_left: function (n) { return n + (n === 1 ? " working day left" : " working days left"); },
-      days_over: function (n) { return n + (n === 1 ? " working day overdue" : " working days overdue"); },
-      due_today: "due today", done_of: function (a, b) { return a + " of " + b + " services decided"; },
-      attempt: function (n) { return "attempt " + n; }, due: "Due: ", completed_at: "Completed: ",
-      reason: "Note: ", missing_here: "Missing: ", results: "Results",
-      read_only: "You are viewing this case through the receipt's status link (view only). To supply a document, rate the case or report a problem, log in as yourself and open this page.",
-      loading: "Loading your case…", no_token: "Open this page from the link on your receipt (it carries your access key).",
-      expired: "Your access key has expired; log in again to see your case.", not_found: "No such case, or it is not yours.",
-      offline: "Connection lost, retrying…", refreshed: function (t) { return "Refreshes every " + (POLL_MS / 1000) + " s · updated " + t; },
-      provisional: "Your application was accepted and is being sent to the departments…",
-      awaiting: "A department needs a document from you; the case goes on once it is supplied.",
-      completed: "Every service of this case has been decided.", withdrawn: "This case was withdrawn.",
-      title: "Case status · Get one thing done",
-      show_all: function (n) { return "Show all " + n + " entries"; },
-      rating_title: "Rate this case", rating_case: "Overall", comment: "Comments (optional)", rate_submit: "Submit rating",
-      rating_hint: "Rate how your case was handled; a “dissatisfied” or “very dissatisfied” goes to the department responsible, which must answer within 15 working days.",
-      not_rated: "no rating", rated: "Your rating: ", rating_thanks: "Thank you for your rating.", pick_grade: "Choose an overall grade",
-      rect_open: function (d, due) { return d + " is rectifying; answer due by " + due; },
-      rect_replied: function (d) { return d + " answered: "; },
-      escalation_title: "Can't get it done?", escalate_open: "Report a problem to the supervisors (办不成事)",
-      escalate_reason: "What went wrong", reason_stuck: "Nothing is happening", reason_overdue: "Past the promised date",
-      reason_rejected: "A service was not approved", reason_other: "Something else",
-      escalate_service: "Which service (optional)", whole_case: "The whole case", escalate_submit: "Send",
-      escalated: "Sent; a supervisor will answer within 3 working days.", sending: "Sending…", failed: "Not sent: ",
-      esc_auto: "Escalated automatically (overdue)", esc_mine: "Your report",
-      esc_status: { open: "awaiting an answer", replied: "answered, being resolved", resolved: "resolved" },
-      esc_due: function (reply, resolve) { return "answer by " + reply + " · resolve by " + resolve; },
-      esc_reply: "Answer: ", esc_resolution: "Resolution: ",
-      reads_title: "Who saw my data",
-      reads_hint: "Every time staff look at your personal data it is recorded. Shown here: the department, the staff role, when and why — never who the staff member is.",
-      reads_empty: "No staff member has looked at your data yet.",
-      reads_times: function (n) { return n + " times"; }, reads_what: "Data: "
-    }
-  };
+  // the page's sentences in both languages: portal/status_strings.js
+  var POLL_MS = window.ONETHING_STATUS.POLL_MS;
+  var STRINGS = window.ONETHING_STATUS.STRINGS;
   var FINAL = { approved: 1, rejected: 1, blocked: 1, cancelled: 1 };
   var GRADES = [["very_satisfied", "非常满意", "Very satisfied"], ["satisfied", "满意", "Satisfied"],
                 ["basically_satisfied", "基本满意", "Basically satisfied"], ["dissatisfied", "不满意", "Dissatisfied"],
@@ -219,7 +136,7 @@
     $("summary").hidden = false;
     text($("bundle-label"), pick(view.bundle_label));
     var badge = $("case-status");
-    badge.className = "badge " + statusClass(view.status);
+    badge.className = "badge " + statusClass(view.outcome && view.outcome !== "all_approved" ? view.outcome : view.status);
     text(badge, pick(view.status_label));
     text($("receipt-no"), view.receipt_no);
     text($("submitted-at"), fmtTime(view.submitted_at));
@@ -236,14 +153,18 @@
     // banner
     if (lastError === "offline") notice(t("offline"), "warn");
     else if (view.status === "awaiting_applicant") notice(t("awaiting"), "warn");
+    else if (view.status === "completed" && view.outcome === "partly_approved") notice(t("partly"), "warn");
+    else if (view.status === "completed" && view.outcome === "none_approved") notice(t("none_done"), "error");
     else if (view.status === "completed") notice(t("completed"), "ok");
     else if (view.status === "withdrawn") notice(t("withdrawn"), "info");
     else if (view.provisional) notice(t("provisional"), "info");
+    else if (view.refused) notice(t("refused_open"), "warn");
     else notice(null);
 
     renderReadOnly();
     renderMissing(view.missing || []);
-    renderServices(services);
+    renderRefused(view.refused);
+    renderServices(shownOrder(services));
     renderOversight();
     renderReads();
     renderTimeline(view.timeline || []);
@@ -469,6 +390,68 @@
     });
   }
 
+  // the refused services first, then what they blocked, then the rest (each group in its order)
+  var ORDER = { rejected: 0, blocked: 1 };
+  function shownOrder(services) {
+    return services.map(function (s, i) { return [s, i]; }).sort(function (a, b) {
+      var ra = ORDER[a[0].status] != null ? ORDER[a[0].status] : 2, rb = ORDER[b[0].status] != null ? ORDER[b[0].status] : 2;
+      return ra - rb || a[1] - b[1];
+    }).map(function (p) { return p[0]; });
+  }
+
+  function reasonText(s) { return s.reason_label ? pick(s.reason_label) : (s.reason || ""); }
+
+  // 未办成的事项: what was refused, why (in this page's language), what it blocked, and what to do
+  function renderRefused(refused) {
+    var card = $("refused");
+    card.hidden = !refused;
+    if (!refused) return;
+    var list = $("refused-list");
+    list.textContent = "";
+    var sep = lang === "zh" ? "、" : ", ";
+    refused.services.forEach(function (r) {
+      var li = el("li", "refused-item");
+      li.setAttribute("data-refused", r.service_id);
+      li.appendChild(el("div", "refused-head", pick(r.label) + " · " + pick(r.department_label)));
+      li.appendChild(el("p", "refused-reason", t("refused_why") + reasonText(r)));
+      if (r.advice) li.appendChild(el("p", "refused-advice", t("refused_advice") + pick(r.advice)));
+      if ((r.blocked || []).length) {
+        li.appendChild(el("p", "refused-blocked", t("refused_blocked") + r.blocked.map(function (b) { return pick(b.label); }).join(sep)));
+      }
+      list.appendChild(li);
+    });
+    var steps = $("refused-steps");
+    steps.textContent = "";
+    (refused.next_steps || []).forEach(function (step) {
+      var li = el("li", "refused-step");
+      li.setAttribute("data-step", step.kind);
+      li.appendChild(el("span", null, pick(step.label)));
+      if (step.kind === "escalate" && !readOnly && view.status !== "withdrawn") {
+        var b = el("button", "more", t("refused_escalate"));
+        b.type = "button";
+        b.addEventListener("click", function () { openEscalation(step.service_id); });
+        li.appendChild(b);
+      }
+      if (step.kind === "reapply" && (step.services || []).length) {
+        var names = step.services.map(function (sid) {
+          var s = (view.services || []).filter(function (x) { return x.service_id === sid; })[0];
+          return s ? pick(s.label) : sid;
+        });
+        li.appendChild(el("div", "oversight-meta", t("refused_reapply_services") + names.join(sep)));
+      }
+      steps.appendChild(li);
+    });
+  }
+
+  function openEscalation(serviceId) {
+    var details = $("escalate");
+    details.open = true;
+    var form = $("escalation-form");
+    form.querySelector("select[name=reason]").value = "rejected";
+    if (serviceId) form.querySelector("select[name=service_id]").value = serviceId;
+    details.scrollIntoView({ block: "start" });
+  }
+
   function renderServices(services) {
     var list = $("services");
     $("services-card").hidden = !services.length;
@@ -487,7 +470,12 @@
       if (s.attempt > 1) meta.push(t("attempt")(s.attempt));
       if (s.due_date && !FINAL[s.status]) meta.push(t("due") + s.due_date + (s.working_days_left != null ? paren(daysText(s.working_days_left)) : ""));
       text(node.querySelector(".service-meta"), meta.join(" · "));
-      if (s.reason) { var r = node.querySelector(".service-reason"); r.hidden = false; text(r, t("reason") + s.reason); }
+      if (reasonText(s)) {
+        var r = node.querySelector(".service-reason"); r.hidden = false;
+        // a correction's advice says how to supply (a refusal's is in the 未办成的事项 card above)
+        var advice = s.status === "correction_requested" && s.reason_advice ? " " + t("refused_advice") + pick(s.reason_advice) : "";
+        text(r, t("reason") + reasonText(s) + advice);
+      }
       if (s.missing && s.missing.length) {
         var ul = node.querySelector(".service-missing"); ul.hidden = false;
         s.missing.forEach(function (m) { ul.appendChild(el("li", null, t("missing_here") + (pick(m.label) || m.code))); });

@@ -59,13 +59,15 @@ def oversight_of(state: ApiState, case_id: str, view: dict[str, Any]) -> dict[st
 
 def provisional_view(state: ApiState, row: intake_store.IntakeCase) -> dict[str, Any]:
     """Before the case view projection has caught up: what the intake itself knows."""
-    b = state.catalog.bundles[row.bundle_code]
+    from projectors.case_view_read import case_label
+
     withdrawn = row.status == "withdrawn"
     status_label = {"zh": "已撤回", "en": "Withdrawn"} if withdrawn else {"zh": "已受理", "en": "Accepted"}
     submitted = row.submitted_at.isoformat() if row.submitted_at else None
     return {
         "case_id": row.case_id, "receipt_no": row.receipt_no, "bundle_code": row.bundle_code,
-        "bundle_label": label(b.label), "status": "withdrawn" if withdrawn else "open",
+        "bundle_label": label(case_label(state.catalog, row.bundle_code, row.services)),
+        "status": "withdrawn" if withdrawn else "open",
         "status_label": status_label, "applicant_token": row.applicant_token, "channel": row.channel,
         "region_code": row.region_code, "submitted_at": submitted, "updated_at": submitted,
         "completed_at": None, "due_date": None, "working_days_left": None, "departments": row.departments,

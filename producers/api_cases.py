@@ -18,7 +18,8 @@ from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from catalog.form import validate_form
+from catalog.combination import COMBINATION
+from catalog.form import MergedForm, applicable_services, validate_form
 from events.envelope import derived_event_id, new_event
 from infra import log as infra_log
 from infra.topics import APPLICATIONS
@@ -26,9 +27,10 @@ from infra.topics import APPLICATIONS
 from . import e_license, identity, intake_store
 from .api_access import Acting, acting_for, case_owner
 from .api_catalog import ordered_departments
-from .api_errors import ApiError, ApiRoute, FastJSON, dedupe, err, field_error
+from .api_errors import MESSAGES, ApiError, ApiRoute, FastJSON, dedupe, err, field_error
 from .api_events import locked_case, produce
-from .api_forms import UNKNOWN_REGION, event_form, identity_checks, resolve_materials, whole_numbers
+from .api_forms import (UNKNOWN_REGION, combination_form, event_form, identity_checks, resolve_materials,
+                        whole_numbers)
 from .api_idempotency import Idempotent, idempotency_key
 from .api_limits import rate_limited
 from .api_observe import submitted
@@ -36,6 +38,9 @@ from .api_personal import seal_submission
 from .api_state import ApiState, api_state, label
 
 log = structlog.get_logger("producers.intake_api")
+MESSAGES["application.bundle_or_services"] = (
+    "请选择一个“一件事”（bundle_code），或自选若干事项（services），二者选一",
+    "name a bundle (bundle_code) or pick services (services): one of the two")
 router = APIRouter(prefix="/api/v1", tags=["cases"], route_class=ApiRoute)
 
 # -- request bodies (documented in OpenAPI; values are checked by the catalog, not here) ------
@@ -50,7 +55,10 @@ class Applicant(BaseModel):
 
 
 class ApplicationIn(BaseModel):
-    bundle_code: str = Field(..., examples=["newborn"])
+    """A bundle's application, or (随意组合) one for `services` picked freely: exactly one of the two."""
+    bundle_code: str | None = Field(None, examples=["newborn"])
+    services: list[str] | None = Field(None, description="随意组合: service ids picked freely, instead of a bundle; "
+                                                          "the services they need are added (GET /api/v1/forms?services=…)")
     form: dict[str, Any] = Field(default_factory=dict, description="field id → value (dates YYYY-MM-DD)")
     materials: dict[str, Any] = Field(default_factory=dict, description=MATERIALS_DOC)
     applicant: Applicant | None = None
@@ -87,14 +95,7 @@ def submit(body: ApplicationIn, ident: identity.Identity = Depends(rate_limited(
            key: str | None = Depends(idempotency_key), state: ApiState = Depends(api_state)) -> JSONResponse:
     cat = state.catalog
     caller = acting_for(ident, body.applicant.resident_id if body.applicant else None)
-    if body.bundle_code not in cat.bundles:
-        submitted("invalid")
-        raise ApiError(422, [err("bundle_code", "bundle.unknown")])
-    b = cat.bundles[body.bundle_code]
-    if not (b.modelled and b.members):
-        submitted("invalid")
-        raise ApiError(422, [err("bundle_code", "bundle.not_available")])
-    mf = state.merged_form(body.bundle_code)
+    bundle_code, mf, target = what_is_applied_for(state, body)
     values = whole_numbers(mf, body.form)
     body_hash = intake_store.request_hash(body.model_dump())
 
@@ -104,22 +105,22 @@ def submit(body: ApplicationIn, ident: identity.Identity = Depends(rate_limited(
                 return replay(conn, state, ident, caller, key, body_hash)
         refs, for_validation, material_errors = resolve_materials(conn, cat, mf, body.materials, values, caller,
                                                                   submission=True)
-        errors = [field_error(e) for e in validate_form(cat, body.bundle_code, values, for_validation)]
+        errors = [field_error(e) for e in validate_form(cat, target, values, for_validation)]
         errors += material_errors + identity_checks(cat, values, caller)
         if errors:
             submitted("invalid")
-            log.info("intake.rejected", bundle_code=body.bundle_code, errors=[e["code"] for e in errors],
+            log.info("intake.rejected", bundle_code=bundle_code, errors=[e["code"] for e in errors],
                      paths=[e["path"] for e in errors])
             raise ApiError(422, dedupe(errors))
         region = region_of(values, conn, caller.applicant_token)
         case_id = intake_store.case_id_for(ident.subject, key)
         receipt_no = f"{region}-{date.today():%Y%m%d}-{case_id[-10:].upper()}"
-        services = list(mf.selection.services)
+        services = list(applicable_services(cat, mf, values))  # a conditional service only when it applies
         form, refs = seal_submission(conn, state, caller.applicant_token, case_id, event_form(values), refs,
                                      ordered_departments(cat, services))
         event = new_event(
             "ApplicationSubmitted", case_id,
-            {"bundle_code": body.bundle_code, "services": services, "form": form,
+            {"bundle_code": bundle_code, "services": services, "form": form,
              "materials": refs, "receipt_no": receipt_no, "idempotency_key": key},
             actor=ident.actor(on_behalf_of=caller.applicant_token), region_code=region, sequence=0,
             correlation_id=case_id, event_id=derived_event_id(case_id, "ApplicationSubmitted") if key else None)
@@ -131,7 +132,7 @@ def submit(body: ApplicationIn, ident: identity.Identity = Depends(rate_limited(
                             raise _Replay()  # a concurrent retry won: answer with its case
                     intake_store.insert_case(
                         conn, case_id=case_id, receipt_no=receipt_no, applicant_token=caller.applicant_token,
-                        bundle_code=body.bundle_code, services=services,
+                        bundle_code=bundle_code, services=services,
                         departments=ordered_departments(cat, services), region_code=region,
                         channel=ident.channel, staff_id=ident.staff_id)
                     state.producer.publish(APPLICATIONS, event)  # waits for acks=all; raising rolls back
@@ -141,13 +142,45 @@ def submit(body: ApplicationIn, ident: identity.Identity = Depends(rate_limited(
                 raise
             except Exception as exc:
                 submitted("unavailable")
-                log.error("intake.kafka_unavailable", error=type(exc).__name__, bundle_code=body.bundle_code)
+                log.error("intake.kafka_unavailable", error=type(exc).__name__, bundle_code=bundle_code)
                 raise ApiError(503, [err("", "kafka.unavailable")], {"Retry-After": "5"}) from None
             submitted("accepted")
-            log.info("intake.accepted", bundle_code=body.bundle_code, channel=ident.channel,
+            log.info("intake.accepted", bundle_code=bundle_code, channel=ident.channel,
                      role=ident.role, staff_id=ident.staff_id, materials=len(refs),
                      promised=sum(1 for r in refs if r["source"] == "promised"))
     return FastJSON(accepted_body(state, case_id, receipt_no, caller.applicant_token, refs), status_code=202)
+
+
+def what_is_applied_for(state: ApiState, body: ApplicationIn) -> tuple[str, MergedForm, str | list[str]]:
+    """(the case's bundle_code, its merged form, what validate_form checks against) — a bundle, or a
+    free combination (`COMBINATION`, catalog/combination.py) validated the same way; 422 naming
+    what is wrong (which service, why) otherwise."""
+    cat = state.catalog
+    if (body.bundle_code is None) == (body.services is None):
+        submitted("invalid")
+        raise ApiError(422, [err("bundle_code", "application.bundle_or_services")])
+    if body.services is not None:
+        try:
+            mf = combination_form(state, body.services)
+        except ApiError:
+            submitted("invalid")
+            raise
+        return COMBINATION, mf, list(body.services)
+    if body.bundle_code not in cat.bundles:
+        submitted("invalid")
+        raise ApiError(422, [err("bundle_code", "bundle.unknown")])
+    b = cat.bundles[body.bundle_code]
+    if not (b.modelled and b.members):
+        submitted("invalid")
+        raise ApiError(422, [err("bundle_code", "bundle.not_available")])
+    return body.bundle_code, state.merged_form(body.bundle_code), body.bundle_code
+
+
+def case_form(state: ApiState, bundle_code: str, services: list[str]) -> tuple[MergedForm, str | list[str]]:
+    """A case's merged form, a bundle's or a free combination's (its services as submitted)."""
+    if bundle_code == COMBINATION:
+        return state.catalog.merged_form(services=services), list(services)
+    return state.merged_form(bundle_code), bundle_code
 
 
 def region_of(values: dict[str, Any], conn: psycopg.Connection, applicant_token: str) -> str:
@@ -199,11 +232,11 @@ def supplement(case_id: str, body: SupplementIn = Body(...), who: Acting = Depen
             row = locked_case(conn, state, case_id)
             if not body.materials and not body.form:
                 raise ApiError(422, [err("materials", "supplement.empty")])
-            mf = state.merged_form(row.bundle_code)
+            mf, target = case_form(state, row.bundle_code, list(row.services))
             values = whole_numbers(mf, body.form)
             refs, _, errors = resolve_materials(conn, cat, mf, body.materials, values, who, submission=False)
             asked = {f"fields.{k}" for k in values}
-            errors += [field_error(e) for e in validate_form(cat, row.bundle_code, values, {}) if e.path in asked]
+            errors += [field_error(e) for e in validate_form(cat, target, values, {}) if e.path in asked]
             errors += identity_checks(cat, values, who)
             if errors:
                 raise ApiError(422, dedupe(errors))

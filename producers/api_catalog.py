@@ -69,8 +69,17 @@ def bundle_form(state: ApiState, code: str) -> MergedForm:
             openapi_extra=OPTIONAL_TOKEN)
 def form(code: str, ident: identity.Identity | None = Depends(optional_caller),
          state: ApiState = Depends(api_state)) -> JSONResponse:
-    cat = state.catalog
     mf = bundle_form(state, code)
+    b = state.catalog.bundles[code]
+    body = {"bundle": {"code": code, "label": label(b.label), "kind": b.kind}, **form_body(state, mf, ident)}
+    # a prefilled form is the applicant's personal data: no cache may keep it
+    return JSONResponse(jsonable(body), headers={"Cache-Control": "no-store", "Vary": "Authorization"})
+
+
+def form_body(state: ApiState, mf: MergedForm, ident: identity.Identity | None) -> dict[str, Any]:
+    """A merged form as the API shows it, prefilled from the caller's own e-licences: the same
+    shape as a bundle's form (`GET /api/v1/bundles/{code}/form`)."""
+    cat = state.catalog
     wallet = e_license.Wallet()
     if ident is not None and ident.role == "applicant" and not ident.read_only:
         with state.database.connection() as conn:
@@ -101,10 +110,5 @@ def form(code: str, ident: identity.Identity | None = Depends(optional_caller),
             "fetched": preview is not None, "licence_no": preview["licence_no"] if preview else None,
             "holder": preview["holder"] if preview else None, "promisable": promisable(cat, fm.id),
         })
-    b = cat.bundles[code]
-    body = {"bundle": {"code": code, "label": label(b.label), "kind": b.kind},
-            "services": services_view(cat, mf.selection.services),
-            "waves": [list(w) for w in mf.selection.waves],
+    return {"services": services_view(cat, mf.selection.services), "waves": [list(w) for w in mf.selection.waves],
             "fields": fields, "materials": materials, "prefilled": bool(prefilled)}
-    # a prefilled form is the applicant's personal data: no cache may keep it
-    return JSONResponse(jsonable(body), headers={"Cache-Control": "no-store", "Vary": "Authorization"})

@@ -28,7 +28,7 @@ from catalog.model import Catalog, Condition, Field
 
 from .api_catalog import promisable
 
-__all__ = ["available_bundles", "form_schema", "materials_schema", "application_schema", "publish",
+__all__ = ["available_bundles", "form_schema", "materials_schema", "application_schema", "combination_schema", "publish",
            "RESIDENT_ID", "USCC", "PAST_DATE", "FUTURE_DATE", "SUBMIT_PATH"]
 
 RESIDENT_ID, USCC, PAST_DATE, FUTURE_DATE = "gb11643-resident-id", "gb32100-uscc", "past-date", "future-date"
@@ -188,6 +188,27 @@ def application_schema(catalog: Catalog, code: str, mf: MergedForm) -> dict[str,
     return schema
 
 
+def combination_schema(catalog: Catalog, mf: MergedForm) -> dict[str, Any]:
+    """The request body of a free combination (随意组合): `services` (the ones picked; what they
+    need is added by the API) instead of `bundle_code`. Not in the OpenAPI document — combinations
+    are countless — but answered with each combination's form (`GET /api/v1/forms?services=…`)."""
+    picked = list(mf.selection.picked)
+    schema: dict[str, Any] = {
+        "title": "随意组合 / services of your choice", "type": "object", "additionalProperties": False,
+        "required": ["services", "form", "materials"],
+        "properties": {"services": {"type": "array", "items": {"type": "string", "enum": picked},
+                                    "minItems": len(picked), "maxItems": len(picked), "uniqueItems": True},
+                       "form": form_schema(mf), "materials": materials_schema(catalog, mf),
+                       "applicant": {"type": "object", "required": ["resident_id"],
+                                     "properties": {"resident_id": {"type": "string"}}}},
+    }
+    rules = _conditionals(mf.uploads, lambda s: {"properties": {"form": s}})
+    rules = [{"if": r["if"], "then": {"properties": {"materials": r["then"]}}} for r in rules]
+    if rules:
+        schema["allOf"] = rules
+    return schema
+
+
 def _component(code: str) -> str:
     return "Application_" + re.sub(r"[^A-Za-z0-9_]", "_", code)
 
@@ -212,7 +233,10 @@ def publish(app: FastAPI, catalog: Catalog) -> None:
             "discriminator": {"propertyName": "bundle_code", "mapping": mapping}}
         op["description"] = (op.get("description") or "") + (
             "One body per bundle (一件事), from the catalog's merged form. The API validates every field "
-            "again and answers 422 with one error per field (path, code, why) for anything it refuses.")
+            "again and answers 422 with one error per field (path, code, why) for anything it refuses. "
+            "随意组合: instead of `bundle_code`, a body may name `services` picked freely (their "
+            "dependencies are added); that body's schema is `submit.schema` of "
+            "GET /api/v1/forms?services=….")
         app.openapi_schema = doc
         return doc
 

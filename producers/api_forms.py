@@ -1,22 +1,30 @@
-"""What an application's or a correction's form and materials become: the MaterialRef records of
+"""The merged form of any services picked together (随意组合, `GET /api/v1/forms?services=…`), and
+what an application's or a correction's form and materials become: the MaterialRef records of
 the event (uploaded, fetched as e-licences, promised 容缺), the errors of each, and the checks
 that tie the form to the person it is for. Plain functions over a connection and the catalog.
 E-licences a clerk's filing fetches are the applicant's data read by staff: recorded first
-(`record_fetched`, producers/api_audit.py)."""
+(`record_fetched`, producers/api_audit.py).
+
+Who may call `GET /forms`: anyone, like a bundle's form; only an applicant's own login prefills it.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import psycopg
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 
+from catalog.combination import COMBINATION, check_services, combination_label, parse_services
 from catalog.form import MergedForm
 from catalog.model import Catalog
 from catalog.validators import check_resident_id
 
 from . import api_audit, e_license, identity, intake_store
-from .api_access import Acting
-from .api_catalog import promisable
-from .api_errors import err
+from .api_access import OPTIONAL_TOKEN, Acting, optional_caller
+from .api_catalog import form_body, promisable
+from .api_errors import ApiError, ApiRoute, err, jsonable
+from .api_state import ApiState, api_state, label
 
 UNKNOWN_REGION = "000000"
 
@@ -141,3 +149,53 @@ def identity_checks(cat: Catalog, values: dict[str, Any], caller: Acting) -> lis
             f = cat.fields.get(fid)
             errors.append(err(f"fields.{fid}", "identity.mismatch", (f.label.zh, f.label.en) if f else None))
     return errors
+
+
+# -- 随意组合: the merged form of any services ------------------------------------------------------
+router = APIRouter(prefix="/api/v1", tags=["catalog"], route_class=ApiRoute)
+
+
+def combination_form(state: ApiState, services: list[str]) -> MergedForm:
+    """The merged form of freely picked services, or 422 naming each service that is wrong and why."""
+    _selection, problems = check_services(state.catalog, services)
+    if problems:
+        raise ApiError(422, [{"path": p.path, "code": p.code, "message_zh": p.message_zh, "message_en": p.message_en}
+                             for p in problems])
+    return state.catalog.merged_form(services=services)  # remembered per selection (catalog/form.py)
+
+
+def added_view(state: ApiState, mf: MergedForm) -> list[dict[str, Any]]:
+    """Each service the applicant did not pick but that had to be added, and why (in both languages)."""
+    cat = state.catalog
+    out = []
+    for a in mf.selection.added:
+        svc, by = cat.services[a.service], cat.services[a.needed_by]
+        thing = cat.fields.get(a.output) or cat.materials.get(a.output)
+        what = thing.label if thing is not None else None
+        out.append({"service_id": a.service, "needed_by": a.needed_by, "output": a.output,
+                    "reason": {"zh": f"已加入“{svc.label.zh}”：“{by.label.zh}”需要它办出的"
+                                     f"{what.zh if what else a.output}",
+                               "en": f"added {svc.label.en}: {by.label.en} needs its "
+                                     f"{what.en if what else a.output}"},
+                    "reason_text": a.reason})
+    return out
+
+
+@router.get("/forms", summary="随意组合: the merged form of any services, their dependencies added (each with why)",
+            openapi_extra=OPTIONAL_TOKEN)
+def combination(services: str = Query(..., description="service ids, comma-separated (e.g. "
+                                                        "medical_insurance.newborn_enrolment,hrss.social_security_card)"),
+                ident: identity.Identity | None = Depends(optional_caller),
+                state: ApiState = Depends(api_state)) -> JSONResponse:
+    from .api_form_schema import combination_schema
+
+    picked = parse_services(services)
+    mf = combination_form(state, picked)
+    body = {"bundle": {"code": COMBINATION, "label": label(combination_label(state.catalog, mf.selection.services)),
+                       "kind": None},
+            "picked": list(mf.selection.picked), "added": added_view(state, mf),
+            **form_body(state, mf, ident),
+            "submit": {"method": "POST", "path": "/api/v1/applications",
+                       "schema": combination_schema(state.catalog, mf)}}
+    # a prefilled form is the applicant's personal data: no cache may keep it
+    return JSONResponse(jsonable(body), headers={"Cache-Control": "no-store", "Vary": "Authorization"})

@@ -45,16 +45,15 @@ Personal data. Outputs (the child's resident ID …) are stored because the stat
 shows them to their owner; `read_case` returns them and the API decides who sees them.
 Nothing here logs a payload, and the timeline text holds no form value (timeline_text.py).
 
-Tables (infra/migrations/0004_case_view.sql): case_view, case_service_view, case_materials,
+Tables (infra/migrations/0004_case_view.sql, with 0016's reason_code): case_view, case_service_view, case_materials,
 case_timeline. A projection built with `schema="x"` uses the same tables in schema x (see
 `create_schema`): a test instance or a shadow rebuild never touches the live view.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -64,23 +63,23 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from catalog.loader import load_catalog
-from catalog.model import Catalog, Label
-from catalog.working_days import working_days_between
+from catalog.model import Catalog
 from events.envelope import Event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 
 from .case_state import blocked_at_completion, is_register_sync
 from .batch_rows import rows_json
-from .case_view_sql import TABLES, CaseViewSql
+from .case_view_sql import TABLES, CaseViewSql, sql_for  # noqa: F401 (CaseViewSql: API)
 from .postgres_projection import BatchedCaseModel, check_schema, drop_schema  # noqa: F401 (drop_schema: API)
 from .postgres_projection import create_schema as _create_schema
-from .timeline_text import (attempt_of, bundle_label, department_label, describe, material_label, service_label,
-                            status_label)
+from .timeline_text import attempt_of, describe
 
 log = structlog.get_logger(__name__)
 
 NAME = "case_view"
 MIGRATION = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0004_case_view.sql"
+#: later changes to the view's tables, run after MIGRATION in a schema of its own (each idempotent)
+LATER_MIGRATIONS = (MIGRATION.parent / "0016_reason_codes.sql",)
 CHINA = ZoneInfo("Asia/Shanghai")
 
 # status -> rank (see the module docstring)
@@ -110,15 +109,13 @@ def create_schema(conn: psycopg.Connection, schema: str) -> None:
     """Create `schema` with the case view's tables (the migration, run inside it). The public
     schema's tables come from `onething up`'s migrations, not from here."""
     _create_schema(conn, schema, MIGRATION, "case_view")
+    with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(_check_schema(schema))))
+        for later in LATER_MIGRATIONS:
+            conn.execute(later.read_text())
 
 
-_SQL_CACHE: dict[str, CaseViewSql] = {}
-
-
-def _sql_for(schema: str) -> CaseViewSql:
-    if schema not in _SQL_CACHE:
-        _SQL_CACHE[schema] = CaseViewSql(_check_schema(schema))
-    return _SQL_CACHE[schema]
+_sql_for = sql_for
 
 
 def _rows(rows) -> Jsonb:
@@ -151,7 +148,8 @@ class _Segment:
         if row is None:
             row = self.services[(case_id, service_id)] = {
                 "case_id": case_id, "service_id": service_id, "department": department, "status": WAITING,
-                "attempt": 0, "rank": 0, "task_id": None, "reason": None, "missing": [], "outputs": {},
+                "attempt": 0, "rank": 0, "task_id": None, "reason": None, "reason_code": None, "missing": [],
+                "outputs": {},
                 "updated_at": None, "dispatched_attempt": 0, "due_date": None}
         elif row["department"] is None:
             row["department"] = department
@@ -159,11 +157,12 @@ class _Segment:
 
     def status(self, case_id: str, at: datetime, p: dict, *, status: str, rank: int, attempt: int,
                reason: str | None = None, missing: list[str] | None = None,
-               outputs: dict[str, str] | None = None, due_date: date | None = None) -> None:
+               outputs: dict[str, str] | None = None, due_date: date | None = None,
+               reason_code: str | None = None) -> None:
         row = self.service(case_id, p["service_id"], p.get("department"))
         if (attempt, rank) >= (row["attempt"], row["rank"]):  # the later of equal versions wins, as in SQL
             row.update(status=status, attempt=attempt, rank=rank, task_id=p.get("task_id"), reason=reason,
-                       missing=missing or [], outputs=outputs or {}, updated_at=at)
+                       reason_code=reason_code, missing=missing or [], outputs=outputs or {}, updated_at=at)
         if status == DISPATCHED and attempt >= row["dispatched_attempt"]:
             row.update(dispatched_attempt=attempt, due_date=due_date)
 
@@ -256,6 +255,7 @@ class _Batch:
         if outcome in RANK:
             seg.status(event.key, at, p, status=outcome, rank=RANK[outcome], attempt=attempt_of(p["task_id"]),
                        reason=p.get("reason") if outcome in (CORRECTION, REJECTED) else None,
+                       reason_code=p.get("reason_code") if outcome in (CORRECTION, REJECTED) else None,
                        missing=list(p.get("missing_materials") or ()) if outcome == CORRECTION else [],
                        outputs=dict(p.get("outputs") or {}) if outcome == APPROVED else {})
         else:  # applied / failed belong to register syncs: the timeline shows it, the status stays
@@ -331,108 +331,8 @@ class CaseViewProjection(BatchedCaseModel):
                 conn.execute(q.timeline, (_rows(batch.timeline),))
 
 
-# -- reading ----------------------------------------------------------------------------------
-def china_today() -> date:
-    """Today where the applicants and departments are (working days are China's); the deadline
-    clock's ONETHING_TODAY, when set, so the page and the clock agree on what is overdue."""
-    from .deadlines import today_in_china
-
-    return today_in_china()
-
-
-def _label(lb: Label) -> dict[str, str]:
-    return {"zh": lb.zh, "en": lb.en}
-
-
-def _iso(value: date | datetime | None) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).isoformat()
-    return value.isoformat()
-
-
-def _days_left(today: date, due: date | None) -> int | None:
-    return None if due is None else working_days_between(today, due)
-
-
-def _stage(today: date, due: date | None) -> str | None:
-    """ok | approaching | breached, by the deadline clock's rule (a correction pauses it: None)."""
-    from .deadline_clock import stage
-
-    return None if due is None else stage(due, today).value
-
-
-def read_case(conn: psycopg.Connection, case_id: str, today: date | None = None, *,
-              schema: str = "public", catalog: Catalog | None = None) -> dict[str, Any] | None:
-    """The case as the status page shows it, JSON-able (dates as ISO text), or None when the
-    view has not seen the case's submission yet.
-
-    `working_days_left` is computed now, against `today` (default: today in China): working
-    days from today to the due date, negative when overdue, None once decided (a service) or
-    once the case is completed or withdrawn. `outputs` can be personal data (a resident ID):
-    the caller decides who may see them.
-    """
-    catalog = catalog or load_catalog()
-    q = _sql_for(schema)
-    today = today or china_today()
-    row = conn.execute(q.case_row, (case_id,)).fetchone()
-    if row is None or row[2] is None:
-        return None
-    (case_id, receipt_no, bundle_code, declared, applicant_token, channel, region_code, status, due_date,
-     submitted_at, updated_at, completed_at, _withdrawn_at) = row
-    order = {sid: i for i, sid in enumerate(declared or ())}
-    rows = sorted(conn.execute(q.service_rows, (case_id,)).fetchall(),
-                  key=lambda r: (order.get(r[0], len(order)), r[0]))
-    case_open = status in ("open", "awaiting_applicant")
-    services, missing_all = [], {}
-    for sid, dept, s_status, attempt, s_due, reason, missing, outputs in rows:
-        services.append({
-            "service_id": sid, "label": _label(service_label(catalog, sid)),
-            "department": dept, "department_label": _label(department_label(catalog, dept)),
-            "status": s_status, "status_label": _label(status_label(s_status)), "attempt": attempt,
-            "due_date": _iso(s_due),
-            "working_days_left": _days_left(today, s_due) if case_open and s_status in (WAITING, *OPEN_STATUSES)
-            else None,
-            "deadline": _stage(today, s_due) if case_open and s_status in (DISPATCHED, ACCEPTED) else None,
-            "reason": reason,
-            "missing": [{"code": c, "label": _label(material_label(catalog, c))} for c in missing]
-            if s_status == CORRECTION else [],
-            "outputs": dict(outputs or {}),
-        })
-        if s_status == CORRECTION:
-            for code in missing:
-                missing_all.setdefault(code, []).append(sid)
-    timeline = [{"occurred_at": _iso(at), "event_type": et, "text_zh": zh, "text_en": en, "actor_role": role,
-                 "channel": ch} for at, et, zh, en, role, ch in conn.execute(q.timeline_rows, (case_id,))]
-    return {
-        "case_id": case_id, "receipt_no": receipt_no, "bundle_code": bundle_code,
-        "bundle_label": _label(bundle_label(catalog, bundle_code)),
-        "status": status, "status_label": _label(status_label(status, case=True)),
-        "applicant_token": applicant_token, "channel": channel, "region_code": region_code,
-        "submitted_at": _iso(submitted_at), "updated_at": _iso(updated_at), "completed_at": _iso(completed_at),
-        "due_date": _iso(due_date), "working_days_left": _days_left(today, due_date) if case_open else None,
-        "departments": sorted({s["department"] for s in services if s["department"]}),
-        "services": services,
-        "missing": [{"code": c, "label": _label(material_label(catalog, c)), "services": sids}
-                    for c, sids in missing_all.items()],
-        "timeline": timeline,
-    }
-
-
-def read_worklist(conn: psycopg.Connection, department: str, status: str | None = None, *,
-                  today: date | None = None, limit: int = 500, schema: str = "public") -> list[dict[str, Any]]:
-    """A department's open services (dispatched, accepted, correction_requested), soonest due
-    first; `status` narrows it to one status (any status, e.g. "approved", may be asked for)."""
-    q = _sql_for(schema)
-    today = today or china_today()
-    statuses = [status] if status else list(OPEN_STATUSES)
-    rows = conn.execute(q.worklist, {"department": department, "statuses": statuses, "limit": limit}).fetchall()
-    return [{"case_id": case_id, "service_id": sid, "task_id": task_id, "status": s, "attempt": attempt,
-             "due_date": _iso(due), "working_days_left": _days_left(today, due) if s in OPEN_STATUSES else None,
-             "deadline": _stage(today, due) if s in (DISPATCHED, ACCEPTED) else None,
-             "bundle_code": bundle_code}
-            for case_id, sid, task_id, s, attempt, due, bundle_code in rows]
+# -- reading: projectors/case_view_read.py (re-exported: the API and tests read the view from here) --
+from .case_view_read import china_today, read_case, read_worklist  # noqa: E402,F401
 
 
 # -- running ----------------------------------------------------------------------------------

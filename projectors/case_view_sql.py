@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from .postgres_projection import check_schema
+
 TABLES = ("case_view", "case_service_view", "case_materials", "case_timeline")
 
 RANK_INFERRED_FINAL = 4   # blocked / cancelled inferred by the view from the case's end (case_view.py)
@@ -23,9 +25,9 @@ CASE_COLUMNS = ("case_id text, updated_at timestamptz, receipt_no text, bundle_c
 SUBMISSION = ("receipt_no", "bundle_code", "services", "applicant_token", "channel", "staff_id", "region_code",
               "submitted_at")
 SERVICE_COLUMNS = ("case_id text, service_id text, department text, status text, attempt integer, rank smallint,"
-                   " task_id text, reason text, missing text[], outputs jsonb, updated_at timestamptz,"
-                   " dispatched_attempt integer, due_date date")
-STATUS = ("status", "attempt", "rank", "task_id", "reason", "missing", "outputs", "updated_at")
+                   " task_id text, reason text, reason_code text, missing text[], outputs jsonb,"
+                   " updated_at timestamptz, dispatched_attempt integer, due_date date")
+STATUS = ("status", "attempt", "rank", "task_id", "reason", "reason_code", "missing", "outputs", "updated_at")
 TIMELINE_COLUMNS = ("case_id text, event_id uuid, entry_key text, occurred_at timestamptz, phase smallint,"
                     " sequence bigint, event_type text, text_zh text, text_en text, actor_role text, channel text,"
                     " department text, service_id text")
@@ -83,6 +85,7 @@ class CaseViewSql:
         self.infer_final = f(
             "UPDATE {sv} s SET status = CASE WHEN c.withdrawn_at IS NOT NULL THEN 'cancelled' ELSE 'blocked' END,"
             " rank = {final}, reason = CASE WHEN c.withdrawn_at IS NOT NULL THEN {withdrawn} ELSE {blocked} END,"
+            " reason_code = NULL,"
             " missing = '{{}}', outputs = '{{}}', updated_at = coalesce(c.withdrawn_at, c.completed_at) "
             "FROM {cv} c WHERE s.case_id = ANY(%(cases)s) AND c.case_id = ANY(%(cases)s) AND s.case_id = c.case_id"
             " AND s.rank < {final} AND (c.withdrawn_at IS NOT NULL"
@@ -106,7 +109,7 @@ class CaseViewSql:
             "SELECT case_id, receipt_no, bundle_code, services, applicant_token, channel, region_code, status,"
             " due_date, submitted_at, updated_at, completed_at, withdrawn_at FROM {cv} WHERE case_id = %s")
         self.service_rows = f(
-            "SELECT service_id, department, status, attempt, due_date, reason, missing, outputs "
+            "SELECT service_id, department, status, attempt, due_date, reason, missing, outputs, reason_code "
             "FROM {sv} WHERE case_id = %s")
         self.timeline_rows = f(
             "SELECT occurred_at, event_type, text_zh, text_en, actor_role, channel FROM {tl} "
@@ -116,3 +119,13 @@ class CaseViewSql:
             "FROM {sv} s JOIN {cv} c USING (case_id) "
             "WHERE s.department = %(department)s AND s.status = ANY(%(statuses)s) "
             "ORDER BY s.due_date NULLS LAST, s.case_id, s.service_id LIMIT %(limit)s")
+
+
+_CACHE: dict[str, CaseViewSql] = {}
+
+
+def sql_for(schema: str) -> CaseViewSql:
+    """The statements for the view's tables in `schema`, rendered once per schema."""
+    if schema not in _CACHE:
+        _CACHE[schema] = CaseViewSql(check_schema(schema))
+    return _CACHE[schema]

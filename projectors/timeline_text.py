@@ -4,10 +4,12 @@ and the labels of the statuses the case view shows.
 Pure functions of the event and the catalog. They use only catalog labels, codes and counts:
 never a form value, a name, a resident ID, a phone number, a department's free-text reason
 or an output (the child's resident ID is an output), so a timeline can be shown and logged
-without masking.
+without masking. A refusal's reason appears only as the sentence of its code in the department's
+list (catalog/data/reasons.yaml), which is catalog text too.
 """
 from __future__ import annotations
 
+from catalog.combination import COMBINATION
 from catalog.model import Catalog, Label
 from events.envelope import Event
 
@@ -71,7 +73,6 @@ def describe(event: Event, catalog: Catalog) -> tuple[str, str] | None:
     p = event.payload
     t = event.type
     if t == "ApplicationSubmitted":
-        b = bundle_label(catalog, p.get("bundle_code"))
         n = len(p.get("services") or ())
         sources = [m.get("source") for m in p.get("materials") or ()]
         zh_extra, en_extra = [], []
@@ -85,8 +86,13 @@ def describe(event: Event, catalog: Catalog) -> tuple[str, str] | None:
         if channel in _ASSISTED:
             zh_extra.append(_ASSISTED[channel][0])
             en_extra.append(_ASSISTED[channel][1])
-        zh = f"申请已提交（{b.zh}一件事，{n}个事项" + "".join(f"；{x}" for x in zh_extra) + "）"
-        en = f"Application submitted ({b.en}, {n} service{'s' if n != 1 else ''}" \
+        if p.get("bundle_code") == COMBINATION:  # 随意组合: services picked freely, no bundle
+            what_zh, what_en = "自选事项组合", "your own choice of services"
+        else:
+            b = bundle_label(catalog, p.get("bundle_code"))
+            what_zh, what_en = f"{b.zh}一件事", b.en
+        zh = f"申请已提交（{what_zh}，{n}个事项" + "".join(f"；{x}" for x in zh_extra) + "）"
+        en = f"Application submitted ({what_en}, {n} service{'s' if n != 1 else ''}" \
              + "".join(f"; {x}" for x in en_extra) + ")"
         return zh, en
     if t == "MaterialsSupplemented":
@@ -133,15 +139,21 @@ def describe(event: Event, catalog: Catalog) -> tuple[str, str] | None:
         if outcome == "approved":
             return f"{d.zh}已办结：{s.zh}", f"{d.en} approved: {s.en}"
         if outcome == "rejected":
-            return f"{d.zh}不予办理：{s.zh}", f"{d.en} rejected: {s.en}"
+            zh, en = f"{d.zh}不予办理：{s.zh}", f"{d.en} rejected: {s.en}"
+            why = _reason(p)
+            if why is not None:
+                zh, en = f"{zh}（{why.zh}）", f"{en} ({why.en})"
+            return zh, en
         return f"{d.zh}已处理：{s.zh}", f"{d.en} recorded “{outcome}”: {s.en}"
     if t == "CaseCompleted":
         approved, rejected = len(p.get("approved") or ()), len(p.get("rejected") or ())
         if not rejected:
             return (f"全部事项已办结（{approved}项）",
                     f"All services completed ({approved} approved)")
-        return (f"全部事项已办结（办成{approved}项，未办成{rejected}项）",
-                f"All services decided ({approved} approved, {rejected} not approved)")
+        if not approved:
+            return (f"办理结束：{rejected}个事项均未办成", f"Case closed: none of its {rejected} services was approved")
+        return (f"部分办结：办成{approved}项，未办成{rejected}项",
+                f"Partly completed: {approved} approved, {rejected} not approved")
     return _oversight(event, catalog)
 
 
@@ -202,6 +214,14 @@ def _oversight(event: Event, catalog: Catalog) -> tuple[str, str] | None:
         d = department_label(catalog, p.get("department"))
         return f"{d.zh}已反馈整改情况", f"{d.en} replied on the rectification"
     return None
+
+
+def _reason(p: dict) -> Label | None:
+    """The sentence of a decision's reason code, in both languages (its department's list)."""
+    from catalog.reasons import load_reasons, resolve
+
+    found = resolve(load_reasons(), p.get("department"), p.get("reason_code"))
+    return found.reason.label if found else None
 
 
 def attempt_of(task_id: str | None) -> int:

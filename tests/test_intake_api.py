@@ -455,3 +455,72 @@ def test_a_remembered_token_is_still_refused_once_it_expired():
     for _ in range(2):
         with pytest.raises(identity.InvalidToken, match="token invalid"):
             identity.verify_token(early)
+
+
+# -- 随意组合: services picked freely, across bundles -------------------------------------------
+COMBINATION = ["medical_insurance.enrolment", "police.household_record_check"]  # 新生儿出生's, 退休's
+
+
+def combination_request(client: TestClient, token: str, services: list[str], person: e_license.DemoPerson) -> dict:
+    """The served form of a free combination, filled as a client would (infra/demo_forms.py)."""
+    from infra.demo_forms import Applicant, fill_form, materials_plan
+
+    form = client.get("/api/v1/forms", params={"services": ",".join(services)}, headers=auth(token)).json()
+    values = fill_form(form, Applicant(person.name, person.resident_id, person.address, person.region_code,
+                                       person.birth_date))
+    materials = {mid: {"source": "uploaded", "ref": upload(client, token)}
+                 for mid, how in materials_plan(form, values).items() if how == "upload"}
+    return {"services": services, "form": values, "materials": materials}
+
+
+def test_the_merged_form_of_any_services_adds_what_they_need_and_says_why(client):
+    token = identity.applicant_token(WANG.resident_id)
+    r = client.get("/api/v1/forms", params={"services": ",".join(COMBINATION)}, headers=auth(token))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["picked"] == COMBINATION and body["bundle"]["code"] == "combination"
+    added = {a["service_id"]: a for a in body["added"]}
+    assert added["police.birth_registration"]["needed_by"] == "medical_insurance.enrolment"
+    assert "child_resident_id" == added["police.birth_registration"]["output"]
+    assert "police.birth_registration" in added and "health.birth_certificate" in added
+    assert "需要它办出的" in added["police.birth_registration"]["reason"]["zh"]
+    assert {s["service_id"] for s in body["services"]} == set(COMBINATION) | set(added)
+    fields = {f["id"]: f for f in body["fields"]}
+    assert "child_resident_id" not in fields  # an output of an added service is never asked for
+    assert fields["applicant_resident_id"]["value"] == WANG.resident_id  # prefilled from her own e-licences
+    assert body["submit"]["schema"]["properties"]["services"]["items"]["enum"] == COMBINATION
+    assert r.headers["cache-control"] == "no-store"
+
+    r = client.get("/api/v1/forms", params={"services": "medical_insurance.enrolment,police.no_such,"
+                                                        "medical_insurance.enrolment"})
+    assert r.status_code == 422
+    errors = r.json()["errors"]
+    assert [(e["path"], e["code"]) for e in errors] == [("services[1]", "service.unknown"),
+                                                        ("services[2]", "service.duplicate")]
+    assert "police.no_such" in errors[0]["message_en"] and "police.no_such" in errors[0]["message_zh"]
+    assert client.get("/api/v1/forms", params={"services": ""}).json()["errors"][0]["code"] == "services.empty"
+
+
+def test_a_combination_across_two_bundles_is_applied_for_like_a_bundle(client, bootstrap):
+    token = identity.applicant_token(WANG.resident_id)
+    before = end_offsets(bootstrap)
+    for wrong, code in (({"bundle_code": "newborn", "services": COMBINATION}, "application.bundle_or_services"),
+                        ({"form": {}}, "application.bundle_or_services"),
+                        ({"services": ["medical_insurance.enrolment", "tax.nothing"]}, "service.unknown")):
+        r = client.post("/api/v1/applications", json={"form": {}, "materials": {}, **wrong}, headers=auth(token))
+        assert r.status_code == 422 and r.json()["errors"][0]["code"] == code, r.text
+    bad = combination_request(client, token, COMBINATION, WANG)
+    bad["form"] = {**bad["form"], "contact_mobile": "12345"}
+    r = client.post("/api/v1/applications", json=bad, headers=auth(token))
+    assert r.status_code == 422 and [e["path"] for e in r.json()["errors"]] == ["fields.contact_mobile"]
+    assert [e for e in events_since(bootstrap, before)] == []  # nothing refused became an event
+
+    r = client.post("/api/v1/applications", json=combination_request(client, token, COMBINATION, WANG),
+                    headers=auth(token))
+    assert r.status_code == 202, r.text
+    case_id = r.json()["case_id"]
+    (event,) = [e for e in events_since(bootstrap, before) if e.key == case_id]
+    assert event.payload["bundle_code"] == "combination"
+    assert set(COMBINATION) | {"police.birth_registration", "health.birth_certificate"} <= set(event.payload["services"])
+    view = client.get(f"/api/v1/cases/{case_id}", headers=auth(token)).json()
+    assert view["bundle_label"]["zh"].startswith("自选事项：") and "Your services" in view["bundle_label"]["en"]

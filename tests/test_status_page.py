@@ -11,13 +11,14 @@ Chromium is Debian's package (/usr/bin/chromium), driven by the `playwright` Pyt
 then in English; the applicant uploads the missing document through the page's own form, and
 the page follows the case live as it moves on, and the applicant files a 办不成事 report from
 it. Screenshots: /tmp/status_page.png (Chinese)
-and /tmp/status_page_en.png (English).
+and /tmp/status_page_en.png (English). A second case, partly refused, must say 部分办结 (never 已全部办结),
+put the refused service first with its department's reason in the page's language (a code of
+catalog/data/reasons.yaml), and offer 办不成事 and re-applying: /tmp/status_page_refused.png.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -36,6 +37,7 @@ from tests.support.offsets import seed_offsets
 from producers import e_license, identity
 from producers.intake_api import create_app
 from projectors import case_view
+from tests.support.portal_server import PortalServer
 from tests.test_intake_api import end_offsets, events_since, newborn_request
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -45,36 +47,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 PHONE = {"width": 390, "height": 844}
 WANG = e_license.DEMO_PEOPLE["wang_fang"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """The API app under uvicorn in a thread: Chromium needs a real HTTP server."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 class _Departments:
@@ -102,14 +74,15 @@ class _Departments:
                 items.append((CASES, ev))
         bus.publish_all(self.producer, items)
 
-    def decide(self, service_id: str, outcome: str, *, reason: str | None = None, missing=(), outputs=None) -> None:
+    def decide(self, service_id: str, outcome: str, *, reason: str | None = None, missing=(), outputs=None,
+               reason_code: str | None = None) -> None:
         task = self.tasks[service_id]
         dept = task.payload["department"]
         decision = new_event(
             "DecisionRecorded", task.key,
             {"task_id": task.payload["task_id"], "department": dept, "service_id": service_id,
-             "kind": "case_service", "outcome": outcome, "reason": reason, "missing_materials": list(missing),
-             "outputs": dict(outputs or {})},
+             "kind": "case_service", "outcome": outcome, "reason": reason, "reason_code": reason_code,
+             "missing_materials": list(missing), "outputs": dict(outputs or {})},
             actor=Actor(f"dept-{dept}", "department", "department", f"{dept}-officer-1"),
             region_code=task.envelope.region_code, cause=task,
             event_id=derived_event_id(task.id, "decision", outcome))
@@ -193,7 +166,7 @@ def test_status_page_on_a_phone(settings, bootstrap, database_url):
                      read_case=lambda conn, case_id: holder["view"].read(conn, case_id))
     token = identity.applicant_token(WANG.resident_id)
 
-    with _Server(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with PortalServer(app) as base, httpx.Client(base_url=base, timeout=30) as http:
         # 1. the applicant files (the API seeded the demo e-licences on start)
         before = end_offsets(bootstrap)
         r = http.post("/api/v1/applications", headers={"Authorization": f"Bearer {token}"},
@@ -318,6 +291,86 @@ def test_status_page_on_a_phone(settings, bootstrap, database_url):
                     assert escalated.payload["reason"] == "stuck"
                     assert escalated.payload["service_id"] == "police.birth_registration"
                     assert escalated.payload["comment"] == "等了很久没有进展"
+                    assert page_errors == []
+                finally:
+                    browser.close()
+        finally:
+            depts.close()
+            view_model.close()
+
+
+def test_a_partly_refused_case_says_so_with_the_reason_in_the_pages_language(settings, bootstrap, database_url):
+    catalog = load_catalog()
+    holder: dict = {}
+    app = create_app(replace(settings, bootstrap_servers=bootstrap, database_url=database_url),
+                     read_case=lambda conn, case_id: holder["view"].read(conn, case_id))
+    token = identity.applicant_token(WANG.resident_id)
+    with PortalServer(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+        before = end_offsets(bootstrap)
+        r = http.post("/api/v1/applications", headers={"Authorization": f"Bearer {token}"},
+                      json=newborn_request(http, token))
+        assert r.status_code == 202, r.text
+        case_id = r.json()["case_id"]
+        (submitted,) = [e for e in events_since(bootstrap, before) if e.key == case_id]
+        services = submitted.payload["services"]
+        holder["view"] = view_model = _View(bootstrap, database_url, case_id,
+                                            list(dict.fromkeys(catalog.services[s].department for s in services)),
+                                            before)
+        depts = _Departments(bootstrap, submitted)
+        try:
+            # the hospital is not registered: the health department refuses with a code of its list,
+            # its own words in English — which the Chinese page must never show
+            depts.decide("health.birth_certificate", "rejected", reason="facility not registered",
+                         reason_code="hospital_not_registered")
+            decided = {"health.birth_certificate"}
+            while depts.state.status != "completed":
+                open_tasks = [sid for sid in depts.tasks if sid not in decided]
+                assert open_tasks, f"nothing left to decide, yet the case is {depts.state.status}"
+                for sid in open_tasks:
+                    depts.decide(sid, "approved", outputs={o: f"DEMO-{i}" for i, o in
+                                                           enumerate(catalog.services[sid].produces)})
+                    decided.add(sid)
+            view = view_model.wait(case_id, lambda v: v["status"] == "completed")
+            assert view["outcome"] == "partly_approved" and view["status_label"]["zh"] == "部分办结"
+            blocked = {s["service_id"] for s in view["services"] if s["status"] == "blocked"}
+            assert "police.birth_registration" in blocked
+
+            with playwright_api.sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                try:
+                    page = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True,
+                                               locale="zh-CN").new_page()
+                    page_errors: list[str] = []
+                    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+                    page.goto(base + f"/status/{case_id}?lang=zh#token={token}")
+                    page.wait_for_selector('[data-refused="health.birth_certificate"]')
+                    assert page.inner_text("#case-status") == "部分办结"
+                    assert "部分办结" in page.inner_text("#notice") and "全部办结" not in page.inner_text("#notice")
+                    refused = page.inner_text('[data-refused="health.birth_certificate"]')
+                    assert "出生医学证明" in refused and "助产技术服务资质" in refused  # the reason, in Chinese
+                    assert "重新申请" in refused  # what the applicant can do about it
+                    assert catalog.services["police.birth_registration"].label.zh in refused  # what it blocked
+                    assert "facility" not in page.inner_text("body") and "midwifery" not in page.inner_text("body")
+                    blocked_row = page.inner_text('[data-service="police.birth_registration"]')
+                    assert "前置事项未办成" in blocked_row and "approved" not in blocked_row
+                    first = page.locator("#services > li").first
+                    assert first.get_attribute("data-service") == "health.birth_certificate"  # refused first
+                    assert "助产" in first.inner_text() and "不予办理" in first.inner_text()
+                    steps = page.inner_text("#refused-steps")
+                    assert "办不成事" in steps and "重新申请" in steps
+                    page.click('[data-step="escalate"] button')  # 办不成事, the form opens for this service
+                    assert page.is_visible("#escalation-form")
+                    assert page.eval_on_selector("#escalation-form select[name=reason]", "e => e.value") == "rejected"
+                    assert page.eval_on_selector("#escalation-form select[name=service_id]",
+                                                 "e => e.value") == "health.birth_certificate"
+                    page.evaluate("window.scrollTo(0, 0)")
+                    page.screenshot(path="/tmp/status_page_refused.png", full_page=True)
+
+                    page.click("#lang")  # English: the same reason, in English
+                    assert page.inner_text("#case-status") == "Partly completed"
+                    refused = page.inner_text('[data-refused="health.birth_certificate"]')
+                    assert "midwifery" in refused and "助产" not in refused
+                    assert "Partly completed" in page.inner_text("#notice")
                     assert page_errors == []
                 finally:
                     browser.close()
