@@ -86,14 +86,30 @@ def list_bundles(ctx: click.Context) -> None:
     """Every bundle of the national lists, modelled or not."""
     cat = _load(ctx)
     table = Table(title="一件事 bundles", show_lines=False)
-    for col in ("code", "名称", "kind", "batch", "list", "lead", "services", "modelled"):
+    for col in ("code", "名称", "kind", "batch", "list", "lead", "services", "modelled", "end to end"):
         table.add_column(col, overflow="fold")
     for b in sorted(cat.bundles.values(), key=lambda b: (b.listing.batch, b.kind, b.code)):
+        runs, why = runs_end_to_end(cat, b.code)
         table.add_row(b.code, b.label.zh, b.kind, b.listing.batch,
                       f"{b.listing.document or '—'} ({b.listing.confidence})",
-                      b.lead or "—", str(len(b.members)) if b.modelled else "—",
-                      "yes" if b.modelled else "no (listed only)")
+                      b.lead or "—", _services_cell(len(b.members), len(b.conditional)) if b.modelled else "—",
+                      "yes" if b.modelled else "no (listed only)", "yes" if runs else f"no: {why}")
     _console().print(table)
+
+
+def _services_cell(total: int, conditional: int) -> str:
+    return f"{total} ({conditional} conditional)" if conditional else str(total)
+
+
+def runs_end_to_end(cat: Catalog, code: str) -> tuple[bool, str]:
+    """Whether `onething run` can complete an application of the bundle: it is modelled and every
+    department of its services has a reference adapter (hosted by `onething run adapters`)."""
+    b = cat.bundle(code)
+    if not b.modelled:
+        return False, "not modelled"
+    missing = sorted({cat.services[s].department for s in b.services} - {
+        c for c, d in cat.departments.items() if d.adapter is not None})
+    return (not missing), ("no adapter for " + ", ".join(missing) if missing else "")
 
 
 def _print_application(console: Console, cat: Catalog, form: MergedForm, bundle_code: str | None) -> None:
@@ -103,15 +119,18 @@ def _print_application(console: Console, cat: Catalog, form: MergedForm, bundle_
         console.print(f"+ {a.reason}")
 
     services = Table(title="事项 services (in dispatch order)")
-    for col in ("wave", "service", "名称", "department", "statutory", "promised", "waits for"):
+    for col in ("wave", "service", "名称", "department", "statutory", "promised", "waits for", "applies"):
         services.add_column(col, overflow="fold")
     for i, wave in enumerate(sel.waves, 1):
         for sid in wave:
             s = cat.services[sid]
             member = bundle.member(sid) if bundle else None
             waits = ", ".join(f"{d.upstream} ({d.output})" for d in sel.upstream_of(sid)) or "—"
+            applies = f"when {member.applies_when}" if member and member.applies_when else "always"
+            if s.auto_decision is not None:
+                applies += "; 免批秒办 (decided by rule)"
             services.add_row(str(i), sid, s.label.zh, f"{s.department} {cat.departments[s.department].label.zh}",
-                             _figure(s.statutory), _figure(member.promised if member else None), waits)
+                             _figure(s.statutory), _figure(member.promised if member else None), waits, applies)
     console.print(services)
     console.print("Dispatch waves (并联审批): " + "  ⇒  ".join("[" + ", ".join(w) + "]" for w in sel.waves))
     departments = sorted({cat.services[s].department for s in sel.services})
@@ -218,7 +237,8 @@ def figures(ctx: click.Context) -> None:
         claimed = "\n".join(
             f"{c.place}: " + "; ".join(f"{m} {_claimed(c, m)}" for m in METRICS if m in c.changes)
             for c in f.claims)
-        table.add_row(f.bundle, b.label.zh, str(f.services), str(f.departments), cell["materials"], cell["steps"],
+        table.add_row(f.bundle, b.label.zh, _services_cell(f.services, f.conditional), str(f.departments),
+                      cell["materials"], cell["steps"],
                       cell["time_days"], cell["trips"], claimed or "—")
     prog = programme_figures(cat)
     means = {m: f"{-prog.reductions[m] * 100:+.0f}%" if m in prog.reductions else "?" for m in METRICS}
@@ -230,7 +250,9 @@ def figures(ctx: click.Context) -> None:
     console.print(table)
     console.print("* rests on estimated figures. Time before = statutory limits one after another; after = "
                   "the longest chain of promised limits. Materials after = uploads left in the merged form "
-                  "(conditional ones included; e-licenses fetched). Steps and trips as modelled per service.")
+                  "(conditional ones included; e-licenses fetched). Steps and trips as modelled per service. "
+                  "Conditional services (applies_when) are counted as if they applied: the figures of the "
+                  "fullest application.")
     for c in prog.claims:
         console.print(f"  {c.place}: {c.source}" + (f" — {c.note}" if c.note else ""))
 
@@ -268,3 +290,9 @@ def calendar(file_: str | None, years: tuple[int, ...]) -> None:
     this_year = date.today().year
     for year, state in covered_years(default_calendar(), years or range(this_year - 1, this_year + 3)).items():
         click.echo(f"{year}: {state}")
+
+
+# 智问智搜's evaluation (catalog/search_eval.py): `onething catalog search-eval`
+from .search_eval import search_eval_command  # noqa: E402
+
+catalog.add_command(search_eval_command)

@@ -17,6 +17,8 @@ counts on its own, so behind a balancer of N instances a subject may do up to N 
 `ONETHING_API_SUBMIT_RATE` (default `10/minute`) and `ONETHING_API_UPLOAD_RATE` (`60/minute`) are
 in the `limits` notation (`N/second|minute|hour|day`, several joined by `;`); `off` disables one.
 A refusal is 429 with Retry-After (seconds until the window lets the next one through).
+`ONETHING_API_SEARCH_RATE` (`60/minute`) holds the public search (producers/api_search.py), counted
+per client address since it needs no login.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ SUBMIT_RATE_ENV, UPLOAD_RATE_ENV = "ONETHING_API_SUBMIT_RATE", "ONETHING_API_UPL
 BODY_MAX_DEFAULT = 256 * 1024
 UPLOAD_MAX_DEFAULT = 10 * 1024 * 1024
 SUBMIT_RATE_DEFAULT, UPLOAD_RATE_DEFAULT = "10/minute", "60/minute"
+SEARCH_RATE_ENV, SEARCH_RATE_DEFAULT = "ONETHING_API_SEARCH_RATE", "60/minute"
 UPLOAD_PATH = "/api/v1/documents"
 _WRITES = frozenset({"POST", "PUT", "PATCH"})
 
@@ -110,11 +113,12 @@ class BodyLimits:
 class RateLimits:
     """Per-subject moving windows for submissions and uploads, in this process's memory."""
 
-    def __init__(self, submit: str | None = None, upload: str | None = None):
+    def __init__(self, submit: str | None = None, upload: str | None = None, search: str | None = None):
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
         self.rules: dict[str, list[RateLimitItem]] = {
             "submit": _rules(submit if submit is not None else os.environ.get(SUBMIT_RATE_ENV) or SUBMIT_RATE_DEFAULT),
             "upload": _rules(upload if upload is not None else os.environ.get(UPLOAD_RATE_ENV) or UPLOAD_RATE_DEFAULT),
+            "search": _rules(search if search is not None else os.environ.get(SEARCH_RATE_ENV) or SEARCH_RATE_DEFAULT),
         }
 
     def hit(self, action: str, subject: str) -> None:

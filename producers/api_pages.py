@@ -34,6 +34,13 @@ def status_page(case_id: str) -> FileResponse:
     return page("index.html")
 
 
+@router.get("/")
+@router.get("/search")
+def search_page() -> FileResponse:
+    """The portal's home: 智问智搜, a search box over the bundles (portal/search.html)."""
+    return page("search.html")
+
+
 @router.get("/supervisor")
 def supervisor_page() -> FileResponse:
     """办不成事督办台: the supervisor queue (a supervisor's token in the #token= fragment)."""
