@@ -15,6 +15,9 @@ A principal is named after the consumer group of what it runs, so logs, lag and 
     projection.<read model>    reads its topics; writes deadletter (projection.deadlines also cases;
                                projection.read_audit reads audit.reads only)
     adapter.<d>                reads tasks.<d>; writes decisions.<d>, deadletter
+    proactive                  reads registry.*, applications, proactive and the decisions.<d> its rules
+                               listen to (catalog/rules/); writes proactive, deadletter (the api also
+                               writes proactive: acceptances and declines)
     admin, broker              super users (the operator's tools, `onething up`, tests; the brokers)
 
 Each reads through its own consumer group (READ on the GROUP; an adapter also on groups named
@@ -31,7 +34,7 @@ import structlog
 
 from events import kafka_auth
 
-from .topics import (APPLICATIONS, AUDIT_READS, CASCADE, CASES, DEADLETTER, PRIVACY, REGISTRY_COMPANY,
+from .topics import (APPLICATIONS, AUDIT_READS, CASCADE, CASES, DEADLETTER, PRIVACY, PROACTIVE, REGISTRY_COMPANY,
                      REGISTRY_PERSON, decisions_topic, tasks_topic)
 
 log = structlog.get_logger(__name__)
@@ -43,6 +46,7 @@ CASE_VIEW, KPIS, ESCALATION_QUEUE, RATINGS, DEADLINES = (
     "projection.case_view", "projection.kpis", "projection.escalation_queue", "projection.ratings",
     "projection.deadlines")
 READ_AUDIT = "projection.read_audit"
+PROACTIVE_PRINCIPAL = "proactive"
 
 
 def adapter_principal(department: str) -> str:
@@ -74,7 +78,8 @@ def declared_grants(departments: Iterable[str], register_departments: Iterable[s
     tasks = [tasks_topic(d) for d in depts]
     decisions = [decisions_topic(d) for d in depts]
     case_topics = [APPLICATIONS, CASES, *tasks, *decisions]
-    grants = _grants(API, writes=[APPLICATIONS, REGISTRY_COMPANY, REGISTRY_PERSON, *decisions, AUDIT_READS, PRIVACY])
+    grants = _grants(API, writes=[APPLICATIONS, REGISTRY_COMPANY, REGISTRY_PERSON, *decisions, AUDIT_READS, PRIVACY,
+                                  PROACTIVE])
     grants += _grants(DISPATCH, reads=[APPLICATIONS, *decisions], writes=[*tasks, CASES, DEADLETTER],
                       groups=[DISPATCH])
     grants += _grants(CASCADE_PRINCIPAL, reads=[REGISTRY_COMPANY, REGISTRY_PERSON,
@@ -87,11 +92,27 @@ def declared_grants(departments: Iterable[str], register_departments: Iterable[s
     grants += _grants(RATINGS, reads=[APPLICATIONS, *tasks, *decisions], writes=[DEADLETTER], groups=[RATINGS])
     grants += _grants(DEADLINES, reads=case_topics, writes=[CASES, DEADLETTER], groups=[DEADLINES])
     grants += _grants(READ_AUDIT, reads=[AUDIT_READS], writes=[DEADLETTER], groups=[READ_AUDIT])
+    listened = [decisions_topic(d) for d in _rule_departments() if d in depts]
+    grants += _grants(PROACTIVE_PRINCIPAL, reads=[REGISTRY_COMPANY, REGISTRY_PERSON, APPLICATIONS, PROACTIVE, *listened],
+                      writes=[PROACTIVE, DEADLETTER], groups=[PROACTIVE_PRINCIPAL])
     for d in depts:
         p = adapter_principal(d)
         grants += _grants(p, reads=[tasks_topic(d)], writes=[decisions_topic(d), DEADLETTER],
                           groups=[p], group_prefixes=[p + "."])
     return sorted(set(grants))
+
+
+def _rule_departments() -> list[str]:
+    """The departments whose decisions a life-event rule listens to (catalog/rules/)."""
+    from catalog.proactive_rules import default_rules
+
+    return default_rules().decision_departments(_catalog())
+
+
+def _catalog():
+    from catalog.loader import load_catalog
+
+    return load_catalog()
 
 
 def principals(grants: Iterable[Grant]) -> list[str]:

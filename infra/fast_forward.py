@@ -69,3 +69,5 @@ def skip_history(bootstrap: str, database_url: str) -> None:
         for name in READ_MODELS:
             store_offsets(conn, generations.current(conn, name), of(every))
         store_offsets(conn, generations.current(conn, "read_audit"), of([AUDIT_READS]))
+        # 免申即享 (projectors/proactive.py): its fact topics; `proactive` itself is read from where it is
+        store_offsets(conn, "proactive", of([APPLICATIONS, REGISTRY_COMPANY, REGISTRY_PERSON, *decisions]))

@@ -6,11 +6,11 @@ consumer group and stored offsets, so any one of them scales out alone by runnin
 own name on more machines (`onething run dispatch`, `onething run adapter police`).
 
     api          the intake API, status page and register API (HTTP)
-    core         dispatch + cascade
+    core         dispatch + cascade + proactive (免申即享: life events into offers and grants)
     read-models  case view, KPIs, supervisor queue, ratings, read audit
     adapters     every simulated department (ARG: a comma-separated subset)
     deadlines    the deadline clock
-    and each processor alone: dispatch, cascade, case-view, kpis, oversight, read-audit, adapter DEPT
+    and each processor alone: dispatch, cascade, case-view, kpis, oversight, read-audit, proactive, adapter DEPT
 """
 from __future__ import annotations
 
@@ -89,6 +89,12 @@ def _deadlines(settings: Settings, _arg: str | None) -> list:
     return deadlines.processors()
 
 
+def _proactive(settings: Settings, _arg: str | None) -> list:
+    from projectors import proactive
+
+    return proactive.processors()
+
+
 def _adapters(settings: Settings, arg: str | None) -> list:
     from department_adapters.reference.run import adapter_processors
     from infra.supervisor import demo_departments
@@ -165,11 +171,12 @@ PROCESSORS: dict[str, Callable[[Settings, str | None], list]] = {
     "oversight": _oversight,
     "read-audit": _read_audit,
     "deadlines": _deadlines,
+    "proactive": _proactive,
     "adapter": _adapter,
     "adapters": _adapters,
 }
 GROUPS: dict[str, tuple[str, ...]] = {
-    "core": ("dispatch", "cascade"),
+    "core": ("dispatch", "cascade", "proactive"),
     "read-models": ("case-view", "kpis", "oversight", "read-audit"),
 }
 

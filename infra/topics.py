@@ -27,6 +27,7 @@ SMOKE = "smoke"
 CASCADE = "cascade"
 AUDIT_READS = "audit.reads"
 PRIVACY = "privacy"
+PROACTIVE = "proactive"
 
 
 def tasks_topic(department: str) -> str:
@@ -73,6 +74,9 @@ def declared_topics(departments: Iterable[str], partitions: int = 6, replication
                                         "data subject's pseudonymous token", **kw),
         TopicSpec(PRIVACY, "fact", doc="erasures of data subjects (SubjectErased: who, when, why; no personal data), "
                                     "keyed by the pseudonymous subject token", **kw),
+        TopicSpec(PROACTIVE, "fact", doc="免申即享 / 主动服务: offers, grants and pre-service lists the proactive "
+                                         "processor derives from life events, and the recipients' acceptances and "
+                                         "declines (facts from the API); keyed by the recipient's pseudonymous token", **kw),
         TopicSpec(SMOKE, "derived", retention_ms=24 * 3600 * 1000,
                   doc="round trips of `onething smoke`; nothing consumes it", **kw),
     ]
