@@ -41,6 +41,7 @@ _KPIS = ("kpi_cases", "kpi_case_materials", "kpi_case_pauses", "kpi_service_atte
          "kpi_breaches", "kpi_escalations")
 _CASCADE = ("cascade_changes", "cascade_targets", "cascade_tasks", "cascade_departments")
 _DEADLINES = ("deadline_clocks", "deadline_cases")
+_PROACTIVE = ("proactive_items", "proactive_cases", "proactive_pending")
 #: tables whose writer may only add rows: SELECT and INSERT, never UPDATE, DELETE or TRUNCATE (an
 #: earlier grant of those is revoked). The read audit is evidence (infra/migrations/0014_read_audit.sql).
 APPEND_ONLY = frozenset({"audit_reads"})
@@ -59,10 +60,11 @@ COMPONENTS: dict[str, Access] = {
     # intake, documents, registers' change requests, ratings of intake, idempotent actions; it
     # reads every read model for the status page, worklists, the queue and the KPIs
     "api": Access(
-        writes=("intake_cases", "intake_idempotency", "intake_documents", "intake_ratings", "api_requests",
-                "api_actions", "register_keys", "register_change_requests", "data_keys", "department_data_keys"),
+        writes=("intake_cases", "intake_idempotency", "intake_documents", "intake_document_uses", "intake_ratings",
+                "api_requests", "api_actions", "register_keys", "register_change_requests", "data_keys",
+                "department_data_keys"),
         reads=("e_licenses", "e_license_holders", *_CASE_VIEW, *_KPIS, "escalation_queue", "rectifications",
-               "case_ratings", "cascade_changes", "cascade_targets", *_DEADLINES, "audit_reads")),
+               "case_ratings", "cascade_changes", "cascade_targets", *_DEADLINES, "audit_reads", *_PROACTIVE)),
     "dispatch": Access(writes=("dispatch_cases",), consumers=("dispatch",)),
     "cascade": Access(writes=_CASCADE, consumers=("cascade",)),
     "case_view": Access(writes=_CASE_VIEW, consumers=("case_view",)),
@@ -71,6 +73,10 @@ COMPONENTS: dict[str, Access] = {
     "ratings": Access(writes=("case_ratings", "rectifications"), consumers=("ratings",)),
     "deadlines": Access(writes=_DEADLINES, consumers=("deadlines",)),
     "read_audit": Access(writes=("audit_reads",), consumers=("read_audit",)),  # append-only (APPEND_ONLY)
+    # 免申即享: its offers (the citizen's inbox), what people applied for; it reads the e-licences
+    # (dates of birth, discharge notices) and the company register's entries (legal representatives)
+    "proactive": Access(writes=_PROACTIVE, reads=("e_licenses", "e_license_holders", "register_keys"),
+                        consumers=("proactive",)),
 }
 
 

@@ -7,6 +7,7 @@
 Endpoints (JSON; errors always {"errors": [{"path", "code", "message_zh", "message_en"}]}):
   GET  /api/v1/bundles                        the bundles (一件事)
   GET  /api/v1/bundles/{code}/form            the merged form, prefilled from the caller's e-licences
+  GET  /api/v1/forms?services=a,b             随意组合: the merged form of any services (dependencies added, with why)
   POST /api/v1/documents                      upload a document (raw body) → {"ref"}
   POST /api/v1/applications                   submit → 202 after Kafka acknowledged ApplicationSubmitted
   GET  /api/v1/cases/{case_id}                the case view (applicant or a department working on it)
@@ -14,8 +15,11 @@ Endpoints (JSON; errors always {"errors": [{"path", "code", "message_zh", "messa
   POST /api/v1/cases/{case_id}/withdraw       → ApplicationWithdrawn
   GET  /api/v1/departments/{dept}/worklist    a department's worklist (when the read model offers one)
   GET  /api/v1/cases/{case_id}/reads          谁查看了我的数据: staff reads of the case (the applicant)
+  GET  /api/v1/inbox                          主动服务: the caller's offers and grants (api_inbox.py: accept, decline)
   GET  /api/v1/reads?staff_id=                what one staff member read (a supervisor)
+  GET  /api/v1/search?q=                      智问智搜: bundles and services from everyday words (api_search.py)
   GET  /status/{case_id}                      the citizen status page (portal/)
+  GET  /, /search                             the portal's home: a search box (portal/search.html)
   GET  /metrics                               Prometheus
 
 Guarantees: a form with any error produces nothing and answers 422 listing every error; an
@@ -73,8 +77,8 @@ from catalog.model import Catalog
 from infra import log as infra_log
 from infra.settings import Settings
 
-from . import (api_audit, api_case_view, api_cases, api_catalog, api_documents, api_erasure, api_pages, api_reads,
-               e_license, identity, oversight_api)
+from . import (api_audit, api_case_view, api_cases, api_catalog, api_documents, api_erasure, api_forms, api_pages,
+               api_inbox, api_reads, api_search, e_license, identity, oversight_api)
 from .api_errors import MESSAGES, ApiError, FastJSON, err, field_error, jsonable
 from .api_limits import BodyLimits, RateLimits
 from .api_observe import Observe, RouteTemplates
@@ -160,8 +164,8 @@ def create_app(settings: Settings, *, read_case: Callable[[psycopg.Connection, s
     app.add_middleware(Observe, templates=RouteTemplates(app))
     install_error_handlers(app)
 
-    for router in (api_catalog.router, api_documents.router, api_case_view.router, oversight_api.router,
-                   api_reads.router, api_erasure.router, api_pages.router):
+    for router in (api_catalog.router, api_forms.router, api_documents.router, api_case_view.router, oversight_api.router,
+                   api_reads.router, api_erasure.router, api_pages.router, api_search.router, api_inbox.router):
         app.include_router(router)
     # a clerk's filing reads the applicant's e-licences: the routes get the request's read audit
     app.include_router(api_cases.router, dependencies=[Depends(api_audit.bind_read_audit)])

@@ -19,7 +19,7 @@ from producers import identity
 from producers.api_observe import flat_routes
 from producers.intake_api import create_app
 from tests.support.api_role import api_settings
-from tests.test_intake_api import CHEN, WANG, auth, newborn_request
+from tests.test_intake_api import CHEN, WANG, auth, newborn_request, upload
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
@@ -40,11 +40,18 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/status/{case_id}"): EVERYONE,
     ("GET", "/supervisor"): EVERYONE,
     ("GET", "/kpis"): EVERYONE,
+    # 智问智搜: the portal's home and the search it calls (no personal data; rate-limited per address)
+    ("GET", "/"): EVERYONE,
+    ("GET", "/search"): EVERYONE,
+    ("GET", "/api/v1/search"): EVERYONE,
     # the catalog: public; an applicant's own login prefills the form
     ("GET", "/api/v1/bundles"): EVERYONE,
     ("GET", "/api/v1/bundles/{code}/form"): EVERYONE,
+    ("GET", "/api/v1/forms"): EVERYONE,
     # filing: a person's own login or a clerk (the status link only reads)
     ("POST", "/api/v1/documents"): APPLICANTS_AND_CLERKS,
+    # a download: its uploader (the owner here; a department on a case that needs it: tests/test_documents.py)
+    ("GET", "/api/v1/documents/{ref}"): frozenset({"owner"}),
     ("POST", "/api/v1/applications"): APPLICANTS_AND_CLERKS,
     # the case: read by its applicant, its departments and its status link; acted on by its applicant
     ("GET", "/api/v1/cases/{case_id}"): frozenset({"owner", "dept_on_case", "receipt_link"}),
@@ -82,6 +89,14 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/v1/cascade/changes/{change_event_id}"): STAFF_READERS,
     ("GET", "/api/v1/cascade/backlog"): STAFF_READERS,
     ("GET", "/api/v1/cascade/summary"): STAFF_READERS,
+    # 主动服务: the inbox page is public (its token in #token=); the inbox and its answers are a person's
+    # own login's (an item of someone else's is 404); a department's grants its own staff's; KPIs public counts
+    ("GET", "/inbox"): EVERYONE,
+    ("GET", "/api/v1/inbox"): frozenset({"owner", "other_applicant"}),
+    ("POST", "/api/v1/inbox/{offer_id}/accept"): frozenset({"owner", "other_applicant"}),
+    ("POST", "/api/v1/inbox/{offer_id}/decline"): frozenset({"owner", "other_applicant"}),
+    ("GET", "/api/v1/departments/{department}/grants"): frozenset({"dept_on_case"}),
+    ("GET", "/api/v1/proactive/kpis"): EVERYONE,
 }
 
 #: a body each write route refuses (422) once the caller got past its access rules
@@ -98,7 +113,8 @@ REFUSED_BODY: dict[str, object] = {
     "/api/v1/subjects/{subject}/erase": {"reason": ""},
 }
 #: 404s that hide something from the caller (they count as refused)
-HIDING = {("case_id", "case.not_found"), ("department", "not_found")}
+HIDING = {("case_id", "case.not_found"), ("department", "not_found"), ("ref", "document.not_found")}
+DOCUMENT: dict[str, str] = {}  # the owner's upload, downloaded as {ref}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +126,7 @@ def world(settings, bootstrap, database_url):
         assert r.status_code == 202, r.text
         case_id = r.json()["case_id"]
         link = r.json()["status_url"].split("#token=")[1]
+        DOCUMENT["ref"] = upload(client, owner)
         tokens = {
             "owner": owner,
             "other_applicant": identity.applicant_token(CHEN.resident_id),
@@ -128,7 +145,8 @@ def concrete(path: str, case_id: str) -> str:
     return (path.replace("{case_id}", case_id).replace("{code}", "newborn").replace("{bundle}", "newborn")
             .replace("{department}", "police").replace("{escalation_id}", "esc-none")
             .replace("{rectification_id}", "rect-none").replace("{uscc}", "91440203MA4UNKNOWN0")
-            .replace("{change_event_id}", str(uuid.uuid4())).replace("{subject}", "p_no_such_subject"))
+            .replace("{change_event_id}", str(uuid.uuid4())).replace("{subject}", "p_no_such_subject")
+            .replace("{ref}", DOCUMENT.get("ref", "doc-none")))
 
 
 def allowed(response) -> bool:
