@@ -22,7 +22,25 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-@click.group(help="onething — 高效办成一件事: one application, many departments, one live status.")
+class LazyGroup(click.Group):
+    """A group whose subcommands named in `lazy` are imported when first asked for (click's
+    documented pattern for large CLIs)."""
+
+    lazy: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, help="onething — 高效办成一件事: one application, many departments, one live status.")
 @click.option("--log-level", default="WARNING", envvar="ONETHING_LOG_LEVEL", show_default=True)
 def main(log_level: str) -> None:
     from . import log
@@ -251,21 +269,40 @@ def smoke(count: int) -> None:
         sys.exit(1)
 
 
-@main.command(help="The main job: the stack, every process, four newborn applications shown live.")
+@main.command(help="The main job: the stack, every process, four newborn applications shown live; "
+                   "--bundle CODE (repeatable) or --all: one realistic application of each bundle instead.")
 @click.option("--exit-when-done", is_flag=True, help="stop once every demo case has ended (for CI)")
 @click.option("--timeout", default=600, show_default=True, help="seconds to wait for the cases")
+@click.option("--bundle", "bundles", multiple=True, metavar="CODE",
+              help="apply for this bundle (一件事) instead of the newborn demo; repeatable")
+@click.option("--all", "every", is_flag=True, help="apply for every modelled bundle")
 @click.pass_context
-def demo(ctx: click.Context, exit_when_done: bool, timeout: int) -> None:
+def demo(ctx: click.Context, exit_when_done: bool, timeout: int, bundles: tuple[str, ...], every: bool) -> None:
     from . import safe_config
     from .demo import run_demo
 
     os.environ.setdefault(safe_config.ENV, safe_config.DEV)  # the demo is development by definition
+    chosen = None
+    if bundles or every:
+        from catalog.loader import load_catalog
+
+        from .demo_bundles import chosen_bundles
+
+        try:
+            chosen = chosen_bundles(load_catalog(), list(bundles), every)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bundle") from None
     ctx.invoke(up)
     ctx.invoke(smoke, count=1000)
     from .supervisor import StopFailed
 
     try:
-        ok, _cases = run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout)
+        if chosen is not None:
+            from . import demo_bundles
+
+            ok, _ = demo_bundles.run(_settings(), chosen, exit_when_done=exit_when_done, timeout_s=timeout)
+        else:
+            ok, _cases = run_demo(_settings(), exit_when_done=exit_when_done, timeout_s=timeout)
     except StopFailed as exc:
         raise StackFailure(f"not every process stopped cleanly: {exc}") from None
     if not ok:
@@ -323,115 +360,19 @@ def bench(quick: bool, cases: int | None, as_json: str | None) -> None:
             json.dump(asdict(figures), out, indent=2)
 
 
-@main.group(help="Rebuild a read model from the log.")
-def replay() -> None:
-    pass
-
-
-@replay.command("case-view", help="Drop the case view and rebuild it from the log, with a progress bar.")
-def replay_case_view() -> None:
-    from projectors import case_view
-
-    case_view.replay(_settings(), console=console)
-
-
-@replay.command("oversight", help="Drop the supervisor queue and the ratings/rectifications and rebuild them.")
-def replay_oversight() -> None:
-    from projectors import oversight
-
-    total = oversight.replay(_settings(), console=console)
-    console.print(f"oversight: {total} events replayed")
-
-
-@replay.command("kpis", help="Drop the KPIs (晴雨表) and rebuild them from the log, with a progress bar "
-                             "(needed after the catalog's limits change: they are stored in the rows).")
-def replay_kpis() -> None:
-    from projectors import kpis
-
-    kpis.replay(_settings(), console=console)
-
-
-@replay.command("deadlines", help="Drop the deadline clocks and rebuild them (stop `run deadlines` first). "
-                                  "Alarms already raised are raised again with the same ids: consumers drop them.")
-def replay_deadlines() -> None:
-    from projectors import deadlines
-    from projectors.postgres_projection import replay_with_progress
-
-    total = replay_with_progress(_settings(), deadlines.DeadlineClockProjection(), console)
-    console.print(f"deadlines: {total} events replayed")
-
-
-@main.group(help="谁查看了我的数据: the read audit of personal data.")
-def audit() -> None:
-    pass
-
-
-@audit.command("verify", help="Check every subject's hash chain of reads (or one subject's); print the first broken "
-                              "row of each broken chain and exit 1.")
-@click.option("--subject", help="the data subject's pseudonymous token (p_…)")
-def audit_verify(subject: str | None) -> None:
-    import psycopg
-
-    from projectors import read_audit
-
-    with psycopg.connect(_settings().database_url) as conn:
-        result = read_audit.verify(conn, subject)
-    for broken in result.broken:
-        console.print(f"[red]broken:[/red] {broken.describe()}", highlight=False, soft_wrap=True)
-    if not result.ok:
-        raise StackFailure(f"read audit: {len(result.broken)} of {result.chains} chains broken ({result.rows} rows read)")
-    console.print(f"read audit: {result.chains} chain{'s' if result.chains != 1 else ''}, {result.rows} rows, "
-                  "every chain holds", highlight=False)
-
-
-@main.group(help="The SRE view: a local Prometheus scraping every process, with the alert rules.")
-def prometheus() -> None:
-    pass
-
-
-@prometheus.command("up", help="Start (or reuse) Prometheus on ONETHING_PROMETHEUS_PORT (9090), scraping every "
-                               "process `onething run` starts.")
-def prometheus_up() -> None:
-    from . import prometheus_local, supervisor
-
-    s = _settings()
-    prom = prometheus_local.LocalPrometheus(s.home)
-    try:
-        started = prom.up(prometheus_local.targets_of(supervisor.system(s.home / "logs")))
-    except prometheus_local.PrometheusError as exc:
-        raise StackFailure(str(exc)) from None
-    console.print(f"prometheus {'started' if started else 'already running'}: {prom.url}  "
-                  f"(alerts: {prom.url}/alerts; data in {prom.dir})")
-    console.print(f"Grafana dashboard to import: {prometheus_local.DASHBOARD}")
-
-
-@prometheus.command("down", help="Stop the local Prometheus.")
-def prometheus_down() -> None:
-    from . import prometheus_local
-
-    prom = prometheus_local.LocalPrometheus(_settings().home)
-    console.print("prometheus stopped" if prom.down() else "prometheus was not running")
-
-
-def _register_groups() -> None:
-    from catalog.cli import catalog
-    from producers.privacy_cli import deadletters, erase, keys, retention
-    from producers.register_cli import cascade, registers
-
-    main.add_command(erase)
-    main.add_command(retention)
-    main.add_command(keys)
-    main.add_command(deadletters)
-    main.add_command(catalog)
-    main.add_command(registers)
-    main.add_command(cascade)
-    from .fuzz import fuzz  # schemathesis against the running API (infra/fuzz.py)
-    main.add_command(fuzz)
-    from .faults.command import faults   # the fault scenarios (infra/faults/)
-    main.add_command(faults)
-
-
-_register_groups()
+#: command → "module:attribute", imported only when that command runs (or `--help` lists them all):
+#: `onething run core` does not pay for jieba, pypinyin, schemathesis or the fault scenarios
+LAZY = {
+    "erase": "producers.privacy_cli:erase", "retention": "producers.privacy_cli:retention",
+    "keys": "producers.privacy_cli:keys", "deadletters": "producers.privacy_cli:deadletters",
+    "catalog": "catalog.cli:catalog", "registers": "producers.register_cli:registers",
+    "cascade": "producers.register_cli:cascade",
+    "proactive": "projectors.proactive_cli:proactive",   # 免申即享: the life-event rules (catalog/rules/)
+    "fuzz": "infra.fuzz:fuzz",                            # schemathesis against the running API
+    "faults": "infra.faults.command:faults",              # the fault scenarios (infra/faults/)
+    "replay": "infra.cli_ops:replay", "audit": "infra.cli_ops:audit", "prometheus": "infra.cli_ops:prometheus",
+}
+main.lazy = LAZY
 
 
 if __name__ == "__main__":

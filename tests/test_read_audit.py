@@ -219,7 +219,7 @@ def test_the_chain_verifies_and_a_changed_row_is_found(world, database_url):
     subject = identity.subject_token(WANG.resident_id)
     assert client.get(f"/api/v1/cases/{case_id}", headers=auth(identity.department_token("police", POLICE))).status_code == 200
     assert wait_for(lambda: any(x["kind"] == "case_view" for x in _reads(client, case_id, owner)), 45, 0.2)
-    ok = CliRunner().invoke(cli.commands["audit"], ["verify", "--subject", subject])
+    ok = CliRunner().invoke(cli, ["audit", "verify", "--subject", subject])
     assert ok.exit_code == 0 and "every chain holds" in ok.output, ok.output
     # the component may add rows, never change or remove one; the owner is stopped by the trigger
     with psycopg.connect(db_components.component_url(database_url, "read_audit"), autocommit=True) as role:
@@ -243,14 +243,14 @@ def test_the_chain_verifies_and_a_changed_row_is_found(world, database_url):
 
         set_purpose("escalation")
         try:
-            broken = CliRunner().invoke(cli.commands["audit"], ["verify", "--subject", subject])
+            broken = CliRunner().invoke(cli, ["audit", "verify", "--subject", subject])
             assert broken.exit_code == 1, broken.output
             assert f"row {position} " in broken.output and "changed" in broken.output
-            whole = CliRunner().invoke(cli.commands["audit"], ["verify"])
+            whole = CliRunner().invoke(cli, ["audit", "verify"])
             assert whole.exit_code == 1 and subject in whole.output
         finally:
             set_purpose(purpose)
-    again = CliRunner().invoke(cli.commands["audit"], ["verify", "--subject", subject])
+    again = CliRunner().invoke(cli, ["audit", "verify", "--subject", subject])
     assert again.exit_code == 0, again.output
 
 
