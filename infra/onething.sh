@@ -84,6 +84,14 @@ case "$job" in
     ONETHING_DB_NAME=onething_test_faults .venv/bin/python -c \
       "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url)"
     mkdir -p .onething
+    # Each run's brokers start from an empty log, as on CI's clean clone: a log kept across runs
+    # grows with every test's topics (hundreds of partitions, ~1 GB after a day of runs) and the
+    # broker then needs longer than its start timeout. A broker already running is left alone.
+    for lane in test:19092 test-faults:19192; do
+      if .venv/bin/python -c "import sys; from infra.kafka_local import port_open; sys.exit(port_open('127.0.0.1', ${lane#*:}))"; then   # closed
+        rm -rf ".onething/${lane%%:*}/kafka"
+      fi
+    done
     ONETHING_HOME="$PWD/.onething/test-faults" ONETHING_KAFKA_PORT=19192 ONETHING_DB_NAME=onething_test_faults \
       ONETHING_METRICS_BASE_PORT=19600 .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m "slow and not faults" \
       > .onething/test-faults.log 2>&1 &

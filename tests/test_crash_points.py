@@ -18,7 +18,7 @@ import pytest
 
 from catalog.loader import load_catalog
 from events import bus
-from infra.supervisor import system
+from infra.supervisor import newborn_departments, system
 from infra.topics import decisions_topic, tasks_topic
 from projectors import case_view, kpis
 from projectors.postgres_projection import rebuild
@@ -55,8 +55,9 @@ def test_kill_9_at_every_point_of_the_commit_sequence_loses_and_doubles_nothing(
     start = end_offsets(bootstrap, case_view.default_topics(CATALOG))  # where this test's events begin
     crash_dir = tmp_path / "crashes"
     crash_dir.mkdir()
-    sup = system(tmp_path / "logs", env={"ONETHING_SIM_PROCESSING_S": "0", "ONETHING_CASCADE_START": "latest",
-                                         "ONETHING_CRASH_AT": ",".join(CRASHES), "ONETHING_CRASH_DIR": str(crash_dir)})
+    sup = system(tmp_path / "logs", newborn_departments(),
+                 env={"ONETHING_SIM_PROCESSING_S": "0", "ONETHING_CASCADE_START": "latest",
+                      "ONETHING_CRASH_AT": ",".join(CRASHES), "ONETHING_CRASH_DIR": str(crash_dir)})
     sup.children.pop("api")  # the applications go straight to the topic here
     sup.start()
     try:

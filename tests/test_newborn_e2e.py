@@ -26,7 +26,7 @@ from events import personal
 from infra import keystore
 from infra.demo import run_demo
 from producers import e_license
-from infra.supervisor import system
+from infra.supervisor import newborn_departments, system
 from events.envelope import Actor, new_event
 from infra.topics import APPLICATIONS, CASES, DEADLETTER, REGISTRY_COMPANY, decisions_topic, tasks_topic
 from producers.register_changes import change_event
@@ -189,7 +189,7 @@ def test_applications_survive_kill_9_of_every_processing_process(settings, runni
     departments = sorted({CATALOG.service(s).department for s in NEWBORN})
     since = mark(bootstrap, [tasks_topic(d) for d in departments])
     start = mark(bootstrap, case_view.default_topics(CATALOG))  # where this test's events begin
-    sup = system(tmp_path / "logs", env={"ONETHING_SIM_PROCESSING_S": "0"})
+    sup = system(tmp_path / "logs", newborn_departments(), env={"ONETHING_SIM_PROCESSING_S": "0"})
     sup.start()
     started = time.monotonic()
     try:

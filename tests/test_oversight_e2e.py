@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from infra.demo import DemoCase, _submit, _wait_api, demo_env
-from infra.supervisor import system
+from infra.supervisor import newborn_departments, system
 from infra.topics import CASES
 from producers import identity
 from events.envelope import now_utc
@@ -49,7 +49,7 @@ def system_up(settings, running_stack, tmp_path, monkeypatch):
     for k, v in env.items():
         monkeypatch.setenv(k, v)  # the test's own reads (today_in_china) agree with the processes
     skip_history(settings.bootstrap_servers, settings.database_url)
-    sup = system(tmp_path / "logs", env=env)
+    sup = system(tmp_path / "logs", newborn_departments(), env=env)
     sup.start()
     base = f"http://127.0.0.1:{port}"
     try:

@@ -61,13 +61,13 @@ def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 @pytest.mark.broker
 def test_cli_up_status_down_on_a_broker_of_its_own(running_stack, tmp_path):
     """A second stack on other ports: up twice (reuse), status shows everything, down leaves nothing."""
-    env = {**os.environ, "ONETHING_HOME": str(tmp_path / "home"), "ONETHING_KAFKA_PORT": "19192",
+    env = {**os.environ, "ONETHING_HOME": str(tmp_path / "home"), "ONETHING_KAFKA_PORT": "19392",
            "ONETHING_KAFKA_HEAP_MB": "512", "COLUMNS": "200"}
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     try:
         up = _cli(env, "up")
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "127.0.0.1:19192" in up.stdout and "created" in up.stdout
+        assert "127.0.0.1:19392" in up.stdout and "created" in up.stdout
         again = _cli(env, "up")
         assert again.returncode == 0 and "reusing the running broker" in again.stdout
         assert "0 created" in again.stdout
@@ -81,7 +81,7 @@ def test_cli_up_status_down_on_a_broker_of_its_own(running_stack, tmp_path):
         down = _cli(env, "down")
     assert down.returncode == 0 and "stopped: kafka" in down.stdout
     time.sleep(0.5)
-    assert not port_open("127.0.0.1", 19192)
+    assert not port_open("127.0.0.1", 19392)
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "home")], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "a broker process survived `onething down`"
     st = _cli(env, "status")

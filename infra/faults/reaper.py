@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..kafka_local import _alive   # a zombie counts as gone
+
 CLEAN = ".clean"      # written by a run that took its stack down itself
 POLL_S = 1.0
 
@@ -37,22 +39,9 @@ def mark_clean(home: Path) -> None:
     (home / CLEAN).write_text("the run took its stack down\n")
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:   # a zombie (killed, not yet reaped by its parent) is gone too
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def main(argv: list[str]) -> int:
     pid, home, base_port = int(argv[0]), Path(argv[1]), int(argv[2])
-    while alive(pid):
+    while _alive(pid):
         time.sleep(POLL_S)
     if (home / CLEAN).exists():
         return 0

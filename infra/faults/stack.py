@@ -215,7 +215,7 @@ class FaultStack:
     def system(self, processing_s: float = 0.1):
         from ..supervisor import system
 
-        self.sup = system(Path(tempfile.mkdtemp(prefix="faults-", dir=self.home)), env={
+        self.sup = system(Path(tempfile.mkdtemp(prefix="faults-", dir=self.home)), self.departments(), env={
             "ONETHING_SIM_PROCESSING_S": str(processing_s),
             "ONETHING_LOG_LEVEL": "WARNING",
             "ONETHING_API_SUBMIT_RATE": "off",   # one demo applicant files every case
@@ -229,9 +229,9 @@ class FaultStack:
 
     @staticmethod
     def departments() -> list[str]:
-        from ..supervisor import demo_departments
+        from ..supervisor import newborn_departments   # the load is newborn cases and register changes
 
-        return demo_departments()
+        return newborn_departments()
 
     def down(self) -> None:
         """Every step, whatever the one before it did: nothing of the run may be left running."""
