@@ -260,11 +260,12 @@ def test_the_status_page_shows_who_saw_my_data(settings, bootstrap, database_url
     import httpx
     from playwright import sync_api as playwright_api
 
-    from tests.test_status_page import _Server, CHROMIUM, CHROMIUM_ARGS, PHONE
+    from tests.support.portal_server import PortalServer
+    from tests.test_status_page import CHROMIUM, CHROMIUM_ARGS, PHONE
 
     app = create_app(api_settings(settings, bootstrap, database_url), seed_demo=False)
     owner = identity.applicant_token(WANG.resident_id)
-    with _Server(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with PortalServer(app) as base, httpx.Client(base_url=base, timeout=30) as http:
         r = http.post("/api/v1/applications", headers=auth(owner), json=newborn_request(http, owner))
         assert r.status_code == 202, r.text
         case_id, status_url = r.json()["case_id"], r.json()["status_url"]

@@ -76,7 +76,12 @@ def test_outage_for_the_first_seconds_uses_the_backends_clock(database_url):
         flaky.handle(t, conn)
 
 
-def test_invalid_tasks_and_logs_without_personal_data(database_url):
+def test_invalid_tasks_and_logs_without_personal_data(database_url, monkeypatch):
+    from department_adapters.reference import backend as backend_module
+
+    # a fresh logger proxy: an earlier test's configuration cached the module's (cache_logger_on_first_use),
+    # and structlog's capture_logs cannot see a cached logger
+    monkeypatch.setattr(backend_module, "log", structlog.get_logger(backend_module.__name__))
     backend = SimulatedBackend("police", FAST)
     t = task("police.birth_registration", case_id())
     with psycopg.connect(database_url) as conn, structlog.testing.capture_logs() as logs:
