@@ -29,10 +29,10 @@ def start(home: Path, base_port: int) -> subprocess.Popen:
     """The reaper of this process's stack (it outlives this process by design)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / CLEAN).unlink(missing_ok=True)
-    log = open(home / "reaper.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "infra.faults.reaper", str(os.getpid()), str(home), str(base_port)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    with open(home / "reaper.log", "ab") as log:   # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "infra.faults.reaper", str(os.getpid()), str(home),
+                                 str(base_port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def mark_clean(home: Path) -> None:
