@@ -26,8 +26,11 @@ READ_MODELS = ("case_view", "deadlines", "escalation_queue", "ratings", "kpis")
 
 def end_offsets(bootstrap: str, topics) -> dict[TopicPartition, int]:
     """Every partition of `topics` with its end offset. A topic whose metadata has not arrived
-    yet must not be left out silently: its consumer would start at its beginning instead."""
-    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap))
+    yet must not be left out silently: its consumer would start at its beginning instead. Read
+    committed, as the processors read: past an open transaction's first message (the high
+    watermark) lies beyond the end a processor sees, and it would take the stored offset for one
+    of a log that is gone (projectors/checkpoint.py `beyond_end`)."""
+    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), isolation_level="read_committed")
     try:
         deadline = time.monotonic() + 15
         while True:

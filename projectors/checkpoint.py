@@ -120,6 +120,22 @@ def store_first(conn: psycopg.Connection, consumer: str, offsets: dict[TopicPart
                               list(offsets.values())))
 
 
+def beyond_end(stored: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """The partitions whose stored offset lies past the log's end. A consumer never reads past
+    the end, so such an offset belongs to a log that is gone (the topic deleted and created again,
+    the broker's data wiped, a database restored beside another cluster). Seeking there would skip
+    every event until the new log grows past it: silently lost, not processed."""
+    return {tp: o for tp, o in stored.items() if tp in ends and o > ends[tp]}
+
+
+def rewind(conn: psycopg.Connection, consumer: str, offsets: dict[TopicPartition, int]) -> None:
+    """Store `offsets` as they are, backwards too: only for partitions `beyond_end` found, read
+    again from their log's start (what was applied before is dropped by event id below)."""
+    for tp, offset in offsets.items():
+        conn.execute("UPDATE consumer_offsets SET next_offset = %s WHERE consumer = %s AND topic = %s "
+                     "AND partition = %s", (offset, consumer, tp.topic, tp.partition))
+
+
 def advance(conn: psycopg.Connection, consumer: str, expected: dict[TopicPartition, int | None],
             next_offsets: dict[TopicPartition, int]) -> None:
     """Move each partition's stored offset from what this member read at assignment (or at its

@@ -127,12 +127,34 @@ def _partitions(worker: Worker, topics) -> list[TopicPartition]:
     return [TopicPartition(t, p) for t in topics for p in (worker.consumer.partitions_for_topic(t) or ())]
 
 
+#: a rebuild whose stored offsets have not moved for this long, while behind, gets a new consumer
+STALL_S = 30.0
+
+
 def _follow(runner: ProjectionRunner, target: dict[TopicPartition, int], namespace: str,
-            progress: Callable[[int, int], None] | None, start: dict[TopicPartition, int] | None = None) -> int:
+            progress: Callable[[int, int], None] | None, start: dict[TopicPartition, int] | None = None,
+            renew: Callable[[], ProjectionRunner] | None = None) -> ProjectionRunner:
     """Poll until the stored offsets of `namespace` reach `target`; report done / total (counted
-    from `start`, else from the partitions' beginnings). Returns the total."""
+    from `start`, else from the partitions' beginnings). Returns the runner it ended with.
+
+    A consumer that has its partitions and fetches nothing for STALL_S while the rebuild is
+    behind is replaced by `renew()` (a new member of the same group, resuming from the stored
+    offsets), with a warning that says where it stood. Seen on 2026-12-02: now and then a
+    rebuild's fresh consumer applied nothing for minutes (kafka-python 3.0.12; not yet
+    understood) — a rebuild must end, not hang an operator's command."""
     base = {tp: (start or {}).get(tp, 0) for tp in target}
     total = sum(max(0, end - base[tp]) for tp, end in target.items())
+    renewed: list[ProjectionRunner] = []
+    try:
+        return _poll_until(runner, target, namespace, progress, base, total, renew, renewed)
+    except BaseException:
+        if renewed:   # the last new one (each earlier one was closed when replaced; the caller closes its own)
+            renewed[-1].close()
+        raise
+
+
+def _poll_until(runner, target, namespace, progress, base, total, renew, renewed) -> ProjectionRunner:
+    moved_at, last = time.monotonic(), -1
     while True:
         runner.poll_once(timeout_ms=200)
         stored = stored_offsets(runner.conn, namespace)
@@ -141,7 +163,18 @@ def _follow(runner: ProjectionRunner, target: dict[TopicPartition, int], namespa
         if progress:
             progress(done, total)
         if done >= total:
-            return total
+            return runner
+        now = time.monotonic()
+        if done != last:
+            moved_at, last = now, done
+        elif renew is not None and now - moved_at > STALL_S:
+            worker = runner.worker
+            log.warning("rebuild.stalled", namespace=namespace, done=done, total=total,
+                        assigned=len(worker.consumer.assignment()), paused=len(worker.consumer.paused()),
+                        to_seek=len(worker.to_seek), stats=dict(worker.stats), seconds=round(now - moved_at))
+            runner.close()
+            runner, moved_at = renew(), now
+            renewed.append(runner)
 
 
 def rebuild(projection: Projection, bootstrap: str, database_url: str,
@@ -159,10 +192,14 @@ def rebuild(projection: Projection, bootstrap: str, database_url: str,
             from .checkpoint import store_first
 
             store_first(conn, projection.name, start)
-    runner = ProjectionRunner(projection, bootstrap, database_url, group_prefix="rebuild")
+    def renew() -> ProjectionRunner:
+        return ProjectionRunner(projection, bootstrap, database_url, group_prefix="rebuild")
+
+    runner = renew()
     try:
         target = runner.consumer.end_offsets(_partitions(runner.worker, projection.topics))
-        return _follow(runner, target, projection.name, progress, start)
+        runner = _follow(runner, target, projection.name, progress, start, renew)
+        return sum(max(0, end - (start or {}).get(tp, 0)) for tp, end in target.items())
     finally:
         runner.close()
 
@@ -178,10 +215,14 @@ def shadow_rebuild(projection_factory: Callable[[str, str], Projection], name: s
     shadow = projection_factory(namespace, schema)
     with psycopg.connect(database_url) as conn:
         shadow.create_schema(conn, schema)  # type: ignore[attr-defined]
-    runner = ProjectionRunner(shadow, bootstrap, database_url, group_prefix=f"rebuild.{stamp}")
+    def renew() -> ProjectionRunner:
+        return ProjectionRunner(shadow, bootstrap, database_url, group_prefix=f"rebuild.{stamp}")
+
+    runner = renew()
     try:
         target = runner.consumer.end_offsets(_partitions(runner.worker, shadow.topics))
-        total = _follow(runner, target, namespace, progress)
+        runner = _follow(runner, target, namespace, progress, renew=renew)
+        total = sum(target.values())
     except BaseException:
         runner.close()
         with psycopg.connect(database_url) as conn:

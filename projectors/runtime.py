@@ -229,16 +229,14 @@ class Worker:
         self.p.revoked(tps) if hasattr(self.p, "revoked") else None
 
     def _assigned(self, tps: set[TopicPartition]) -> None:
-        """Pause the new partitions and seek them to their stored offsets now; if PostgreSQL
-        cannot be read here (kafka-python would swallow the error), they stay paused and the
-        loop seeks them once it can."""
+        """Pause the new partitions; the loop seeks them to their stored offsets right after the
+        poll that assigned them. Nothing here talks to the broker or PostgreSQL: kafka-python runs
+        this callback inside its own poll (a blocking consumer call from there is re-entrant; a
+        rebuild's consumer that made one was seen fetching nothing for minutes, 2026-12-02), and
+        it would swallow an error raised here."""
         if tps:
             self.consumer.pause(*tps)
             self.to_seek |= tps
-            try:
-                self._seek_from_store()
-            except Exception as exc:
-                log.warning("runtime.seek_deferred", group=self.group, error=type(exc).__name__)
 
     def _seek_from_store(self) -> None:
         tps = set(self.to_seek) & self.consumer.assignment()
@@ -251,6 +249,14 @@ class Worker:
             if missing and _attr(self.p, "start", "earliest") == "latest":
                 cp.store_first(conn, self.name, self.consumer.end_offsets(sorted(missing)))
                 stored = cp.stored_offsets(conn, self.name, tps)
+            gone = cp.beyond_end(stored, self.consumer.end_offsets(sorted(stored))) if stored else {}
+            if gone:
+                starts = self.consumer.beginning_offsets(sorted(gone))
+                cp.rewind(conn, self.name, starts)
+                log.error("runtime.offset_beyond_log_end", group=self.group, consumer=self.name,
+                          partitions=[f"{tp.topic}/{tp.partition}:{o}>{starts[tp]}" for tp, o in sorted(gone.items())],
+                          action="read again from the log's start; applied events are dropped by id")
+                stored.update(starts)
         if any(o < 0 for o in stored.values()):  # a retired generation's fence, read mid-swap
             raise Fenced(f"{self.name}: generation retired while seeking")
         for tp in tps:

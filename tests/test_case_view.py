@@ -47,6 +47,7 @@ from projectors.timeline_text import describe
 from .support.offsets import end_offsets, seed_offsets
 from .support.newborn import newborn_form, resident_id, submission
 from .support import orders
+from .support.scale import scaled
 from .support.topics import read_since
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -522,7 +523,7 @@ def test_the_same_events_twice_make_no_duplicate_timeline_row(live, reference, b
     assert snapshot(live.conn, live.schema, [cid]) == before
 
 
-@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=scaled(40, 20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.sampled_from(sorted(SCENARIOS)), seed=st.integers(0, 2**32 - 1))
 def test_any_interleaving_of_the_topics_gives_the_same_rows(reference, which, seed):
     cid = f"cv-{RUN}-any-{which}"
@@ -558,7 +559,7 @@ BATCH_CASES = {**SCENARIOS, "withdrawn-while-completing": withdrawn_while_comple
 _batch_logs: list[Event] = []
 
 
-@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=scaled(25, 12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), sizes=st.lists(st.sampled_from([1, 2, 7, 40, 500]), min_size=1, max_size=6))
 def test_a_batch_gives_the_rows_of_its_events_applied_one_by_one(reference, batched, seed, sizes):
     """What the runtime hands over in one checkpoint (up to 500 events of many cases, topics
@@ -623,6 +624,46 @@ def test_rebuild_from_the_log_gives_the_rows_of_the_incremental_run(bootstrap, d
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
         assert snapshot(view.conn, view.schema, logs) == incremental
         assert {cid: view.case(cid) for cid in logs} == views
+    finally:
+        view.close()
+
+
+def test_a_rebuild_whose_consumer_fetches_nothing_gets_a_new_one_and_ends(bootstrap, database_url, topology,
+                                                                           monkeypatch):
+    """The watchdog of projectors/postgres_projection.py: the first consumer of the rebuild is
+    made to fetch nothing (as one was seen to, 2026-12-02); after STALL_S the rebuild replaces it,
+    says so, and ends with the same rows."""
+    import structlog
+
+    from projectors import postgres_projection as pp
+
+    view = OwnView(bootstrap, database_url, "stall", topology)
+    try:
+        logs = {f"{view.prefix}-happy": SCENARIOS["happy"](f"{view.prefix}-happy")}
+        publish(bootstrap, topology, [e for events in logs.values() for e in events])
+        assert view.until(lambda: all(is_done(view.case(cid), events) for cid, events in logs.items()))
+        incremental = snapshot(view.conn, view.schema, logs)
+        view.runner.close()
+        view.runner = None
+
+        stuck: list = []
+        real_poll = pp.ProjectionRunner.poll_once
+
+        def poll_once(self, timeout_ms: int = 500):
+            if not stuck or stuck[0] is self:
+                stuck[:1] = [self]
+                time.sleep(timeout_ms / 1000)   # the first runner: its partitions, and no record
+                return pp.BatchResult(0, 0, 0)
+            return real_poll(self, timeout_ms)
+
+        monkeypatch.setattr(pp, "STALL_S", 1.0)
+        monkeypatch.setattr(pp.ProjectionRunner, "poll_once", poll_once)
+        with structlog.testing.capture_logs() as logs_seen:
+            total = rebuild(view.projection, bootstrap, database_url)
+        assert total >= len(logs[f"{view.prefix}-happy"])
+        stalled = [e for e in logs_seen if e["event"] == "rebuild.stalled"]
+        assert len(stalled) == 1 and stalled[0]["done"] == 0 and stalled[0]["total"] == total
+        assert snapshot(view.conn, view.schema, logs) == incremental
     finally:
         view.close()
 

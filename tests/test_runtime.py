@@ -166,6 +166,33 @@ def test_a_database_failure_is_retried_in_the_process_and_loses_nothing(
         worker.close()
 
 
+def test_a_stored_offset_past_the_log_end_reads_the_new_log_from_its_start(
+        bootstrap, database_url, fresh_topic, tally_table):
+    """The broker's data wiped, or the topic created again, while the database kept its offsets:
+    the stored offset (500) lies past the new log's end (40). Seeking there would skip the first
+    500 events the new log gets; the processor reads it from its start instead, and says so."""
+    from kafka import TopicPartition
+    import structlog
+
+    topic = fresh_topic(partitions=1)
+    name = f"rt-gone-{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(database_url) as conn:
+        cp.store_first(conn, name, {TopicPartition(topic, 0): 500})
+    ids = _produce(bootstrap, topic, 40, name)
+    with structlog.testing.capture_logs() as logs:
+        worker = Worker(Tally(name, topic, tally_table), bootstrap, database_url, poll_ms=200)
+        try:
+            assert wait_for(lambda: worker.poll_once(200) is not None and len(_counts(database_url, tally_table)) == 40,
+                            30, 0), "events of the new log were skipped"
+            assert set(_counts(database_url, tally_table)) == set(ids)
+            with psycopg.connect(database_url) as conn:
+                assert cp.stored_offsets(conn, name) == {TopicPartition(topic, 0): 40}
+        finally:
+            worker.close()
+    told = [e for e in logs if e["event"] == "runtime.offset_beyond_log_end"]
+    assert told and told[0]["partitions"] == [f"{topic}/0:500>0"] and told[0]["log_level"] == "error"
+
+
 def test_an_offset_never_goes_backwards(database_url):
     from kafka import TopicPartition
 
