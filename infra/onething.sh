@@ -2,6 +2,7 @@
 # All set-up on a fresh machine, idempotent, then one job:
 #   infra/onething.sh demo    the local stack plus the demo (the README's first command)
 #   infra/onething.sh test    the local stack plus the whole test suite (the README's second; .ci/run)
+#   infra/onething.sh test-long  the same at full size, then the 3-node fault scenarios (~40 min)
 #   infra/onething.sh ARGS    any other `onething` command, after set-up
 # It installs only what is missing (Java, Maven, Python packages; PostgreSQL and the Kafka jars
 # are fetched by `onething up`), and reuses a running broker and database.
@@ -19,7 +20,7 @@ apt_install() {
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn  >/dev/null || apt_install maven
 # the status-page tests drive Debian's Chromium (never a downloaded browser); CJK fonts to render 中文
-if [ "${1:-demo}" = test ] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; }; then
+if [[ "${1:-demo}" = test* ]] && { [ ! -x /usr/bin/chromium ] || ! dpkg -s fonts-noto-cjk >/dev/null 2>&1; }; then
   apt_install chromium fonts-noto-cjk
 fi
 # the SRE view: Debian's Prometheus server and promtool (alert rules checked in the tests, `onething prometheus up`)
@@ -56,66 +57,75 @@ case "$job" in
   demo)
     shift || true
     exec .venv/bin/onething demo "$@" ;;
-  test)
+  test|test-long)
+    job=$1
     shift || true
     # No plugin autoloading: pytest would otherwise rewrite the asserts of every module of every
     # package that ships a plugin (all of hypothesis, schemathesis and anyio: ~300 modules, ~10 s of
-    # CPU in each lane); the two plugins the suite uses are named instead. Each lane ends with its
+    # CPU in each process); the plugins the suite uses are named instead. Each lane ends with its
     # 15 slowest steps, so a CI log shows where the time went.
     export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
-    PYTEST_PLUGINS_ARGS="-p pytest_timeout -p _hypothesis_pytestplugin --durations=15"
+    PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider -p pytest_timeout -p _hypothesis_pytestplugin
+            -p xdist.plugin --durations=15)
     # tests/conftest.py brings up a stack of the suite's own (broker 19092, database onething_test)
     set +e
     if [ $# -gt 0 ] || [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -n "${DATABASE_URL:-}" ]; then
-      .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS "$@"
+      [ "$job" = test-long ] && export ONETHING_TEST_SCALE=long
+      "${PYTEST[@]}" "$@"
       # pytest's 5 means "no test ran": that is a failure of the suite, not a pass
       exit $?
     fi
-    # The whole suite in two lanes at once, each on a stack of its own: the fault scenarios
-    # (`-m slow`: processes killed, brokers lost — mostly waiting) beside everything else, so the
-    # suite fits its 10 minutes on two cores. PostgreSQL is shared (one database per lane): it is
-    # started here, before either lane, and stopped here if this started it.
-    .venv/bin/python -c "from infra.kafka_local import ensure_jars; ensure_jars()"   # fetched once, not by both lanes
+    .venv/bin/python -c "from infra.kafka_local import ensure_jars; ensure_jars()"   # fetched once, not by each lane
     pg_was_up=$(.venv/bin/python -c "from infra import postgres_local as p; print(int(p.server_online()))")
-    # the server, the project's role, both lanes' databases and the components' roles, one after
-    # the other (two lanes creating the same role at once would race)
-    ONETHING_DB_NAME=onething_test .venv/bin/python -c \
-      "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url)"
-    ONETHING_DB_NAME=onething_test_faults .venv/bin/python -c \
-      "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url)"
     mkdir -p .onething
-    # Each run's brokers start from an empty log, as on CI's clean clone: a log kept across runs
-    # grows with every test's topics (hundreds of partitions, ~1 GB after a day of runs) and the
-    # broker then needs longer than its start timeout. A broker already running is left alone.
-    for lane in test:19092 test-faults:19192; do
-      if .venv/bin/python -c "import sys; from infra.kafka_local import port_open; sys.exit(port_open('127.0.0.1', ${lane#*:}))"; then   # closed
-        rm -rf ".onething/${lane%%:*}/kafka"
+    # Each run starts from nothing, as on CI's clean clone: the brokers from an empty log (a log kept
+    # across runs grows with every test's topics, and the broker then needs longer than its start
+    # timeout), the databases empty (offsets kept from an earlier log would point past the new one's
+    # end). A lane whose broker already runs is left alone, its database too. One lane after the
+    # other: two lanes creating the project's role at once would race.
+    for lane in test:19092:onething_test test-faults:19192:onething_test_faults; do
+      IFS=: read -r dir port db <<< "$lane"
+      fresh=False
+      if .venv/bin/python -c "import sys; from infra.kafka_local import port_open; sys.exit(port_open('127.0.0.1', $port))"; then   # closed
+        rm -rf ".onething/$dir/kafka"
+        fresh=True
       fi
+      ONETHING_DB_NAME=$db .venv/bin/python -c \
+        "from infra import postgres_local as p; from infra.settings import Settings; p.ensure_local(Settings.from_env().database_url, fresh=$fresh)"
     done
-    ONETHING_HOME="$PWD/.onething/test-faults" ONETHING_KAFKA_PORT=19192 ONETHING_DB_NAME=onething_test_faults \
-      ONETHING_METRICS_BASE_PORT=19600 .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m "slow and not faults" \
-      > .onething/test-faults.log 2>&1 &
-    faults=$!
-    # `onething faults --short` on a 3-node stack and a PostgreSQL cluster of its own (ports from 30000):
-    # mostly waiting for brokers to die and come back, so a lane of its own
-    .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m faults > .onething/test-faults-short.log 2>&1 &
-    short=$!
-    .venv/bin/python -m pytest -q -p no:cacheprovider $PYTEST_PLUGINS_ARGS -m "not slow and not faults"
-    rc=$?
-    wait "$faults"
-    rc_faults=$?
-    wait "$short"
-    rc_short=$?
-    echo "---- beside it, the fault scenarios (-m slow; broker 19192, database onething_test_faults) ----"
-    cat .onething/test-faults.log
-    echo "---- and \`onething faults --short\` (-m faults; tests/test_faults.py) ----"
-    cat .onething/test-faults-short.log
+    SLOW_LANE=(env ONETHING_HOME="$PWD/.onething/test-faults" ONETHING_KAFKA_PORT=19192
+               ONETHING_DB_NAME=onething_test_faults ONETHING_METRICS_BASE_PORT=19600)
+    if [ "$job" = test ]; then
+      # Two lanes at once, each on a stack of its own: the whole-system scenarios (`-m slow`:
+      # every process of `onething run`, processes killed — mostly waiting) beside everything
+      # else, which runs in two pytest-xdist workers (whole files each) sharing the other stack.
+      # The 3-node fault scenarios are `infra/onething.sh test-long` (README, "Tests").
+      "${SLOW_LANE[@]}" "${PYTEST[@]}" -m "slow and not faults" > .onething/test-slow.log 2>&1 &
+      slow=$!
+      "${PYTEST[@]}" -n 2 --dist loadfile -m "not slow and not faults"
+      rc=$?
+      wait "$slow"
+      rc_slow=$?
+      echo "---- beside it, the whole-system scenarios (-m slow; broker 19192, database onething_test_faults) ----"
+      cat .onething/test-slow.log
+      rc_more=0
+    else
+      # The long forms, one after the other: everything at full size, then the 3-node fault
+      # scenarios (`onething faults --short` and a second 3-node stack; tests/test_faults.py)
+      export ONETHING_TEST_SCALE=long
+      "${PYTEST[@]}" -n 2 --dist loadfile -m "not slow and not faults"
+      rc=$?
+      "${SLOW_LANE[@]}" "${PYTEST[@]}" -m "slow and not faults"
+      rc_slow=$?
+      "${PYTEST[@]}" -m faults
+      rc_more=$?
+    fi
     if [ "$pg_was_up" != 1 ]; then
       .venv/bin/python -c "from infra.settings import Settings; from infra.stack import stop_postgres; stop_postgres(Settings.from_env())"
     fi
     [ "$rc" -ne 0 ] && exit "$rc"
-    [ "$rc_faults" -ne 0 ] && exit "$rc_faults"
-    exit "$rc_short" ;;
+    [ "$rc_slow" -ne 0 ] && exit "$rc_slow"
+    exit "$rc_more" ;;
   *)
     exec .venv/bin/onething "$@" ;;
 esac

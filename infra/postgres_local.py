@@ -106,9 +106,22 @@ def wait_connectable(url: str, timeout: float = 60.0) -> None:
     raise PostgresStackError(f"cannot connect to PostgreSQL at {host}: {last}")
 
 
-def ensure_local(url: str) -> None:
+def drop_database(url: str) -> None:
+    """Drop the URL's database on the local server (its sessions too), if it exists: the test
+    command's lanes start from nothing each run, as their brokers do — offsets a database kept
+    from an earlier run's log would point past the new log's end."""
+    parts = urlparse(url)
+    db = (parts.path or "/onething").lstrip("/")
+    if not db.replace("_", "").isalnum():
+        raise PostgresStackError(f"database names must be plain identifiers, got {db!r}")
+    _psql_as_postgres(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", port=parts.port or 5432)
+
+
+def ensure_local(url: str, *, fresh: bool = False) -> None:
     port = urlparse(url).port or 5432
     ensure_server(port)
+    if fresh:
+        drop_database(url)
     ensure_role_and_database(url)
     ensure_roles(port)
     wait_connectable(url)

@@ -2,9 +2,10 @@
 
 The suite must stay under ten minutes on two cores, and the scenarios that push a thousand cases
 through killed processes prove the same guarantees at a few hundred (the kills land mid-stream
-either way). `ONETHING_TEST_SCALE=long` runs them at their full size (README, "Tests"):
+either way); the property tests that write to PostgreSQL run fewer examples. `infra/onething.sh
+test-long` (ONETHING_TEST_SCALE=long) runs them at their full size (README, "Tests"); one file:
 
-    ONETHING_TEST_SCALE=long infra/onething.sh test -m slow
+    ONETHING_TEST_SCALE=long infra/onething.sh test tests/test_cascade_burst.py
 """
 from __future__ import annotations
 
