@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Iterable
 
-from pypinyin import lazy_pinyin
 from rapidfuzz import fuzz, process
 
 from .search_terms import SearchTerms
@@ -167,6 +166,8 @@ def fold(text: str) -> str:
 
 
 def _syllables(chars: str) -> tuple[str, ...]:
+    from pypinyin import lazy_pinyin   # its phrase table costs 0.7 s to import: on the first search, not at every API start
+
     return tuple(lazy_pinyin(chars, errors="ignore")) if chars else ()
 
 

@@ -35,8 +35,8 @@ from tests.test_intake_api import retirement_request, ZHANG
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = load_catalog()
-APPLICATIONS = scaled(100, 40)
-CELL_REQUESTS = scaled(300, 150)   # every operation, then every role, even below operations × roles
+APPLICATIONS = scaled(100, 25)
+CELL_REQUESTS = scaled(300, 100)   # every operation, then every role, even below operations × roles
 
 
 @pytest.fixture(scope="module")

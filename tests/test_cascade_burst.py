@@ -42,9 +42,9 @@ from .support.topics import read_messages
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
 SUBS = load_subscriptions()
 DEPARTMENTS = SUBS.departments("company")
-COMPANIES, CHANGES_PER_COMPANY = scaled(100, 40), 9   # + 1 registration each: 1,000 (400) changes
+COMPANIES, CHANGES_PER_COMPANY = scaled(100, 20), 9   # + 1 registration each: 1,000 (200) changes
 DOWN, OUTAGE_S = "tax", 25.0
-KILL_AFTER_APPLIED = scaled(2000, 800)  # of about 6,500 (2,600) department applications
+KILL_AFTER_APPLIED = scaled(2000, 400)  # of about 6,500 (1,300) department applications
 
 
 def applied_targets(database_url: str, cascade: str) -> int:

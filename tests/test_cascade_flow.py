@@ -264,8 +264,10 @@ def test_a_failing_department_is_retried_with_new_attempts_then_escalated_and_co
     assert escalated[0].payload["department"] == "bank" and escalated[0].payload["last_outcome"] == "failed"
     assert _sample("onething_cascade_retries_total", department="bank", register="company",
                    reason="failed") >= retries_before + 2
+    # at least this one: the module's cascade serves every test of the file, and an earlier test's
+    # bank target may escalate in the same window (once per target: the topic, by id, above)
     assert _sample("onething_cascade_escalations_total", department="bank",
-                   register="company") == escalations_before + 1
+                   register="company") >= escalations_before + 1
     assert _sample("onething_cascade_fanout_seconds_count", register="company") >= 2
 
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
 N_EVENTS, N_KEYS = 10_000, 100
 #: the killed consumer's run: its short form in the suite (tests/support/scale.py)
-N_KILLED = scaled(N_EVENTS, 4_000)
+N_KILLED = scaled(N_EVENTS, 2_000)
 
 
 def _events(run: str, n: int = N_EVENTS):

@@ -2,10 +2,8 @@
 erasure through the API against the real broker and PostgreSQL."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
 from datetime import date, timedelta
 
 import pytest
@@ -21,7 +19,8 @@ from producers.erasure import DEFAULT_RETENTION_YEARS, SubjectCase, kept_until, 
 from producers.intake_api import create_app
 from tests.support.api_role import api_settings
 from tests.support.topics import mark, read_messages
-from tests.test_intake_api import WANG, auth, newborn_request
+from tests.support.family import fresh_family
+from tests.test_intake_api import auth, newborn_request
 
 CATALOG = load_catalog()
 days = st.dates(min_value=date(2000, 1, 1), max_value=date(2090, 12, 31))
@@ -44,24 +43,23 @@ def test_an_open_case_is_never_erasable_not_even_with_an_override():
 
 # -- through the API --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
+def family(database_url):
+    """A mother of the module's own: a subject no other test's cases belong to (an erasure judges
+    every case of its subject)."""
+    with fresh_family(database_url) as people:
+        yield people
+
+
+@pytest.fixture(scope="module")
 def client(settings, bootstrap, database_url):
-    """A pseudonym secret of this module's own: the demo applicant is a subject no other test's
-    cases belong to (an erasure judges every case of its subject)."""
-    saved = os.environ.get(identity.PSEUDONYM_SECRET_ENV)
-    os.environ[identity.PSEUDONYM_SECRET_ENV] = f"erasure-test-{uuid.uuid4().hex}-pseudonyms"
-    try:
-        with TestClient(create_app(api_settings(settings, bootstrap, database_url), seed_demo=False)) as c:
-            yield c
-    finally:
-        if saved is None:
-            os.environ.pop(identity.PSEUDONYM_SECRET_ENV, None)
-        else:
-            os.environ[identity.PSEUDONYM_SECRET_ENV] = saved
+    with TestClient(create_app(api_settings(settings, bootstrap, database_url), seed_demo=False)) as c:
+        yield c
 
 
-def test_a_supervisor_erases_a_closed_case_and_its_sealed_values_read_erased(client, bootstrap):
-    applicant = identity.applicant_token(WANG.resident_id)
-    subject = identity.subject_token(WANG.resident_id)   # the pseudonym, never the resident ID
+def test_a_supervisor_erases_a_closed_case_and_its_sealed_values_read_erased(client, bootstrap, family):
+    mother, _father = family
+    applicant = identity.applicant_token(mother.resident_id)
+    subject = identity.subject_token(mother.resident_id)   # the pseudonym, never the resident ID
     before = mark(bootstrap, [APPLICATIONS, PRIVACY])
     r = client.post("/api/v1/applications", headers=auth(applicant), json=newborn_request(client, applicant))
     assert r.status_code == 202, r.text
@@ -91,19 +89,19 @@ def test_a_supervisor_erases_a_closed_case_and_its_sealed_values_read_erased(cli
     raw, ev = erased
     assert ev.payload["reason"] == "申请人要求删除" and ev.payload["retention_overridden"] is True
     assert ev.envelope.actor.role == "supervisor" and ev.envelope.actor.staff_id == "S-9"
-    assert WANG.resident_id.encode() not in raw.value and WANG.name.encode() not in raw.value
+    assert mother.resident_id.encode() not in raw.value and mother.name.encode() not in raw.value
 
     again = client.post(erase, headers=supervisor, json={"reason": "again", "override_retention": True})
     assert again.status_code in (202, 409)  # nothing more to destroy: the keys are gone either way
 
 
-def test_dead_letters_hold_ciphertext_and_an_operators_read_of_one_is_recorded(client, bootstrap):
+def test_dead_letters_hold_ciphertext_and_an_operators_read_of_one_is_recorded(client, bootstrap, family):
     """A dead letter keeps its original sealed to the operator (events/deadletter.py): the bytes on
     the topic show nothing; `onething deadletters show` opens it and records the read."""
     from events import bus, deadletter
     from infra.topics import AUDIT_READS, DEADLETTER
 
-    applicant = identity.applicant_token(WANG.resident_id)
+    applicant = identity.applicant_token(family[0].resident_id)
     before = mark(bootstrap, [APPLICATIONS])
     r = client.post("/api/v1/applications", headers=auth(applicant), json=newborn_request(client, applicant))
     assert r.status_code == 202, r.text

@@ -21,8 +21,10 @@ from infra import kafka_security
 from infra.kafka_local import KafkaCluster, local_cluster, port_open
 from infra.settings import Settings
 
-def _free_pair(start: int = 39192, stop: int = 39392) -> int:
-    """A client port whose controller port (+1) is free too: apart from the suite's stacks."""
+def _free_pair(start: int = 23192, stop: int = 23392) -> int:
+    """A client port whose controller port (+1) is free too: apart from the suite's stacks, and below
+    Linux's ephemeral range (32768 on): a port there may be an outgoing connection's by the time
+    the broker binds it (it was, under pytest-xdist)."""
     for port in range(start, stop, 2):
         if not port_open("127.0.0.1", port) and not port_open("127.0.0.1", port + 1):
             return port

@@ -39,6 +39,7 @@ from projectors.deadline_clock import china_date
 from projectors.postgres_projection import ProjectionRunner
 
 from .support.orders import scramble
+from .support.scale import scaled
 from .support.newborn import submission
 from .support.offsets import seed_offsets
 
@@ -586,7 +587,7 @@ def check_sql_against_the_pure_rules(m: Model, today: date = date(2026, 6, 12)) 
 
 
 @pytest.mark.postgres
-@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=scaled(25, 12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=st.lists(st.integers(0, 40), min_size=1, max_size=50), q=st.sampled_from([0.5, 0.9, 0.95]))
 def test_percentile_agrees_with_postgres_percentile_disc(database_url, values, q):
     with psycopg.connect(database_url) as conn:
