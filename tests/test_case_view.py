@@ -684,7 +684,8 @@ def test_on_the_real_topics_the_view_is_the_fold_of_what_the_log_holds(bootstrap
             reference.build(read_since(bootstrap, view.start, lambda e: e.key == cid))
             return snapshot(view.conn, view.schema, [cid]) == reference.snapshot([cid])
 
-        assert view.until(converged, 60)
+        # 180 s: under pytest-xdist the other worker's processes may be busy on the same real topics
+        assert view.until(converged, 180)
         shown = view.case(cid)
         assert shown["bundle_code"] == "newborn" and shown["receipt_no"] == f"R-{cid[-8:]}"
         texts = {(t["text_zh"], t["text_en"]) for t in shown["timeline"]}

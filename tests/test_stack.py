@@ -62,7 +62,8 @@ def _cli(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 def test_cli_up_status_down_on_a_broker_of_its_own(running_stack, tmp_path):
     """A second stack on other ports: up twice (reuse), status shows everything, down leaves nothing."""
     env = {**os.environ, "ONETHING_HOME": str(tmp_path / "home"), "ONETHING_KAFKA_PORT": "19392",
-           "ONETHING_KAFKA_HEAP_MB": "512", "COLUMNS": "200"}
+           "ONETHING_KAFKA_HEAP_MB": "512", "COLUMNS": "200",
+           "ONETHING_PARTITIONS": "1"}   # the commands are under test, not the partition count: 80, not 480, to create
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     try:
         up = _cli(env, "up")
