@@ -2,7 +2,7 @@
 # All set-up on a fresh machine, idempotent, then one job:
 #   infra/onething.sh demo    the local stack plus the demo (the README's first command)
 #   infra/onething.sh test    the local stack plus the whole test suite (the README's second; .ci/run)
-#   infra/onething.sh test-long  the same at full size, then the 3-node fault scenarios (~40 min)
+#   infra/onething.sh test-long  the same at full size, then the 3-node fault scenarios (README, Tests)
 #   infra/onething.sh ARGS    any other `onething` command, after set-up
 # It installs only what is missing (Java, Maven, Python packages; PostgreSQL and the Kafka jars
 # are fetched by `onething up`), and reuses a running broker and database.
