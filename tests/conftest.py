@@ -135,7 +135,10 @@ def pytest_unconfigure(config):
 #: adapters) on the shared stack: under pytest-xdist one of them at a time (a lock file), as two
 #: `dispatch` members in one group would split each other's partitions
 SYSTEM_FILES = {"test_process_metrics.py", "test_prometheus.py", "test_read_audit.py", "test_shutdown.py",
-                "test_inbox_page.py", "test_status_page.py"}
+                "test_inbox_page.py", "test_status_page.py",
+                # its real-topics test did not converge twice in 180 s with the other worker's whole
+                # system running on those topics (2026-12-02; not understood): not beside them
+                "test_case_view.py"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -153,10 +156,6 @@ def _one_system_file_at_a_time(request):
 
 
 def pytest_collection_modifyitems(items):
-    _order(items)
-
-
-def _order(items):
     """Tests that read the whole log (a live rebuild of the case view) run first, while the suite's
     own stack holds little of it; their outcome does not depend on the order, only their time.
     Tests that scan the log files the other tests' processes wrote (tests/test_log_masking.py) run last."""
