@@ -713,7 +713,7 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
             proc.wait()
 
 
-# a fault scenario on topics and a group of its own: in the xdist lane, off the whole-system lane's critical path
+@pytest.mark.slow  # a fault scenario: the suite runs it in its own lane (infra/onething.sh)
 def test_kill_9_in_the_middle_ends_with_the_view_of_a_fresh_rebuild(bootstrap, database_url, topology, tmp_path):
     view = OwnView(bootstrap, database_url, "kill", topology)
     fresh = OwnView(bootstrap, database_url, "fresh", topology, seed=False)
