@@ -132,20 +132,28 @@ def seed_demo_people(conn: psycopg.Connection) -> int:
     """
     licences = _demo_licences()
     with conn.transaction():
-        for no, kind, issued_on, data, holders in licences:
-            conn.execute(
-                "INSERT INTO e_licenses (licence_no, kind, issuer, issued_on, data, demo) "
-                "VALUES (%s, %s, %s, %s, %s, true) ON CONFLICT (licence_no) DO UPDATE SET "
-                "kind = EXCLUDED.kind, issuer = EXCLUDED.issuer, issued_on = EXCLUDED.issued_on, "
-                "data = EXCLUDED.data, demo = true",
-                (no, kind, _ISSUERS[kind], issued_on, json.dumps(data, ensure_ascii=False)))
-            for person, relation in holders:
-                conn.execute(
-                    "INSERT INTO e_license_holders (licence_no, holder_resident_id, holder_token, relation) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (licence_no, holder_resident_id) DO UPDATE SET "
-                    "holder_token = EXCLUDED.holder_token, relation = EXCLUDED.relation",
-                    (no, person.resident_id, subject_token(person.resident_id), relation))
+        store_licences(conn, [(no, kind, _ISSUERS[kind], issued_on, data, holders)
+                              for no, kind, issued_on, data, holders in licences])
     return len(licences)
+
+
+def store_licences(conn: psycopg.Connection,
+                   licences: list[tuple[str, str, str, str, dict, list[tuple[DemoPerson, str]]]]) -> None:
+    """(licence_no, kind, issuer, issued_on, data, [(holder, relation)]) into the library, each
+    holder under the pseudonym of its resident ID; a licence already there is refreshed."""
+    for no, kind, issuer, issued_on, data, holders in licences:
+        conn.execute(
+            "INSERT INTO e_licenses (licence_no, kind, issuer, issued_on, data, demo) "
+            "VALUES (%s, %s, %s, %s, %s, true) ON CONFLICT (licence_no) DO UPDATE SET "
+            "kind = EXCLUDED.kind, issuer = EXCLUDED.issuer, issued_on = EXCLUDED.issued_on, "
+            "data = EXCLUDED.data, demo = true",
+            (no, kind, issuer, issued_on, json.dumps(data, ensure_ascii=False)))
+        for person, relation in holders:
+            conn.execute(
+                "INSERT INTO e_license_holders (licence_no, holder_resident_id, holder_token, relation) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (licence_no, holder_resident_id) DO UPDATE SET "
+                "holder_token = EXCLUDED.holder_token, relation = EXCLUDED.relation",
+                (no, person.resident_id, subject_token(person.resident_id), relation))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ For tests whose subject must be no other test's: an erasure judges every case of
 under pytest-xdist another worker files as the demo people at the same time."""
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -16,8 +15,7 @@ from datetime import date
 import psycopg
 
 from infra.samples import resident_id
-from producers.e_license import DemoPerson
-from producers.identity import subject_token
+from producers.e_license import DemoPerson, store_licences
 
 ADDRESS, REGION = "广东省韶关市武江区惠民南路1号", "440203"
 
@@ -34,29 +32,22 @@ def fresh_family(database_url: str) -> Iterator[tuple[DemoPerson, DemoPerson]]:
     father = _person("t_father", "李强", "male", date(1991, 8, 2))
     prefix = f"EL-T-FAM-{uuid.uuid4().hex[:8]}-"
     licences = [
-        *[(f"{prefix}ID-{p.key}", "id_card", "police",
+        *[(f"{prefix}ID-{p.key}", "id_card", "police", "2015-06-01",
            {"name": p.name, "sex": p.sex, "ethnicity": "汉", "birth_date": p.birth_date, "address": p.address,
             "resident_id": p.resident_id, "authority": f"{p.region_code}公安局"}, [(p, "holder")])
           for p in (mother, father)],
-        (f"{prefix}HR", "household_register", "police",
+        (f"{prefix}HR", "household_register", "police", "2016-03-15",
          {"address": ADDRESS, "region_code": REGION, "household_type": "家庭户", "head_name": mother.name,
           "members": [{"name": mother.name, "resident_id": mother.resident_id, "relation": "户主"},
                       {"name": father.name, "resident_id": father.resident_id, "relation": "配偶"}]},
          [(mother, "head"), (father, "member")]),
-        (f"{prefix}MC", "marriage_certificate", "civil_affairs",
+        (f"{prefix}MC", "marriage_certificate", "civil_affairs", "2019-10-01",
          {"registered_on": "2019-10-01",
           "spouses": [{"name": s.name, "resident_id": s.resident_id, "sex": s.sex} for s in (father, mother)]},
          [(father, "spouse"), (mother, "spouse")]),
     ]
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for no, kind, issuer, data, holders in licences:
-            conn.execute("INSERT INTO e_licenses (licence_no, kind, issuer, issued_on, data, demo) "
-                         "VALUES (%s, %s, %s, %s, %s, true)",
-                         (no, kind, issuer, date(2016, 3, 15), json.dumps(data, ensure_ascii=False)))
-            for person, relation in holders:
-                conn.execute("INSERT INTO e_license_holders (licence_no, holder_resident_id, holder_token, relation) "
-                             "VALUES (%s, %s, %s, %s)",
-                             (no, person.resident_id, subject_token(person.resident_id), relation))
+        store_licences(conn, licences)
     try:
         yield mother, father
     finally:
