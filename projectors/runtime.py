@@ -38,7 +38,7 @@ from typing import Protocol, runtime_checkable
 
 import psycopg
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Histogram
@@ -50,6 +50,7 @@ from infra import acls, metrics
 from . import authority
 from . import checkpoint as cp
 from . import crash_points
+from .assignment import Assignment, Rebalance
 from .checkpoint import Fenced, Item, Step
 
 log = structlog.get_logger(__name__)
@@ -129,21 +130,7 @@ def _attr(p, name: str, default):
     return getattr(p, name, default)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    """Called inside `poll`. New partitions are paused until their stored offsets are read and
-    sought (outside the callback, where a database error can be retried instead of swallowed)."""
-
-    def __init__(self, worker: "Worker"):
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked):
-        self.worker._revoked(set(revoked))
-
-    def on_partitions_assigned(self, assigned):
-        self.worker._assigned(set(assigned))
-
-
-class Worker:
+class Worker(Assignment):
     """Runs one processor: its consumer, its PostgreSQL connection, its checkpoints."""
 
     def __init__(self, processor: Processor, bootstrap: str, database_url: str, *,
@@ -167,7 +154,7 @@ class Worker:
             options.setdefault("group_instance_id", os.environ["ONETHING_INSTANCE_ID"])
         self.consumer = bus.make_consumer(bootstrap, self.group, principal=self.principal, **options)
         self._wait_for_topics(list(processor.topics))
-        self.consumer.subscribe(list(processor.topics), listener=_Rebalance(self))
+        self.consumer.subscribe(list(processor.topics), listener=Rebalance(self))
         self.conn: psycopg.Connection | None = None
         self.expected: dict[TopicPartition, int | None] = {}   # stored next offset, as this member knows it
         self.to_seek: set[TopicPartition] = set()
@@ -220,63 +207,6 @@ class Worker:
             if self.conn is not None:
                 self.conn.close()
 
-    # -- rebalances --------------------------------------------------------------------------
-    def _revoked(self, tps: set[TopicPartition]) -> None:
-        for tp in tps:
-            self.expected.pop(tp, None)
-            self.kafka_offsets.pop(tp, None)
-        self.to_seek -= tps
-        self.p.revoked(tps) if hasattr(self.p, "revoked") else None
-
-    def _assigned(self, tps: set[TopicPartition]) -> None:
-        """Pause the new partitions; the loop seeks them to their stored offsets right after the
-        poll that assigned them. Nothing here talks to the broker or PostgreSQL: kafka-python runs
-        this callback inside its own poll (a blocking consumer call from there is re-entrant; a
-        rebuild's consumer that made one was seen fetching nothing for minutes, 2026-12-02), and
-        it would swallow an error raised here."""
-        if tps:
-            self.consumer.pause(*tps)
-            self.to_seek |= tps
-
-    def _seek_from_store(self) -> None:
-        tps = set(self.to_seek) & self.consumer.assignment()
-        conn = self._db()
-        with conn.transaction():
-            if hasattr(self.p, "namespace"):  # a read model's live generation (projectors/generations.py)
-                self.name = self.p.namespace(conn)
-            stored = cp.stored_offsets(conn, self.name, tps)
-            missing = tps - set(stored)
-            if missing and _attr(self.p, "start", "earliest") == "latest":
-                cp.store_first(conn, self.name, self.consumer.end_offsets(sorted(missing)))
-                stored = cp.stored_offsets(conn, self.name, tps)
-            gone = cp.beyond_end(stored, self.consumer.end_offsets(sorted(stored))) if stored else {}
-            if gone:
-                starts = self.consumer.beginning_offsets(sorted(gone))
-                cp.rewind(conn, self.name, starts)
-                log.error("runtime.offset_beyond_log_end", group=self.group, consumer=self.name,
-                          partitions=[f"{tp.topic}/{tp.partition}:{o}>{starts[tp]}" for tp, o in sorted(gone.items())],
-                          action="read again from the log's start; applied events are dropped by id")
-                stored.update(starts)
-        if any(o < 0 for o in stored.values()):  # a retired generation's fence, read mid-swap
-            raise Fenced(f"{self.name}: generation retired while seeking")
-        for tp in tps:
-            if tp in stored:
-                self.consumer.seek(tp, stored[tp])
-                self.expected[tp] = stored[tp]
-                continue
-            self.expected[tp] = None
-            committed = self.consumer.committed(tp) if _attr(self.p, "start", "") == "committed" else None
-            if committed is not None:
-                self.consumer.seek(tp, committed)   # a processor that kept its offsets in Kafka before
-            else:
-                self.consumer.seek_to_beginning(tp)
-        self.to_seek.clear()
-        if not self.retry_at:
-            self.consumer.resume(*tps)
-        if hasattr(self.p, "assigned"):
-            self.p.assigned(tps)
-        log.info("runtime.assigned", group=self.group, partitions=len(tps))
-
     def ready(self, timeout_s: float = 60.0) -> None:
         """Poll until this member holds partitions and has sought them to their stored offsets
         (so nothing produced from now on is missed by a processor that starts at the end)."""
@@ -312,8 +242,10 @@ class Worker:
         if self.tick_s and not self.retry_at:
             timeout = max(0, min(timeout, int((self.next_tick - now) * 1000)))
         records = self.consumer.poll(timeout_ms=timeout, max_records=self.max_batch)
-        if self.to_seek:
-            self._seek_from_store()
+        self.reconcile()
+        sought = self._seek_from_store() if self.to_seek else set()
+        if records:  # a partition not sought before this poll was read from the reset position
+            records = {tp: ms for tp, ms in records.items() if tp in self.expected and tp not in sought}
         if records:
             self._checkpoint(records)
         now = time.monotonic()

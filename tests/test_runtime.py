@@ -193,6 +193,43 @@ def test_a_stored_offset_past_the_log_end_reads_the_new_log_from_its_start(
     assert told and told[0]["partitions"] == [f"{topic}/0:500>0"] and told[0]["log_level"] == "error"
 
 
+def test_a_partition_the_rebalance_listener_never_reported_is_still_read_from_its_stored_offset(
+        bootstrap, database_url, fresh_topic, tally_table):
+    """kafka-python 3 sets an assignment and calls the listener afterwards, on its IO thread; a
+    member was seen holding 432 partitions whose call never came, reading from the reset position.
+    With the listener silenced the worker must still seek to the stored offset (30 of 50 applied
+    before: only the last 20 are new to it) and say it took the partition up itself."""
+    from kafka import ConsumerRebalanceListener, TopicPartition
+    import structlog
+
+    class Deaf(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            pass
+
+        def on_partitions_assigned(self, assigned):
+            pass
+
+    topic = fresh_topic(partitions=1)
+    name = f"rt-deaf-{uuid.uuid4().hex[:6]}"
+    ids = _produce(bootstrap, topic, 50, name)
+    with psycopg.connect(database_url) as conn:
+        cp.store_first(conn, name, {TopicPartition(topic, 0): 30})
+    with structlog.testing.capture_logs() as logs:
+        worker = Worker(Tally(name, topic, tally_table), bootstrap, database_url, poll_ms=200)
+        worker.consumer.subscribe([topic], listener=Deaf())
+        try:
+            assert wait_for(lambda: worker.poll_once(200) is not None and len(_counts(database_url, tally_table)) >= 20,
+                            30, 0), "the partition was never read"
+            time.sleep(0.5)
+            worker.poll_once(200)
+            assert set(_counts(database_url, tally_table)) == set(ids[30:]), "read from the reset position, not the stored offset"
+            with psycopg.connect(database_url) as conn:
+                assert cp.stored_offsets(conn, name) == {TopicPartition(topic, 0): 50}
+        finally:
+            worker.close()
+    assert any(e["event"] == "runtime.assignment_unreported" for e in logs)
+
+
 def test_an_offset_never_goes_backwards(database_url):
     from kafka import TopicPartition
 

@@ -1,0 +1,119 @@
+"""Which partitions a worker holds, and where it reads each from: the rebalance side of the runtime.
+
+A new partition is paused until its stored offset (PostgreSQL, the processor's own) is read and
+sought; only then are its records processed. kafka-python 3 runs its IO on a thread of its own and
+calls the rebalance listener there: it sets the new assignment first and calls the listener after,
+so a poll on the worker's thread can return in between, and the listener can run while the worker
+is seeking an earlier set. Seen on 2026-12-02 under load: a member holding 432 partitions whose
+listener call never came (it read from the reset position and applied nothing in 180 s), and
+rebuild members whose new partitions stayed paused for minutes (the seek of an earlier set cleared
+them from the pending set after the listener had paused them). The worker therefore does not trust
+the listener alone: after every poll it compares what the consumer holds with what it has sought
+(`reconcile`), takes up what it was not told of, forgets what it lost, and drops the records of a
+partition it had not sought yet — they are fetched again from the stored offset.
+"""
+from __future__ import annotations
+
+import threading
+
+import structlog
+from kafka import ConsumerRebalanceListener, TopicPartition
+
+from . import checkpoint as cp
+from .checkpoint import Fenced
+
+log = structlog.get_logger(__name__)
+
+
+class Rebalance(ConsumerRebalanceListener):
+    """Called by kafka-python (on its IO thread). It only pauses and notes: nothing here talks to
+    the broker or PostgreSQL (a blocking consumer call from there is re-entrant), and an error
+    raised here would be swallowed."""
+
+    def __init__(self, worker: "Assignment"):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        self.worker._revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        self.worker._assigned(set(assigned))
+
+
+class Assignment:
+    """Mixed into the runtime's Worker: it owns `consumer`, `expected` (the stored next offset of
+    every partition it has sought), `kafka_offsets`, `to_seek`, `p`, `name`, `group`, `retry_at`."""
+
+    _lock = threading.Lock()   # the listener's thread and the worker's touch `to_seek` and `expected`
+
+    def _revoked(self, tps: set[TopicPartition]) -> None:
+        with self._lock:
+            for tp in tps:
+                self.expected.pop(tp, None)
+                self.kafka_offsets.pop(tp, None)
+            self.to_seek -= tps
+        self.p.revoked(tps) if hasattr(self.p, "revoked") else None
+
+    def _assigned(self, tps: set[TopicPartition]) -> None:
+        if tps:
+            self.consumer.pause(*tps)
+            with self._lock:
+                self.to_seek |= tps
+
+    def reconcile(self) -> None:
+        """Take up assigned partitions the listener did not report and forget lost ones."""
+        held = self.consumer.assignment()
+        with self._lock:
+            unseen = held - self.expected.keys() - self.to_seek
+            lost = self.expected.keys() - held
+        if lost:
+            self._revoked(set(lost))
+        if unseen:
+            log.info("runtime.assignment_unreported", group=self.group, partitions=len(unseen))
+            self._assigned(set(unseen))
+
+    def _seek_from_store(self) -> set[TopicPartition]:
+        """Seek every pending partition to its stored offset and resume it; returns those sought."""
+        with self._lock:
+            tps = set(self.to_seek) & self.consumer.assignment()
+        conn = self._db()
+        with conn.transaction():
+            if hasattr(self.p, "namespace"):  # a read model's live generation (projectors/generations.py)
+                self.name = self.p.namespace(conn)
+            stored = cp.stored_offsets(conn, self.name, tps)
+            missing = tps - set(stored)
+            if missing and getattr(self.p, "start", "earliest") == "latest":
+                cp.store_first(conn, self.name, self.consumer.end_offsets(sorted(missing)))
+                stored = cp.stored_offsets(conn, self.name, tps)
+            gone = cp.beyond_end(stored, self.consumer.end_offsets(sorted(stored))) if stored else {}
+            if gone:
+                starts = self.consumer.beginning_offsets(sorted(gone))
+                cp.rewind(conn, self.name, starts)
+                log.error("runtime.offset_beyond_log_end", group=self.group, consumer=self.name,
+                          partitions=[f"{tp.topic}/{tp.partition}:{o}>{starts[tp]}" for tp, o in sorted(gone.items())],
+                          action="read again from the log's start; applied events are dropped by id")
+                stored.update(starts)
+        if any(o < 0 for o in stored.values()):  # a retired generation's fence, read mid-swap
+            raise Fenced(f"{self.name}: generation retired while seeking")
+        sought: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            if tp in stored:
+                self.consumer.seek(tp, stored[tp])
+                sought[tp] = stored[tp]
+                continue
+            sought[tp] = None
+            committed = self.consumer.committed(tp) if getattr(self.p, "start", "") == "committed" else None
+            if committed is not None:
+                self.consumer.seek(tp, committed)   # a processor that kept its offsets in Kafka before
+            else:
+                self.consumer.seek_to_beginning(tp)
+        with self._lock:
+            self.expected.update(sought)
+            self.to_seek -= tps            # not clear(): the listener may have added more meanwhile
+            self.to_seek &= self.consumer.assignment()
+        if not self.retry_at:
+            self.consumer.resume(*tps)
+        if hasattr(self.p, "assigned"):
+            self.p.assigned(tps)
+        log.info("runtime.assigned", group=self.group, partitions=len(tps))
+        return tps
