@@ -63,10 +63,10 @@ case "$job" in
     # No plugin autoloading: pytest would otherwise rewrite the asserts of every module of every
     # package that ships a plugin (all of hypothesis, schemathesis and anyio: ~300 modules, ~10 s of
     # CPU in each process); the plugins the suite uses are named instead. Each lane ends with its
-    # 15 slowest steps, so a CI log shows where the time went.
+    # 15 slowest steps, so a CI log shows where the time went, and why any test was skipped.
     export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1
     PYTEST=(.venv/bin/python -m pytest -q -p no:cacheprovider -p pytest_timeout -p _hypothesis_pytestplugin
-            -p xdist.plugin --durations=15)
+            -p xdist.plugin --durations=15 -rs)
     # tests/conftest.py brings up a stack of the suite's own (broker 19092, database onething_test)
     set +e
     if [ $# -gt 0 ] || [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ] || [ -n "${DATABASE_URL:-}" ]; then

@@ -136,9 +136,13 @@ def pytest_unconfigure(config):
 #: `dispatch` members in one group would split each other's partitions
 SYSTEM_FILES = {"test_process_metrics.py", "test_prometheus.py", "test_read_audit.py", "test_shutdown.py",
                 "test_inbox_page.py", "test_status_page.py",
-                # its real-topics test did not converge twice in 180 s with the other worker's whole
-                # system running on those topics (2026-12-02; not understood): not beside them
-                "test_case_view.py"}
+                # its real-topics test did not converge in 180 s beside the other worker's whole system
+                # (2026-12-02: 432 partitions assigned, applied 0 — the rebalance listener's call never
+                # came; projectors/assignment.py now reconciles); kept apart, its 432 partitions are heavy
+                "test_case_view.py",
+                # the cascade's own harness skips when another system's adapters hold the departments'
+                # groups: never beside a file that runs the system
+                "test_cascade_flow.py", "test_register_sealing.py"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,6 +7,7 @@ from itertools import permutations
 from hypothesis import given, settings, strategies as st
 
 from catalog import dag
+from tests.support.scale import scaled
 from catalog.form import department_subsets, merged_form, select
 from catalog.model import Catalog, Condition, Department, Field, Label, Material, Need, Service
 
@@ -68,7 +69,8 @@ def _wave_of(selection):
     return {sid: i for i, wave in enumerate(selection.waves) for sid in wave}
 
 
-SETTINGS = settings(max_examples=200, deadline=None)
+#: 200 examples at full size (ONETHING_TEST_SCALE=long), 60 in the suite: each draws a whole catalog
+SETTINGS = settings(max_examples=scaled(200, 60), deadline=None)
 
 
 @SETTINGS
