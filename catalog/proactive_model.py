@@ -23,6 +23,8 @@ REGISTER_KINDS = {"person": ("household_moved", "died"),
                               "registered_by_conversion")}
 DECISION_OUTCOMES = ("approved", "rejected")
 DEFAULT_LAPSE_DAYS = 60   # 快申快享 within 60 working days (bundles-facts.md §4)
+#: `retirement_age:` schemes a date trigger may name (catalog/retirement_age.py)
+RETIREMENT_LAWS = ("statutory_2025",)
 CATCH_UP_DAYS = 30        # a date reached while nobody scanned is still acted on this many days later
 
 
@@ -41,6 +43,7 @@ class Trigger:
     job_field: str | None = None
     default_job: str | None = None
     days_before: int = 0
+    retirement_age: str | None = None           # RETIREMENT_LAWS: the statutory age by birth date, sex, job type
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,12 @@ class Rules:
     def decision_departments(self, catalog: Catalog) -> list[str]:
         """The departments whose decisions some rule listens to (their decisions.<d> topics)."""
         return sorted({catalog.service(r.trigger.service).department for r in self.by_trigger("decision")})
+
+    def grant_departments(self) -> list[str]:
+        """The departments that execute some rule's grant: the proactive processor sends them tasks on
+        tasks.<d> and reads their answers on decisions.<d>."""
+        return sorted({r.outcome.department for r in self.rules.values() if r.outcome.kind == "grant"})
+
+    def listened_departments(self, catalog: Catalog) -> list[str]:
+        """Every decisions.<d> the proactive processor reads: the rules' triggers and the grants' answers."""
+        return sorted(set(self.decision_departments(catalog)) | set(self.grant_departments()))

@@ -5,7 +5,8 @@ A rule says what the government does, unasked, when something happens to a perso
     trigger     a register event (`register: {register, change_kind, fields_any}`), a department's
                 decision on a case (`decision: {service, outcome}`: the police registered a birth),
                 or a date reached from register data (`date: {licence, field, years | age_by |
-                days_before}`: the 80th birthday, the retirement age by sex and job type, 30 days
+                retirement_age | days_before}`: the 80th birthday, the statutory retirement age of
+                the 2025 reform by birth date, sex and job type (catalog/retirement_age.py), 30 days
                 before a soldier's discharge date)
     to          who is told: the subject, the case's applicant, the spouse on the subject's
                 marriage certificate, or a company's legal representative
@@ -28,8 +29,9 @@ from typing import Any
 from .loader import CatalogError, Problem, _display, read_yaml
 from .model import Catalog
 from .proactive_model import (CATCH_UP_DAYS, DECISION_OUTCOMES, DEFAULT_LAPSE_DAYS, LICENCE_KINDS,  # noqa: F401
-                              OUTCOMES, RECIPIENTS, REGISTER_KINDS, RULES_DIR, Benefit, Condition, ListItem,
-                              Outcome, Rule, Rules, Trigger)
+                              OUTCOMES, RECIPIENTS, REGISTER_KINDS, RETIREMENT_LAWS, RULES_DIR, Benefit, Condition,
+                              ListItem, Outcome, Rule, Rules, Trigger)
+from .retirement_age import JOB_TYPES
 
 
 class _Reader:
@@ -120,16 +122,24 @@ def _trigger(r: _Reader, raw: Any, line: int, code: str) -> Trigger | None:
         r.problem(t.at("licence"), f"{what}: licence must be one of {list(LICENCE_KINDS)}")
         return None
     fld = r.text(t, "field", what)
-    ways = [k for k in ("years", "age_by", "days_before") if k in t]
+    ways = [k for k in ("years", "age_by", "retirement_age", "days_before") if k in t]
     if len(ways) != 1:
         r.problem(t.line, f"{what}: give exactly one of years (an age), age_by (an age by sex and job type), "
+                          f"retirement_age (the statutory age by birth date, sex and job type), "
                           f"days_before (ahead of an expected date)")
         return None
-    if (t.get("age_by") is not None or t.get("days_before") is not None) and not t.get("source") \
-            and t.get("estimate") is not True and "years" not in t:
+    if "years" not in t and not t.get("source") and t.get("estimate") is not True:
         r.problem(t.line, f"{what}: give a `source` or mark it `estimate: true`")
-    years, age_by, days_before = None, {}, 0
-    if "years" in t:
+    years, age_by, days_before, law = None, {}, 0, None
+    if "retirement_age" in t:
+        law = t["retirement_age"]
+        if law not in RETIREMENT_LAWS:
+            r.problem(t.at("retirement_age"), f"{what}: retirement_age must be one of {list(RETIREMENT_LAWS)}")
+            return None
+        if t.get("default_job") not in (None, *JOB_TYPES):
+            r.problem(t.at("default_job"), f"{what}: default_job must be one of {list(JOB_TYPES)}")
+            return None
+    elif "years" in t:
         years = t["years"]
         if not isinstance(years, int) or isinstance(years, bool) or not 1 <= years <= 120:
             r.problem(t.at("years"), f"{what}: years must be a whole number 1..120")
@@ -144,7 +154,7 @@ def _trigger(r: _Reader, raw: Any, line: int, code: str) -> Trigger | None:
             r.problem(t.at("days_before"), f"{what}: days_before must be a whole number 0..366")
             return None
     return Trigger("date", licence=licence, field=fld, years=years, age_by=age_by, job_field=t.get("job_field"),
-                   default_job=t.get("default_job"), days_before=days_before) if fld else None
+                   default_job=t.get("default_job"), days_before=days_before, retirement_age=law) if fld else None
 
 
 def _ages(r: _Reader, t: dict, what: str) -> dict | None:

@@ -1,7 +1,13 @@
 """The SDK a department team uses to join the system: consume tasks, call the backend, emit decisions.
 
-A department implements `Backend.handle(task, conn)` — decide (or apply a register sync)
-and write its own records through `conn` — and runs `Adapter(backend, bootstrap, database_url).run()`.
+A department implements `Backend.handle(task, conn)` — decide (or apply a register sync, or
+execute a grant) and write its own records through `conn` — and runs
+`Adapter(backend, bootstrap, database_url).run()`. A task's `kind` says which: `case_service` (a
+service of a case), `register_sync` (一处变更、多处联动, from the cascade) or `benefit_grant` (免申即享, from
+the proactive processor once the decline window closed: task id `grant:<id>`, answered `applied` or
+`failed`; see department_adapters/reference/grants.py); the decision copies it, and a TaskCancelled
+carries the kind of the task it withdraws. A backend that does not execute grants should answer
+`failed` with a reason code rather than raise, so the grant's worklist says so.
 A backend that can decide many tasks cheaper than one at a time may also implement
 `handle_batch(tasks, conn)` (`BatchBackend`): the SDK then hands it the batch's fresh tasks at once.
 The adapter is a processor of the project's one runtime (projectors/runtime.py), so it gets the

@@ -15,7 +15,7 @@ from typing import Any
 DERIVED_NAMESPACE = uuid.UUID("6f1e0a3c-5b8e-4a51-9c1a-0e7e1e5c0a5e")
 
 ROLES = ("applicant", "clerk", "department", "register", "system", "supervisor")
-CHANNELS = ("online", "window", "home_visit", "department", "register", "system")
+CHANNELS = ("online", "window", "home_visit", "department", "register", "system", "proactive")
 
 
 @dataclass(frozen=True)

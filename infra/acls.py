@@ -16,8 +16,10 @@ A principal is named after the consumer group of what it runs, so logs, lag and 
                                projection.read_audit reads audit.reads only)
     adapter.<d>                reads tasks.<d>; writes decisions.<d>, deadletter
     proactive                  reads registry.*, applications, proactive and the decisions.<d> its rules
-                               listen to (catalog/rules/); writes proactive, deadletter (the api also
-                               writes proactive: acceptances and declines)
+                               listen to or its grants are answered on (catalog/rules/); writes proactive,
+                               the tasks.<d> of the departments that execute grants (免申即享: the grant
+                               told to its department), deadletter (the api also writes proactive:
+                               acceptances and declines)
     admin, broker              super users (the operator's tools, `onething up`, tests; the brokers)
 
 Each reads through its own consumer group (READ on the GROUP; an adapter also on groups named
@@ -92,9 +94,11 @@ def declared_grants(departments: Iterable[str], register_departments: Iterable[s
     grants += _grants(RATINGS, reads=[APPLICATIONS, *tasks, *decisions], writes=[DEADLETTER], groups=[RATINGS])
     grants += _grants(DEADLINES, reads=case_topics, writes=[CASES, DEADLETTER], groups=[DEADLINES])
     grants += _grants(READ_AUDIT, reads=[AUDIT_READS], writes=[DEADLETTER], groups=[READ_AUDIT])
-    listened = [decisions_topic(d) for d in _rule_departments() if d in depts]
+    listened_depts, granting = _rule_departments()
+    listened = [decisions_topic(d) for d in listened_depts if d in depts]
+    grant_tasks = [tasks_topic(d) for d in granting if d in depts]
     grants += _grants(PROACTIVE_PRINCIPAL, reads=[REGISTRY_COMPANY, REGISTRY_PERSON, APPLICATIONS, PROACTIVE, *listened],
-                      writes=[PROACTIVE, DEADLETTER], groups=[PROACTIVE_PRINCIPAL])
+                      writes=[PROACTIVE, *grant_tasks, DEADLETTER], groups=[PROACTIVE_PRINCIPAL])
     for d in depts:
         p = adapter_principal(d)
         grants += _grants(p, reads=[tasks_topic(d)], writes=[decisions_topic(d), DEADLETTER],
@@ -102,11 +106,14 @@ def declared_grants(departments: Iterable[str], register_departments: Iterable[s
     return sorted(set(grants))
 
 
-def _rule_departments() -> list[str]:
-    """The departments whose decisions a life-event rule listens to (catalog/rules/)."""
+def _rule_departments() -> tuple[list[str], list[str]]:
+    """(the departments whose decisions.<d> the proactive processor reads: what a life-event rule
+    listens to and the grants' answers; the departments it sends grants to on tasks.<d>)
+    (catalog/rules/)."""
     from catalog.proactive_rules import default_rules
 
-    return default_rules().decision_departments(_catalog())
+    rules = default_rules()
+    return rules.listened_departments(_catalog()), rules.grant_departments()
 
 
 def _catalog():

@@ -16,7 +16,8 @@ transaction that waits for the broker's acknowledgement, so an accept and a decl
 other cannot both succeed, and a second accept answers 409 `offer.already_accepted` with its
 case. Accepting submits the offered bundle through the ordinary intake path (validation, e-licence
 materials fetched, personal values sealed: producers/api_cases.py) under the Idempotency-Key
-`offer:<id>`, so a retry after a lost answer gets the same case. The prefilled values are read
+`offer:<id>`, so a retry after a lost answer gets the same case; its `ApplicationSubmitted` names the
+applicant as actor with the channel `proactive` (Identity.accepting_offer). The prefilled values are read
 here, from the caller's own e-licences (no event carries them).
 """
 from __future__ import annotations
@@ -82,7 +83,7 @@ def inbox_owner(ident: identity.Identity = Depends(caller)) -> identity.Identity
 
 _COLUMNS = ("item_id::text, rule, outcome, recipient_token, subject_token, trigger_kind, trigger_on, bundle_code, "
             "services, prefilled_fields, presets, items, department, service_id, benefit, state, made_on, "
-            "available_on, closes_on, case_id, receipt_no, region_code")
+            "available_on, closes_on, case_id, receipt_no, region_code, task_sent_on, task_outcome")
 _KEYS = [c.split("::")[0].strip() for c in _COLUMNS.split(",")]
 
 
@@ -118,7 +119,7 @@ def prefilled_values(conn: psycopg.Connection, state: ApiState, item: dict[str, 
                 if card.data.get(src) not in (None, ""):
                     out[fid] = (card.data[src], "id_card")
     if rule is not None and rule.outcome.trigger_fields:
-        row = conn.execute("SELECT record->'fields' FROM register_keys WHERE register = 'person' AND register_key = %s",
+        row = conn.execute("SELECT record FROM register_keys WHERE register = 'person' AND register_key = %s",
                            (item["subject_token"],)).fetchone()
         fields = (row[0] if row else None) or {}
         for fid, src in rule.outcome.trigger_fields.items():
@@ -155,7 +156,9 @@ def _view(conn: psycopg.Connection, state: ApiState, item: dict[str, Any], day: 
         dept = cat.departments.get(item["department"])
         out |= {"benefit": item["benefit"], "department": item["department"],
                 "department_label": label(dept.label) if dept else None, "decline_until": item["closes_on"].isoformat(),
-                "can_decline": item["state"] == "granted" and day <= item["closes_on"]}
+                "can_decline": item["state"] == "granted" and day <= item["closes_on"],
+                "task": grant_task_state(item["state"], item["closes_on"], day, item["task_sent_on"],
+                                         item["task_outcome"])}
         return out
     bundle = cat.bundles.get(item["bundle_code"])
     open_now = item["state"] == "offered" and item["available_on"] <= day <= item["closes_on"]
@@ -172,6 +175,23 @@ def _view(conn: psycopg.Connection, state: ApiState, item: dict[str, Any], day: 
                                                              for o in f.field.options]}
                           for f in mf.fields if f.id not in values]
     return out
+
+
+def grant_task_state(state: str, closes_on: date, day: date, sent_on: date | None, outcome: str | None) -> str:
+    """Where a grant's execution is, as its department's worklist and the recipient's inbox say it:
+    decline_window (the recipient may still decline; nothing sent), cancelled (declined: no task, or
+    the task withdrawn), to_execute (the window closed; the proactive processor's next tick sends
+    the task), sent (on tasks.<department>, not answered yet), executed, failed (the department's
+    answer)."""
+    if state == "declined":
+        return "cancelled"
+    if outcome in ("applied", "approved"):
+        return "executed"
+    if outcome in ("failed", "rejected"):
+        return "failed"
+    if sent_on is not None:
+        return "sent"
+    return "decline_window" if day <= closes_on else "to_execute"
 
 
 def _shown(fld, value: Any) -> Any:
@@ -236,9 +256,10 @@ def accept(offer_id: str, body: AcceptIn | None = Body(None), item: dict = Depen
             raise _refuse_answered(earlier_answer)
         values = {fid: v for fid, (v, _src) in prefilled_values(conn, state, item).items()}
         form = values | dict(body.form)
-        # the ordinary intake path: 422 with every missing field (and nothing claimed), or the case
-        answer = submit(ApplicationIn(bundle_code=item["bundle_code"], form=form, materials={}), ident,
-                        submission_key, state)
+        # the ordinary intake path: 422 with every missing field (and nothing claimed), or the case,
+        # filed by the applicant through the `proactive` channel (the case view and timeline say so)
+        answer = submit(ApplicationIn(bundle_code=item["bundle_code"], form=form, materials={}),
+                        ident.accepting_offer(), submission_key, state)
         receipt = orjson.loads(answer.body)
         event = new_event("OfferAccepted", ident.subject, {"offer_id": offer_id, "rule": item["rule"],
                                                            "case_id": receipt["case_id"],
@@ -296,18 +317,21 @@ def inbox_page():
             summary="免申即享: granted benefits this department executes (its own staff only)")
 def department_grants(department: str, _staff: identity.Identity = Depends(department_staff),
                       state: ApiState = Depends(api_state)) -> FastJSON:
-    """To execute: granted and past the decline window; waiting: still within it; cancelled: the
-    recipient declined within the window (the task is withdrawn from the worklist)."""
+    """Each grant's `task` (grant_task_state): decline_window, to_execute, sent, executed, failed or
+    cancelled (the recipient declined within the window: no task was sent, or it was withdrawn).
+    The department's backend hears of a grant on its topic (a TaskDispatched of kind benefit_grant,
+    task id `grant:<grant_id>`); this list is its staff's view of the same."""
     day = today()
     with state.database.connection() as conn:
         rows = conn.execute(
-            "SELECT item_id::text, rule, service_id, benefit, state, made_on, closes_on, region_code "
-            "FROM proactive_items WHERE outcome = 'grant' AND department = %s ORDER BY made_on DESC, item_id "
-            "LIMIT 500", (department,)).fetchall()
+            "SELECT item_id::text, rule, service_id, benefit, state, made_on, closes_on, region_code, task_sent_on, "
+            "task_outcome FROM proactive_items WHERE outcome = 'grant' AND department = %s "
+            "ORDER BY made_on DESC, item_id LIMIT 500", (department,)).fetchall()
     out = []
-    for iid, rule, service_id, benefit, st, made_on, closes_on, region in rows:
-        task = "cancelled" if st == "declined" else ("to_execute" if day > closes_on else "decline_window")
+    for iid, rule, service_id, benefit, st, made_on, closes_on, region, sent_on, outcome in rows:
+        task = grant_task_state(st, closes_on, day, sent_on, outcome)
         out.append({"grant_id": iid, "rule": rule, "service_id": service_id, "benefit": benefit, "task": task,
+                    "task_id": f"grant:{iid}", "task_sent_on": sent_on.isoformat() if sent_on else None,
                     "granted_on": made_on.isoformat(), "decline_until": closes_on.isoformat(), "region_code": region})
     return FastJSON({"department": department, "today": day.isoformat(), "grants": out})
 

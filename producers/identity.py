@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jwt
 
@@ -50,7 +50,10 @@ STAFF_ROLES = frozenset({"clerk", "department", "supervisor", "register"})
 #: staff roles whose tokens must name the acting staff member
 NAMED_STAFF_ROLES = frozenset({"clerk", "department", "supervisor"})
 
-#: which channels each role may act through
+#: the channel of an application the government offered and the applicant accepted (主动服务);
+#: set by the inbox's accept (Identity.accepting_offer), never by a token
+PROACTIVE_CHANNEL = "proactive"
+#: which channels each role may act through (with a token)
 ROLE_CHANNELS: dict[str, frozenset[str]] = {
     "applicant": frozenset({"online"}),
     "clerk": frozenset({"window", "home_visit"}),
@@ -107,6 +110,14 @@ class Identity:
     def actor(self, on_behalf_of: str | None = None) -> Actor:
         """The envelope actor: the applicant's token, with the acting staff on assisted channels."""
         return Actor(on_behalf_of or self.subject, self.role, self.channel, self.staff_id)
+
+    def accepting_offer(self) -> "Identity":
+        """The same applicant, filing through the `proactive` channel (主动服务: the government's offer,
+        accepted in one step from the inbox). Never a token's claim — ROLE_CHANNELS does not let a
+        token say `proactive` —, only what the inbox's accept makes of the caller's own login."""
+        if self.role != "applicant" or self.read_only:
+            raise InvalidToken("only the applicant's own login accepts an offer")
+        return replace(self, channel=PROACTIVE_CHANNEL)
 
 
 def _check_claims(subject: str, role: str, channel: str, staff_id: str | None, department: str | None,

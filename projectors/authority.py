@@ -12,6 +12,9 @@ message on `decisions.<dept>` is folded only if
 - the service it decides belongs to that department (the catalog says who owns a case service;
   a register sync's service id starts with its department), and
 - a case service's task id is one of this case's tasks for that service (`case:service:attempt`),
+- a grant's answer (kind `benefit_grant`, 免申即享) names a service of that department — the catalog's,
+  or `<department>.<benefit>` for a benefit the catalog has no service for — and the task id
+  `grant:<key>` of the grant it is keyed by,
 - a rectification reply's id is one of that department's rectifications: dispatch names them
   `rect-<department>-<hex>` (projectors/case_state.py), so the id alone says whose it is and a
   department cannot close another's 差评整改 in the case view, the deadline clock or the ratings.
@@ -38,6 +41,8 @@ DECISIONS_PREFIX = "decisions."
 #: what a department may say on its decision topic
 SPOKEN = frozenset({"DecisionRecorded", "RectificationReplied"})
 REGISTER_SYNC = "register_sync"
+BENEFIT_GRANT = "benefit_grant"
+GRANT_TASK_PREFIX = "grant:"   # projectors/proactive_plan.py: a grant's task id names its key
 
 Owner = Callable[[str], "str | None"]
 
@@ -72,6 +77,13 @@ def refusal(topic: str, event: Event, owner: Owner) -> str | None:
     if p.get("kind") == REGISTER_SYNC:
         if not sid.startswith(dept + "."):
             return _no(f"register sync {_short(sid)} acknowledged by {dept}")
+        return None
+    if p.get("kind") == BENEFIT_GRANT:
+        owning = owner(sid)
+        if owning != dept and not (owning is None and sid.startswith(dept + ".")):
+            return _no(f"{dept} answered a grant of service {_short(sid)}, not one of its own")
+        if str(p.get("task_id") or "") != GRANT_TASK_PREFIX + event.key:
+            return _no(f"{dept} answered a grant task id that is not the grant's it is keyed by")
         return None
     owning = owner(sid)
     if owning != dept:

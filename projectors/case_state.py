@@ -241,14 +241,22 @@ def start(event: Event, catalog: Catalog) -> tuple[CaseState, list[Event]]:
     return _settle(state, catalog, event)
 
 
-def is_register_sync(event: Event) -> bool:
-    return event.type in ("TaskDispatched", "DecisionRecorded") and event.payload.get("kind") == "register_sync"
+#: task kinds on the department topics that belong to no case: the cascade's register syncs and the
+#: proactive processor's grants (免申即享: keyed by the grant, answered to the proactive processor)
+NOT_CASE_KINDS = frozenset({"register_sync", "benefit_grant"})
+
+
+def belongs_to_no_case(event: Event) -> bool:
+    """A task, answer or cancellation on a department topic that is not a case's: every case
+    processor (dispatch, the case view, the KPIs, the deadline clock) skips them through this."""
+    return event.type in ("TaskDispatched", "DecisionRecorded", "TaskCancelled") and \
+        event.payload.get("kind") in NOT_CASE_KINDS
 
 
 def step(state: CaseState | None, event: Event, catalog: Catalog) -> tuple[CaseState | None, list[Event]]:
     """Apply one event to its case. A repeated event changes nothing and emits nothing."""
-    if is_register_sync(event):
-        return state, []  # register syncs share the department topics but are the cascade's business
+    if belongs_to_no_case(event):
+        return state, []  # register syncs and grants share the department topics; they are not cases
     if state is not None and event.id in state.seen:
         return state, []
     if event.type == "ApplicationSubmitted":

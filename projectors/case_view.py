@@ -67,7 +67,7 @@ from catalog.model import Catalog
 from events.envelope import Event
 from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 
-from .case_state import blocked_at_completion, is_register_sync
+from .case_state import blocked_at_completion, belongs_to_no_case
 from .batch_rows import rows_json
 from .case_view_sql import TABLES, CaseViewSql, sql_for  # noqa: F401 (CaseViewSql: API)
 from .postgres_projection import BatchedCaseModel, check_schema, drop_schema  # noqa: F401 (drop_schema: API)
@@ -306,7 +306,7 @@ class CaseViewProjection(BatchedCaseModel):
     def apply_batch(self, conn: psycopg.Connection, events: list[Event]) -> None:
         """At most one read, then every write in one pipeline (one round trip), whatever the
         batch's length; any failure propagates, so the runtime can isolate the bad event."""
-        events = [e for e in events if e.type in HANDLED and not is_register_sync(e)  # syncs: the cascade's
+        events = [e for e in events if e.type in HANDLED and not belongs_to_no_case(e)  # syncs: the cascade's
                   and (self.keep is None or self.keep(e.key))]
         if not events:
             return

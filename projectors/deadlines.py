@@ -57,7 +57,7 @@ from infra.topics import APPLICATIONS, CASES
 
 from . import deadline_clock as clock
 from .batch_rows import rows_json
-from .case_state import is_register_sync
+from .case_state import belongs_to_no_case
 from .case_view import default_topics
 from .deadlines_facts import ClockRows
 from .deadlines_sql import statements
@@ -127,7 +127,7 @@ class DeadlineClockProjection(BatchedCaseModel):
         (deadlines_facts.py), then at most two writes: two round trips, in one pipeline.
         Raises what any rule or statement raises (nothing is written then); the runtime isolates
         the bad event by re-running the batch one event at a time."""
-        fed = [e for e in events if e.type in HANDLED and self.wants(e) and not is_register_sync(e)]
+        fed = [e for e in events if e.type in HANDLED and self.wants(e) and not belongs_to_no_case(e)]
         if not fed:
             return
         q, rows = self.q, ClockRows()

@@ -56,7 +56,7 @@ class Dispatch(KeyedFold[CaseState]):
         self.topics = (APPLICATIONS, *(decisions_topic(d) for d in sorted(departments or self.catalog.departments)))
 
     def wants(self, event: Event) -> bool:
-        return not case_state.is_register_sync(event)  # cascade acknowledgements share the decision topics
+        return not case_state.belongs_to_no_case(event)  # register syncs and grants share the decision topics
 
     def fold(self, state: CaseState | None, event: Event) -> tuple[CaseState | None, list[tuple[str, Event]]]:
         after, derived = case_state.step(state, event, self.catalog)

@@ -62,6 +62,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
@@ -72,7 +73,7 @@ from catalog.working_days import WorkingCalendar, add_working_days, default_cale
 from events.envelope import Event
 
 from . import deadline_clock as clock
-from .case_state import is_register_sync
+from .case_state import belongs_to_no_case
 from .case_view import default_topics
 from .kpis_facts import OUTCOME_RANK, BatchFacts  # noqa: F401 (OUTCOME_RANK: part of this module's API)
 from .kpis_read import (GRADES, GROUP_BY, SATISFIED, KpiQueryError, bundle_limits,  # noqa: F401 (this module's API)
@@ -301,7 +302,7 @@ class KpiProjection:
         then isolates the bad event by re-running the batch one event at a time."""
         facts, fed = BatchFacts(self.catalog, self._bundle_limits), 0
         for e in events:
-            if self.wants(e) and not is_register_sync(e):
+            if self.wants(e) and not belongs_to_no_case(e):
                 env = e.envelope
                 facts.add(e.type, e.key, e.id, env.occurred_at, env.region_code, e.payload)
                 fed += 1

@@ -9,7 +9,11 @@ One more fold on the runtime (projectors/runtime.py), with its own consumer grou
   offers, so the inbox can be rebuilt from the log);
 - `tick` is the daily date scan (the 60th / 80th birthday, the retirement age, 30 days before a
   soldier's discharge) over the e-licence library, on working days only, and the lapse of offers
-  nobody answered. `ONETHING_TODAY` pins its day (projectors/deadlines.today_in_china).
+  nobody answered, and it tells each department of the grants whose decline window closed without a
+  decline: a TaskDispatched of kind `benefit_grant` on `tasks.<d>` (task id `grant:<item id>`, event id
+  derived from the item, `task_sent_on` written in the same checkpoint: sent once). A decline read
+  after that withdraws it (TaskCancelled); the department's answer on `decisions.<d>` is kept as
+  `task_outcome`. `ONETHING_TODAY` pins its day (projectors/deadlines.today_in_china).
 
 Every item is a row of `proactive_items` keyed by a name-based id of (rule, subject, trigger)
 (projectors/proactive_plan.py); the row and the event are written in one checkpoint, and an id
@@ -35,8 +39,10 @@ from catalog.loader import load_catalog
 from catalog.model import Catalog
 from catalog.proactive_rules import Rule, Rules, default_rules
 from catalog.working_days import is_working_day
+from events import personal
 from events.envelope import Event
-from infra.topics import APPLICATIONS, PROACTIVE, REGISTRY_COMPANY, REGISTRY_PERSON, decisions_topic
+from infra import keystore
+from infra.topics import APPLICATIONS, PROACTIVE, REGISTRY_COMPANY, REGISTRY_PERSON, decisions_topic, tasks_topic
 from producers import e_license, identity
 
 from . import proactive_plan as pp
@@ -50,6 +56,9 @@ NAME = "proactive"
 ITEMS = Counter("onething_proactive_items_total", "Offers, grants and pre-service lists made, by rule and outcome",
                 ["rule", "outcome"])
 ANSWERS = Counter("onething_proactive_answers_total", "Items accepted, declined or lapsed, by rule", ["rule", "state"])
+GRANT_TASKS = Counter("onething_proactive_grant_tasks_total", "Grants told to their department on tasks.<d> after "
+                      "the decline window (sent), or withdrawn after a late-read decline (cancelled), by rule",
+                      ["rule", "event"])
 HANDLED = frozenset({"RegisterChanged", "DecisionRecorded", "ApplicationSubmitted", "OfferAccepted", "OfferDeclined",
                      "ServiceOffered", "BenefitGranted", "OfferLapsed"})
 
@@ -76,7 +85,7 @@ class ProactiveProcessor(BaseProcessor):
         self.rules = rules or default_rules()
         self.name = self.group = name
         self.topics = (REGISTRY_PERSON, REGISTRY_COMPANY, APPLICATIONS, PROACTIVE,
-                       *(decisions_topic(d) for d in self.rules.decision_departments(self.catalog)))
+                       *(decisions_topic(d) for d in self.rules.listened_departments(self.catalog)))
         self.tick_s = tick_s if tick_s is not None else float(os.environ.get("ONETHING_PROACTIVE_TICK_S") or 60)
         self.scan_every_s = scan_every_s if scan_every_s is not None else float(
             os.environ.get("ONETHING_PROACTIVE_SCAN_S") or 3600)
@@ -97,7 +106,7 @@ class ProactiveProcessor(BaseProcessor):
                 self._on_decision(conn, e, today, step, made)
             elif e.type in ("OfferAccepted", "OfferDeclined"):
                 try:
-                    answer = self._on_answer(conn, e)
+                    answer = self._on_answer(conn, e, step)
                 except BadAnswer as exc:   # parked here, not by re-running the whole batch one by one
                     step.dead_letter(self.group, item, f"BadAnswer: {exc}")
                     continue
@@ -144,6 +153,9 @@ class ProactiveProcessor(BaseProcessor):
                        changes=e.payload.get("changes") or {})
 
     def _on_decision(self, conn, e: Event, today: date, step: Step, made: list) -> None:
+        if pp.is_grant_answer(e.payload):   # a department's answer to a grant's task (the tick sent it)
+            self._on_grant_answer(conn, e)
+            return
         for rule in self.rules.by_trigger("decision"):
             if not pp.decision_matches(rule.trigger, e.payload):
                 continue
@@ -157,9 +169,11 @@ class ProactiveProcessor(BaseProcessor):
             self._make(conn, rule, step, made, today, subject=row[0], recipient=row[0], trigger_kind="decision",
                        trigger_key=key, trigger_on=_china_day(e), region=e.envelope.region_code, cause=e)
 
-    def _on_answer(self, conn, e: Event) -> tuple[str, str] | None:
+    def _on_answer(self, conn, e: Event, step: Step) -> tuple[str, str] | None:
         """The recipient's answer, from the API (which checked it was theirs and still open).
-        An answer naming no item id at all is refused (and dead-lettered by the runtime)."""
+        An answer naming no item id at all is refused (and dead-lettered by the runtime). A grant
+        declined within its window whose task a tick sent already (this member read the decline
+        late) has the task withdrawn: TaskCancelled on tasks.<d>."""
         p = e.payload
         try:
             uuid.UUID(str(p.get("offer_id")))
@@ -172,10 +186,31 @@ class ProactiveProcessor(BaseProcessor):
                 (p["case_id"], p["receipt_no"], p["offer_id"], e.key)).fetchone()
             return (row[0], "accepted") if row else None
         row = conn.execute(
-            "UPDATE proactive_items SET state = 'declined', decline_reason = %s, updated_at = now() "
-            "WHERE item_id = %s AND recipient_token = %s AND state IN ('offered', 'granted') RETURNING rule",
-            (p.get("reason_code"), p["offer_id"], e.key)).fetchone()
-        return (row[0], "declined") if row else None
+            "UPDATE proactive_items SET state = 'declined', decline_reason = %s, updated_at = now(), "
+            "task_cancelled_on = CASE WHEN task_sent_on IS NOT NULL THEN %s::date END "
+            "WHERE item_id = %s AND recipient_token = %s AND state IN ('offered', 'granted') "
+            f"RETURNING rule, task_sent_on IS NOT NULL, {_GRANT_COLUMNS}",
+            (p.get("reason_code"), today_in_china(), p["offer_id"], e.key)).fetchone()
+        if row is None:
+            return None
+        if row[1]:
+            g = _grant(row[2:])
+            step.emit(tasks_topic(g.department), pp.grant_cancelled(g))
+            step.on_commit(lambda: GRANT_TASKS.labels(g.rule, "cancelled").inc())
+            log.info("proactive.grant_task_cancelled", rule=g.rule, item_id=g.item_id, department=g.department)
+        return (row[0], "declined")
+
+    def _on_grant_answer(self, conn, e: Event) -> None:
+        """The department's answer to a grant's task (kind benefit_grant, on its own decisions.<d>: the
+        runtime's authority check saw to that): kept for the worklist and the inbox. `accepted` is
+        only the receipt, so it never overwrites a final answer read before it."""
+        p = e.payload
+        conn.execute(
+            "UPDATE proactive_items SET task_outcome = %s, task_decided_at = %s, updated_at = now() "
+            "WHERE item_id::text = %s AND outcome = 'grant' AND department = %s "
+            "AND (%s <> 'accepted' OR task_outcome IS NULL)",
+            (p.get("outcome"), e.envelope.occurred_at, p["task_id"].removeprefix(pp.GRANT_TASK_PREFIX),
+             p.get("department"), p.get("outcome")))
 
     def _on_own(self, conn, e: Event) -> None:
         """Its own events read back: a rebuild of the inbox from the log gets the rows again
@@ -214,10 +249,12 @@ class ProactiveProcessor(BaseProcessor):
         if rule.to == "legal_representative":
             rid = (e.payload.get("changes") or {}).get("legal_representative_resident_id") if e else None
             if not rid:
-                row = conn.execute("SELECT record->'fields'->>'legal_representative_resident_id' FROM register_keys "
+                row = conn.execute("SELECT record->>'legal_representative_resident_id' FROM register_keys "
                                    "WHERE register = 'company' AND register_key = %s", (subject,)).fetchone()
                 rid = row[0] if row else None
-            return identity.subject_token(rid) if rid and not rid.startswith("pd1:") else None
+            if personal.is_sealed(rid):  # sealed under the representative's own key: whose it is names them
+                return keystore.key_subject(conn, personal.key_id_of(rid) or "")  # None once erased
+            return identity.subject_token(rid) if rid else None  # a change recorded before sealing
         return None
 
     def _facts(self, conn, token: str) -> pp.Facts:
@@ -226,7 +263,7 @@ class ProactiveProcessor(BaseProcessor):
         kinds = {k for (k,) in conn.execute(
             "SELECT DISTINCT l.kind FROM e_license_holders h JOIN e_licenses l USING (licence_no) "
             "WHERE h.holder_token = %s AND (l.valid_until IS NULL OR l.valid_until >= current_date)", (token,))}
-        row = conn.execute("SELECT record->'fields'->>'status' FROM register_keys WHERE register = 'person' "
+        row = conn.execute("SELECT record->>'status' FROM register_keys WHERE register = 'person' "
                            "AND register_key = %s", (token,)).fetchone()
         return pp.Facts(frozenset(applied), frozenset(kinds), bool(row and row[0] == "deceased"))
 
@@ -284,6 +321,7 @@ class ProactiveProcessor(BaseProcessor):
         today = today_in_china()
         made: list[pp.Plan] = []
         lapsed = self._lapse(step, today)
+        self._send_grants(step, today)
         # a decision whose case's submission never came (it was before this processor's history)
         step.conn.execute("DELETE FROM proactive_pending WHERE occurred_on < %s::date - 30", (today,))
         now = time.monotonic()
@@ -293,6 +331,26 @@ class ProactiveProcessor(BaseProcessor):
             self.scan(step, today, made)
             self._last_scan = (today, now)
         step.on_commit(lambda: self._observe(made, [(r, "lapsed") for r in lapsed]))
+
+    def _send_grants(self, step: Step, today: date) -> None:
+        """免申即享, the department told: every grant whose decline window closed (the last day to
+        decline is `closes_on`, as the API checks it) without a decline becomes a task of kind
+        benefit_grant on tasks.<d>. `task_sent_on` is set in the checkpoint that sends it, so it is
+        sent once; the event id is the item's, so a crash before the commit sends the same event."""
+        rows = step.conn.execute(
+            "UPDATE proactive_items SET task_sent_on = %s, updated_at = now() WHERE outcome = 'grant' "
+            "AND state = 'granted' AND task_sent_on IS NULL AND closes_on < %s "
+            f"RETURNING {_GRANT_COLUMNS}", (today, today)).fetchall()
+        sent = [_grant(r) for r in rows]
+        for g in sent:
+            step.emit(tasks_topic(g.department), pp.grant_task(g))
+            log.info("proactive.grant_task_sent", rule=g.rule, item_id=g.item_id, department=g.department)
+
+        def observe() -> None:
+            for g in sent:
+                GRANT_TASKS.labels(g.rule, "sent").inc()
+
+        step.on_commit(observe)
 
     def _lapse(self, step: Step, today: date) -> list[str]:
         rows = step.conn.execute(
@@ -324,6 +382,14 @@ class ProactiveProcessor(BaseProcessor):
                 self._make(conn, rule, step, made, today, subject=token, recipient=token, trigger_kind="date",
                            trigger_key=pp.date_trigger_key(on), trigger_on=on, region=region, cause=None,
                            expiries={"id_card": id_card_until})
+
+
+_GRANT_COLUMNS = ("item_id::text, rule, department, service_id, benefit->>'code', subject_token, trigger_kind, "
+                  "trigger_key, made_on, closes_on, region_code")
+
+
+def _grant(row) -> pp.Grant:
+    return pp.Grant(*row)
 
 
 def _applicant_of(e: Event) -> str | None:

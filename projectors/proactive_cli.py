@@ -27,6 +27,7 @@ def rules_cmd(directory: str | None) -> None:
         t = r.trigger
         what = {"register": f"{t.register}.{t.change_kind}", "decision": f"{t.service} {t.outcome}",
                 "date": f"{t.licence}.{t.field}" + (f" +{t.years}y" if t.years else " by sex/job" if t.age_by
+                                                    else f" {t.retirement_age}" if t.retirement_age
                                                     else f" -{t.days_before}d")}[t.kind]
         basis = "estimate" if r.estimate else "source"
         click.echo(f"{r.code:36} {r.outcome.kind:11} {t.kind:8} {what:48} → {r.to:20} {basis:8} {r.zh}")

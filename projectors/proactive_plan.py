@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from catalog import retirement_age
 from catalog.proactive_rules import CATCH_UP_DAYS, ListItem, Rule, Trigger
 from catalog.working_days import WorkingCalendar, add_working_days
 from events.envelope import SYSTEM, Event, derived_event_id, new_event, now_utc
@@ -72,6 +73,13 @@ def trigger_date(trigger: Trigger, data: Mapping[str, Any]) -> date | None:
     base = parse_date(data.get(trigger.field or ""))
     if base is None:
         return None
+    if trigger.retirement_age:   # the 2025 reform's age by birth month, sex and job type
+        sex = data.get("sex")
+        if sex not in retirement_age.SEXES:
+            return None
+        job = data.get(trigger.job_field) if trigger.job_field else None
+        return retirement_age.retirement_date(base, sex, job if job in retirement_age.JOB_TYPES
+                                              else trigger.default_job)
     if trigger.years is None and not trigger.age_by:
         return base
     age = age_for(trigger, data.get("sex"), data.get(trigger.job_field) if trigger.job_field else None)
@@ -211,3 +219,64 @@ def lapsed_event(offer_id: str, rule: str, recipient: str, region_code: str, lap
 
 
 DECLINE_REASONS = ("not_needed", "done_elsewhere", "wrong_person", "other")
+
+# -- a grant told to its department (免申即享: "the department told") -------------------------------
+GRANT_KIND = "benefit_grant"   # onething.TaskKind
+GRANT_TASK_PREFIX = "grant:"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What the department needs to execute a grant: ids, codes, dates and the beneficiary's
+    pseudonymous token (the person register's key, which a department's register copy is keyed by)
+    — no personal value."""
+    item_id: str
+    rule: str
+    department: str
+    service_id: str | None
+    benefit_code: str
+    subject: str
+    trigger_kind: str
+    trigger_key: str
+    granted_on: date
+    decline_until: date
+    region_code: str
+
+
+def grant_task_id(item_id: str) -> str:
+    return GRANT_TASK_PREFIX + item_id
+
+
+def grant_service_id(department: str, service_id: str | None, benefit_code: str) -> str:
+    """The catalog service the grant stands for, else `<department>.<benefit code>` (高龄津贴 has no
+    catalog service): always one of the department's own ids, as the decision authority asks."""
+    return service_id or f"{department}.{benefit_code}"
+
+
+def grant_task(g: Grant) -> Event:
+    """The grant as a task on `tasks.<department>`: a TaskDispatched of kind `benefit_grant`, keyed
+    by the grant (its item id), task id `grant:<item id>`, event id derived from the item — so a
+    replay, a second tick or a restarted member sends the very same event, which the SDK drops."""
+    fields = {"grant_id": g.item_id, "rule": g.rule, "benefit_code": g.benefit_code, "beneficiary_token": g.subject,
+              "granted_on": g.granted_on.isoformat(),
+              "decline_until": g.decline_until.isoformat(), "region_code": g.region_code}
+    if g.trigger_kind == "decision":   # the case whose decision granted it (a birth's registration)
+        fields["case_id"] = g.trigger_key.rsplit(":", 1)[0]
+    payload = {"task_id": grant_task_id(g.item_id), "department": g.department,
+               "service_id": grant_service_id(g.department, g.service_id, g.benefit_code), "kind": GRANT_KIND,
+               "fields": fields, "materials": [], "inputs": {}, "due_date": None}
+    return new_event("TaskDispatched", g.item_id, payload, actor=SYSTEM, region_code=g.region_code,
+                     correlation_id=g.item_id, event_id=derived_event_id(g.item_id, "TaskDispatched"))
+
+
+def grant_cancelled(g: Grant) -> Event:
+    """A grant declined within its window but folded after its task was sent: the task withdrawn."""
+    payload = {"task_id": grant_task_id(g.item_id), "department": g.department,
+               "service_id": grant_service_id(g.department, g.service_id, g.benefit_code),
+               "reason": "declined by the recipient within the window", "kind": GRANT_KIND}
+    return new_event("TaskCancelled", g.item_id, payload, actor=SYSTEM, region_code=g.region_code,
+                     correlation_id=g.item_id, event_id=derived_event_id(g.item_id, "TaskCancelled"))
+
+
+def is_grant_answer(payload: Mapping[str, Any]) -> bool:
+    return payload.get("kind") == GRANT_KIND and str(payload.get("task_id") or "").startswith(GRANT_TASK_PREFIX)

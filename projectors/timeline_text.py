@@ -31,8 +31,10 @@ SERVICE_STATUS_LABELS: dict[str, Label] = {
     "cancelled": Label("已取消", "Cancelled"),
 }
 
+#: channels the submission's line names (online says nothing: it is the usual way)
 _ASSISTED = {"window": ("窗口帮办", "filed at a service window"),
-             "home_visit": ("上门帮办", "filed on a home visit")}
+             "home_visit": ("上门帮办", "filed on a home visit"),
+             "proactive": ("主动服务，一键确认", "offered by the government and accepted in one step")}
 
 
 def _unknown(code: str | None) -> Label:

@@ -98,6 +98,27 @@ def test_register_syncs_replies_and_other_topics():
     assert authority.refusal("applications", submitted, OWNER) is None
 
 
+def test_a_grants_answer_is_the_executing_departments_on_its_own_key():
+    """免申即享: the answer to a grant's task (projectors/proactive.py sends it) names the department's
+    own service — the catalog's, or `<department>.<benefit>` — and the task id of the grant it is
+    keyed by; another department, another's service or another grant's id is refused."""
+    grant = "0b7c1d2e-0000-5000-8000-000000000001"
+
+    def answer(sid: str, dept: str, task_id: str = f"grant:{grant}"):
+        return decision(grant, sid, dept, kind="benefit_grant", task_id=task_id, outcome="applied")
+
+    assert authority.refusal(decisions_topic("civil_affairs"), answer("civil_affairs.senior_allowance",
+                                                                      "civil_affairs"), OWNER) is None
+    assert authority.refusal(decisions_topic("medical_insurance"), answer("medical_insurance.enrolment",
+                                                                          "medical_insurance"), OWNER) is None
+    assert authority.refusal(decisions_topic("health"), answer("civil_affairs.senior_allowance", "health"), OWNER)
+    assert authority.refusal(decisions_topic("health"), answer("medical_insurance.enrolment", "health"), OWNER)
+    assert authority.refusal(decisions_topic("civil_affairs"), answer("civil_affairs.senior_allowance",
+                                                                      "civil_affairs", "grant:another"), OWNER)
+    assert authority.refusal(decisions_topic("civil_affairs"), answer("civil_affairs.senior_allowance",
+                                                                      "civil_affairs", f"{grant}:x:1"), OWNER)
+
+
 def test_a_reason_never_quotes_what_a_forger_chose():
     forged = decision("case-1", "110101199003071234", "health")
     reason = authority.refusal(decisions_topic("health"), forged, OWNER)

@@ -39,7 +39,7 @@ def people(running_stack, monkeypatch):
     monkeypatch.setenv("ONETHING_TODAY", TODAY.isoformat())
     url = running_stack.database_url
     migrations.migrate(url)
-    retiree = Person(date(1965, 3, 4), "male", "钱志强")
+    retiree = Person(date(1965, 2, 4), "male", "钱志强")   # 60y1m on 2025-03-04 (the 2025 reform)
     senior = Person(date(1945, 3, 6), "female", "冯桂兰")
     with psycopg.connect(url, autocommit=True) as conn:
         _id_card(conn, retiree)

@@ -191,3 +191,24 @@ def test_passwords_come_from_the_environment_and_are_derived_only_in_development
     kwargs = kafka_auth.security(POLICE, auth_mode="scram")
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512" and kwargs["sasl_plain_username"] == POLICE
     assert kafka_auth.security(POLICE, auth_mode="none") == {}
+
+
+def test_the_proactive_processor_tells_only_the_departments_that_execute_grants():
+    """免申即享: a grant is told to its department on tasks.<d> (projectors/proactive.py); proactive may
+    write the tasks of the departments some rule grants through, read their answers, and no more."""
+    grants = {(g.operation, g.name) for g in acls.catalog_grants() if g.principal == acls.PROACTIVE_PRINCIPAL}
+    assert {("WRITE", tasks_topic("civil_affairs")), ("WRITE", tasks_topic("medical_insurance")),
+            ("READ", decisions_topic("civil_affairs")), ("READ", decisions_topic("police"))} <= grants
+    assert ("WRITE", tasks_topic("police")) not in grants          # no rule grants through the police
+    assert not any(op == "WRITE" and name.startswith("decisions.") for op, name in grants)
+
+
+@pytest.mark.broker
+def test_proactive_writes_a_grant_departments_tasks_and_not_another_departments(scram):
+    producer = bus.make_producer(scram, acls.PROACTIVE_PRINCIPAL, max_block_ms=10_000)
+    try:
+        assert producer.send(tasks_topic("civil_affairs"), key=b"acl", value=b"probe").get(timeout=30)
+        with pytest.raises(TopicAuthorizationFailedError):
+            producer.send(tasks_topic("police"), key=b"acl", value=b"forged").get(timeout=30)
+    finally:
+        producer.close(timeout=10)

@@ -74,7 +74,8 @@ def world(running_stack, tmp_path_factory):
     url, bootstrap = running_stack.database_url, running_stack.bootstrap_servers
     migrations.migrate(url)
     people = {
-        "retiree": Person(date(1965, 3, random.randrange(1, 10)), "male", "孙建国"),
+        # the 2025 reform: a man born 1965-01..04 retires at 60 years and 1 month (2025-03-01..09 here)
+        "retiree": Person(date(1965, 2, random.randrange(1, 10)), "male", "孙建国"),
         "senior": Person(date(1945, 3, 3), "female", "周秀英"),
         "soldier": Person(date(2001, 6, 1), "male", "吴海军", "440203"),
         "mother": Person(date(1994, 4, 4), "female", "郑晓雯", "440203"),
@@ -181,7 +182,7 @@ def test_a_birth_registered_by_the_police_grants_the_newborn_services_the_family
         assert clear not in raw
 
 
-def test_turning_60_is_offered_retirement_prefilled_and_accepted_in_one_step_until_the_case_completes(world):
+def test_reaching_the_retirement_age_is_offered_retirement_prefilled_and_accepted_in_one_step(world):
     retiree = world["people"]["retiree"]
     offer = _item(world, "retiree", "retirement_offer")
     assert offer["outcome"] == "offer" and offer["state"] == "offered" and offer["can_accept"]
@@ -220,7 +221,8 @@ def test_turning_60_is_offered_retirement_prefilled_and_accepted_in_one_step_unt
     assert wait_for(completed, 180, 1), "the accepted retirement case did not complete"
     (filed,) = read_since(world["bootstrap"], filed_since, lambda e: e.key == case_id)
     assert filed.type == "ApplicationSubmitted" and filed.payload["bundle_code"] == "retirement"
-    assert filed.envelope.actor.id_token == retiree.token
+    assert filed.envelope.actor.id_token == retiree.token and filed.envelope.actor.role == "applicant"
+    assert filed.envelope.actor.channel == "proactive"    # 主动服务: the government offered, the applicant accepted
     # the prefilled personal values travel sealed, as every submission's (events/personal.py)
     assert filed.payload["form"]["applicant_resident_id"].startswith("pd1:")
     assert retiree.rid.encode() not in json.dumps(filed.payload, ensure_ascii=False).encode()

@@ -32,7 +32,7 @@ def _tick(conn, processor: ProactiveProcessor, day: date, monkeypatch) -> list:
 
 def test_an_offer_lapses_after_sixty_working_days_once_and_is_never_made_again(database_url, monkeypatch):
     migrations.migrate(database_url)
-    retiree = Person(date(1965, 3, 7), "male", "何文军")
+    retiree = Person(date(1965, 2, 7), "male", "何文军")   # 60 years and 1 month on 2025-03-07 (the 2025 reform)
     processor = ProactiveProcessor(name="proactive")
     with psycopg.connect(database_url, autocommit=True) as conn:
         _id_card(conn, retiree)

@@ -104,11 +104,12 @@ DISCHARGE = RULES.get("veteran_pre_service").trigger
 
 
 def test_retirement_age_by_sex_and_job_type():
-    assert pp.trigger_date(RETIREMENT, {"birth_date": "1965-03-09", "sex": "male"}) == date(2025, 3, 9)
+    # the 2025 reform (catalog/retirement_age.py, tests/test_retirement_age.py): 60y1m for a man born 1965-01..04
+    assert pp.trigger_date(RETIREMENT, {"birth_date": "1965-03-09", "sex": "male"}) == date(2025, 4, 9)
     assert pp.trigger_date(RETIREMENT, {"birth_date": "1970-01-02", "sex": "female", "job_type": "worker"}) \
-        == date(2020, 1, 2)
-    # the job type unknown: 干部's later age (never offered too early)
-    assert pp.trigger_date(RETIREMENT, {"birth_date": "1970-01-02", "sex": "female"}) == date(2025, 1, 2)
+        == date(2020, 1, 2)   # born before 1975: the original 50
+    # the job type unknown: 干部's later age (never offered too early), 55y1m from 1970-01
+    assert pp.trigger_date(RETIREMENT, {"birth_date": "1970-01-02", "sex": "female"}) == date(2025, 2, 2)
     assert pp.trigger_date(RETIREMENT, {"birth_date": "1970-01-02"}) is None   # no sex recorded: no age
     assert pp.trigger_date(EIGHTY, {"birth_date": "1944-02-29"}) == date(2024, 2, 29)
     assert pp.trigger_date(EIGHTY, {"birth_date": "1948-02-29"}) == date(2028, 2, 29)

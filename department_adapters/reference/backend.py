@@ -94,6 +94,9 @@ class SimulatedBackend:
                 # one change, many updates is the register-copy backend's job (register_copy.ByKind
                 # routes it there); answering "applied" here would tell the cascade a lie
                 raise InvalidTask("register syncs are not decided by the case-service backend")
+            if p.get("kind") == "benefit_grant":
+                # 免申即享: executed by the grant backend (grants.py, routed by register_copy.ByKind)
+                raise InvalidTask("grants are not decided by the case-service backend")
             svc = self._service(p.get("service_id", ""))
             if self.config.processing_s and svc.auto_decision is None:  # 免批秒办 waits for nobody
                 time.sleep(self.config.processing_s)

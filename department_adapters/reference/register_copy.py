@@ -39,6 +39,7 @@ from events.envelope import Event
 
 log = structlog.get_logger(__name__)
 SYNC_KIND = "register_sync"
+GRANT_KIND = "benefit_grant"
 OUTAGE_MODES = ("unavailable", "failing")
 
 #: what a department starts itself when a change reaches its copy: (register, field, value) → department → action
@@ -162,19 +163,26 @@ class RegisterCopyBackend:
 
 
 class ByKind:
-    """One backend per department topic: `register_sync` tasks to `sync`, every other task to `case`.
+    """One backend per department topic: `register_sync` tasks to `sync`, `benefit_grant` tasks (免申即享,
+    from the proactive processor) to `grant`, every other task to `case`.
 
-    A department has ONE adapter (one consumer group on tasks.<department>) for case services
-    and register syncs alike, so its backend routes on the task's kind."""
+    A department has ONE adapter (one consumer group on tasks.<department>) for case services,
+    register syncs and grants alike, so its backend routes on the task's kind (a TaskCancelled
+    carries the kind of the task it withdraws)."""
 
-    def __init__(self, case: Any, sync: RegisterCopyBackend):
-        if case.department != sync.department:
-            raise ValueError("both backends must serve the same department topic")
-        self.case, self.sync = case, sync
+    def __init__(self, case: Any, sync: RegisterCopyBackend, grant: Any = None):
+        if case.department != sync.department or (grant is not None and grant.department != case.department):
+            raise ValueError("every backend must serve the same department topic")
+        self.case, self.sync, self.grant = case, sync, grant
         self.department = case.department
 
     def _for(self, task: Event):
-        return self.sync if task.payload.get("kind") == SYNC_KIND else self.case
+        kind = task.payload.get("kind")
+        if kind == SYNC_KIND:
+            return self.sync
+        if kind == GRANT_KIND and self.grant is not None:
+            return self.grant
+        return self.case
 
     def handle(self, task: Event, conn: psycopg.Connection) -> list[Decision]:
         return self._for(task).handle(task, conn)

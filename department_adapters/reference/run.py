@@ -21,15 +21,16 @@ from infra.settings import Settings
 
 from .backend import SimulatedBackend
 from .config import BackendConfig
+from .grants import GrantBackend
 from .register_copy import ByKind, RegisterCopyBackend
 
 log = structlog.get_logger(__name__)
 
 
 def build_backend(department: str, config: BackendConfig | None = None, *, name: str | None = None) -> Backend:
-    """The department's whole backend: case services by `SimulatedBackend`, and — when the
-    cascade's register-copy half is installed — register syncs by `RegisterCopyBackend`, routed
-    on the task's kind (a department has one adapter, one group, for both)."""
+    """The department's whole backend: case services by `SimulatedBackend`, register syncs by
+    `RegisterCopyBackend` (the cascade's half) and grants by `GrantBackend` (免申即享: the proactive
+    processor's tasks), routed on the task's kind (a department has one adapter, one group, for all)."""
     if config is None:  # the catalog's adapter configuration, ONETHING_SIM_* over it
         from catalog.loader import load_catalog
 
@@ -37,7 +38,7 @@ def build_backend(department: str, config: BackendConfig | None = None, *, name:
         base = BackendConfig(processing_s=adapter.processing_s) if adapter is not None else None
         config = BackendConfig.from_env(department, base=base)
     case = SimulatedBackend(department, config, name=name)
-    return ByKind(case, RegisterCopyBackend(department, name=name))
+    return ByKind(case, RegisterCopyBackend(department, name=name), GrantBackend(department, name=name))
 
 
 def case_backend(backend: Backend) -> SimulatedBackend:
