@@ -10,6 +10,11 @@ fields and, per department, the fields of each register it keeps. Everything her
 `targets` is the data-minimisation rule of the cascade: a department gets only the changed
 fields it subscribes to, and a department none of whose fields changed gets nothing. Load
 errors are reported like the rest of the catalog, every one with `file:line`.
+
+What is personal is declared here too, once: a field's `pii: true` (sealed on every topic) and
+a register's `subject` — whose data those fields are: `key` (the register key is the person's
+token) or a resident_id field naming the natural person (the company's legal representative).
+producers/register_changes.py seals by it; no consumer keeps its own list.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Any
 from .loader import DEFAULT_ROOT, CatalogError, Problem, _display, read_yaml
 
 __all__ = ["FIELD_TYPES", "RegisterField", "Register", "Subscription", "Subscriptions", "load_subscriptions",
-           "SUBSCRIPTIONS_PATH"]
+           "SUBSCRIPTIONS_PATH", "SUBJECT_KEY"]
 
 SUBSCRIPTIONS_PATH = DEFAULT_ROOT / "data" / "subscriptions.yaml"
 DEPARTMENTS_PATH = DEFAULT_ROOT / "data" / "departments.yaml"
@@ -43,6 +48,10 @@ class RegisterField:
     pii: bool = False
 
 
+#: a register's `subject` when its personal fields are the register key's own (the person register)
+SUBJECT_KEY = "key"
+
+
 @dataclass(frozen=True)
 class Register:
     code: str
@@ -51,6 +60,14 @@ class Register:
     key: str
     master: str | None  # the department that keeps the master register, if one does
     fields: Mapping[str, RegisterField] = field(default_factory=dict)
+    #: whose personal data the `pii` fields are: `key` (the register key is the person's token), or
+    #: the id of a resident_id field naming the natural person (the company's legal representative)
+    subject: str = SUBJECT_KEY
+
+    @property
+    def personal_fields(self) -> frozenset[str]:
+        """The fields sealed under the subject's data key on every topic (`pii: true`)."""
+        return frozenset(f.id for f in self.fields.values() if f.pii)
 
 
 @dataclass(frozen=True)
@@ -148,7 +165,7 @@ def _load(path: Path, departments: set[str] | None) -> Subscriptions:
             problem(line, f"register {code}: must be a mapping")
             continue
         for key in rdef:
-            if key not in ("zh", "en", "key", "master", "fields"):
+            if key not in ("zh", "en", "key", "master", "fields", "subject"):
                 problem(_at(rdef, key), f"register {code}: unknown key {key!r}")
         texts = {k: _text(rdef, k) for k in ("zh", "en", "key", "master")}
         for k, v in texts.items():
@@ -199,8 +216,14 @@ def _load(path: Path, departments: set[str] | None) -> Subscriptions:
                 problem(fline, f"{what}: zh and en labels are required")
             fields[fid] = RegisterField(fid, zh or fid, en or fid, ftype if ftype in FIELD_TYPES else "text",
                                         tuple(options), max_length, pii)
+        subject = rdef.get("subject", SUBJECT_KEY)
+        if subject != SUBJECT_KEY and (not isinstance(subject, str) or subject not in fields
+                                       or fields[subject].type != "resident_id"):
+            problem(_at(rdef, "subject"), f"register {code}: subject must be `{SUBJECT_KEY}` or one of its "
+                                          "resident_id fields (whose personal data the pii fields are)")
+            subject = SUBJECT_KEY
         registers[code] = Register(code, texts["zh"] or code, texts["en"] or code, texts["key"] or "",
-                                   texts["master"], fields)
+                                   texts["master"], fields, subject)
 
     subscriptions: list[Subscription] = []
     subs = doc.get("subscriptions")

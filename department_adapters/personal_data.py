@@ -7,6 +7,12 @@ SDK opens a task with the department's private key (`ONETHING_DEPARTMENT_KEY_<DE
 backend sees it, and seals the outputs it produces (a child's resident ID, a certificate number)
 under the same key, so they travel and are kept in ciphertext as the form does. A value whose key
 was destroyed opens as 已删除.
+
+A register sync opens the same way: its sealed values (a household address, a legal
+representative's name and ID) come under the person's own key, granted to each department that
+keeps a copy of them when the register recorded the change (`register:<subject>` rows,
+keystore.grant_subject); its outputs (the copy's sequence, field names) are nothing personal and
+stay as they are.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ class DepartmentKeys:
         self.department = department
         self._conn: psycopg.Connection | None = None
         self._keys = keystore.department_keys(lambda: nullcontext(self._conn), department)
+        self.sealing = keystore.sealing_on()  # off only for `onething bench --sealing-ab`, in development
 
     def bind(self, conn: psycopg.Connection) -> "DepartmentKeys":
         """Read keys through `conn` (the batch's own transaction)."""
@@ -38,11 +45,12 @@ class DepartmentKeys:
         if not (personal.key_ids(fields) or personal.key_ids(inputs)
                 or any(personal.is_sealed(m.get("ref")) for m in materials)):
             return task
+        keys = personal.Opener(self._keys)  # the task's key looked up once
         opened = {
             **p,
-            "fields": personal.open_fields(self._keys, fields),
-            "inputs": personal.open_fields(self._keys, inputs),
-            "materials": [m | {"ref": personal.open_value(self._keys, f"materials.{m['code']}.ref", m["ref"])}
+            "fields": personal.open_fields(keys, fields),
+            "inputs": personal.open_fields(keys, inputs),
+            "materials": [m | {"ref": personal.open_value(keys, f"materials.{m['code']}.ref", m["ref"])}
                           if personal.is_sealed(m.get("ref")) else m for m in materials],
         }
         return replace(task, payload=opened)
@@ -51,9 +59,11 @@ class DepartmentKeys:
         """Outputs under the case's data key — the one its fields came sealed with, else the one
         granted for the case; as they are if the case came with none (a case accepted before
         personal data was sealed, a register sync)."""
-        if not outputs or self._conn is None:
+        if not outputs or self._conn is None or not self.sealing:
             return outputs
         p = task.payload
+        if p.get("kind") == "register_sync":  # a copy's sequence and field names: nothing of the person
+            return outputs
         carried = personal.key_ids(p.get("fields") or {}) | personal.key_ids(p.get("inputs") or {})
         key_id = next(iter(carried)) if len(carried) == 1 else keystore.case_key_id(self._conn, self.department,
                                                                                        task.key)

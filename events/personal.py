@@ -39,8 +39,12 @@ class SealBroken(ValueError):
 
 
 def seal(key: bytes, key_id: str, field: str, value: str) -> str:
+    return _seal(AESGCM(key), key_id, field, value)
+
+
+def _seal(aead: AESGCM, key_id: str, field: str, value: str) -> str:
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(key).encrypt(nonce, value.encode(), _aad(key_id, field))
+    sealed = aead.encrypt(nonce, value.encode(), _aad(key_id, field))
     return f"{PREFIX}{key_id}:{base64.urlsafe_b64encode(nonce + sealed).decode().rstrip('=')}"
 
 
@@ -55,30 +59,55 @@ def key_id_of(value: str) -> str | None:
 
 def open_value(keys: KeyLookup, field: str, value: str) -> str:
     """The clear value; `ERASED` if its key was destroyed; a clear value as it is."""
+    return _open(Opener.of(keys), field, value)
+
+
+class Opener:
+    """`keys` for the values of one call (or one task): each key looked up, and its cipher made,
+    once — a task's fields are all under its subject's key. For `open_value` and `open_fields` (one
+    task's worth: it keeps no key past the call that made it)."""
+
+    def __init__(self, keys: KeyLookup):
+        self.keys, self.aeads = keys, {}
+
+    @classmethod
+    def of(cls, keys: "KeyLookup | Opener") -> "Opener":
+        return keys if isinstance(keys, Opener) else cls(keys)
+
+    def __call__(self, key_id: str) -> AESGCM | None:
+        if key_id not in self.aeads:
+            key = self.keys(key_id)
+            self.aeads[key_id] = AESGCM(key) if key is not None else None
+        return self.aeads[key_id]
+
+
+def _open(opener: Opener, field: str, value: str) -> str:
     if not is_sealed(value):
         return value
     m = _SEALED.fullmatch(value)
     if m is None:
         raise SealBroken(f"field {field}: not a sealed value")
     key_id, blob = m.groups()
-    key = keys(key_id)
-    if key is None:
+    aead = opener(key_id)
+    if aead is None:
         return ERASED
     raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
     try:
-        return AESGCM(key).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(key_id, field)).decode()
+        return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(key_id, field)).decode()
     except InvalidTag:
         raise SealBroken(f"field {field}: the sealed value does not open under key {key_id}") from None
 
 
 def seal_fields(key: bytes, key_id: str, values: Mapping[str, str], personal: Callable[[str], bool]) -> dict[str, str]:
     """`values` with every personal field sealed (already sealed ones left as they are)."""
-    return {k: seal(key, key_id, k, v) if personal(k) and not is_sealed(v) and v != "" else v
+    aead = AESGCM(key)
+    return {k: _seal(aead, key_id, k, v) if personal(k) and not is_sealed(v) and v != "" else v
             for k, v in values.items()}
 
 
 def open_fields(keys: KeyLookup, values: Mapping[str, str]) -> dict[str, str]:
-    return {k: open_value(keys, k, v) for k, v in values.items()}
+    opener = Opener.of(keys)
+    return {k: _open(opener, k, v) for k, v in values.items()}
 
 
 def seal_bytes(key: bytes, key_id: str, label: str, data: bytes) -> bytes:

@@ -12,7 +12,9 @@ it never mixes with the demo's or the tests' data, with every process of `onethi
       submit → completed;
   (d) a rebuild of the case view from this run's events, events/s next to (a)'s consume rate;
   (e) CPU seconds of each process (and the broker and PostgreSQL) idle, in (b) and in (c);
-  (f) each system figure as a ratio to the raw pipe.
+  (f) each system figure as a ratio to the raw pipe;
+  (g) with --sealing-ab: CPU a case at saturation with and without sealing personal data
+      (infra/bench_sealing.py).
 
 The figures' meaning, and this machine's, are in the README ("Benchmark").
 """
@@ -39,7 +41,7 @@ def bench_environment() -> None:
         os.environ["ONETHING_KAFKA_PORT"] = os.environ.get("ONETHING_BENCH_KAFKA_PORT", BENCH_ENV["ONETHING_KAFKA_PORT"])
         os.environ["ONETHING_HOME"] = str(Path(os.environ.get("ONETHING_HOME") or REPO_ROOT / ".onething") / "bench")
     if not os.environ.get("DATABASE_URL"):
-        os.environ["ONETHING_DB_NAME"] = BENCH_ENV["ONETHING_DB_NAME"]
+        os.environ["ONETHING_DB_NAME"] = os.environ.get("ONETHING_BENCH_DB_NAME", BENCH_ENV["ONETHING_DB_NAME"])
     for k in ("ONETHING_METRICS_BASE_PORT", "ONETHING_API_PORT"):
         os.environ[k] = os.environ.get(f"ONETHING_BENCH_{k[9:]}", BENCH_ENV[k])
 
@@ -67,6 +69,16 @@ class Figures:
     idle_seconds: float = 0.0
     saturation_seconds: float = 0.0
     latency_seconds: float = 0.0
+    saturation_cases: int = 0
+    # --sealing-ab: the saturation phase twice more on the same stack, unsealed and then sealed
+    unsealed_cases_per_s: float = 0.0
+    unsealed_cases: int = 0
+    unsealed_seconds: float = 0.0
+    cpu_unsealed: dict[str, float] = field(default_factory=dict)
+    sealed_cases_per_s: float = 0.0
+    sealed_cases: int = 0
+    sealed_seconds: float = 0.0
+    cpu_sealed: dict[str, float] = field(default_factory=dict)
 
 
 # -- CPU of the system's processes, the broker and PostgreSQL ------------------------------------------
@@ -90,17 +102,35 @@ def _pids_matching(needle: str) -> list[int]:
     return out
 
 
+def _postgres_pids(database: str) -> list[int]:
+    """PostgreSQL's processes that work for `database`: its backends and autovacuum workers, and
+    the server's own (postmaster, WAL writer, checkpointer …) — not the backends of the other
+    databases of a shared server (a test run beside the bench would count in its figures)."""
+    out = []
+    for pid in sorted(set(_pids_matching("postgres: ") + _pids_matching("bin/postgres"))):
+        try:
+            words = (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                     .decode(errors="replace").split())
+        except OSError:
+            continue
+        client = any(w.endswith(")") and "(" in w or w == "[local]" for w in words)
+        if database in words or not (client or "autovacuum" in words and "worker" in words):
+            out.append(pid)
+    return out
+
+
 class CpuMeter:
     """CPU seconds per named process since `start()`: the supervisor's children, the broker, PostgreSQL."""
 
     def __init__(self, sup, settings):
         self.sup, self.settings = sup, settings
+        self.database = settings.database_url.rsplit("/", 1)[-1].split("?", 1)[0]
         self.before: dict[str, float] = {}
 
     def sample(self) -> dict[str, float]:
         out = {n: _cpu_seconds(c.proc.pid) for n, c in self.sup.children.items() if c.proc}
         out["kafka broker"] = sum(_cpu_seconds(p) for p in _pids_matching(f"{self.settings.home}/kafka"))
-        out["postgresql"] = sum(_cpu_seconds(p) for p in _pids_matching("postgres: ") + _pids_matching("bin/postgres"))
+        out["postgresql"] = sum(_cpu_seconds(p) for p in _postgres_pids(self.database))
         return out
 
     def start(self) -> None:
@@ -219,18 +249,86 @@ def _total_end(bootstrap: str, topics: list[str]) -> int:
     return sum(end_offsets(bootstrap, topics).values())
 
 
-def run(*, quick: bool = False, cases: int | None = None, console=None) -> Figures:
+def run(*, quick: bool = False, cases: int | None = None, console=None, sealing_ab: bool = False) -> Figures:
     """The whole benchmark (see the module docstring) on the bench stack: brought up for it, and
-    what it brought up (broker, PostgreSQL) stopped at the end, as after the test suite."""
+    what it brought up (broker, PostgreSQL) stopped at the end, as after the test suite.
+    `sealing_ab`: then the saturation phase twice more, unsealed and sealed (development only:
+    refused before anything starts otherwise; infra/bench_sealing.py)."""
     from . import stack
     from .settings import Settings
 
+    if sealing_ab:
+        from .bench_sealing import refuse_outside_dev
+
+        refuse_outside_dev()
     bench_environment()
     with stack.session(Settings.from_env()):
-        return _measure(quick=quick, cases=cases, console=console)
+        return _measure(quick=quick, cases=cases, console=console, sealing_ab=sealing_ab)
 
 
-def _measure(*, quick: bool, cases: int | None, console) -> Figures:
+#: what every process of the bench's system runs with
+SYSTEM_ENV = {"ONETHING_SIM_PROCESSING_S": "0", "ONETHING_CASCADE_START": "latest", "ONETHING_LOG_LEVEL": "WARNING",
+              # one demo applicant files every case: the per-subject limit would hold her back
+              "ONETHING_API_SUBMIT_RATE": "off"}
+
+
+def start_system(settings, env: dict[str, str] | None = None):
+    """(supervisor, CPU meter, API base URL) of every process of `onething run`, started."""
+    from .supervisor import system
+
+    sup = system(Path(tempfile.mkdtemp(prefix="bench-")), env=SYSTEM_ENV | (env or {}))
+    cpu = CpuMeter(sup, settings)
+    sup.start()
+    return sup, cpu, f"http://127.0.0.1:{os.environ['ONETHING_API_PORT']}"
+
+
+def warm_up(base: str, sup, watcher) -> tuple[dict[str, str], dict]:
+    """(headers, body) of the load, once 10 applications went through and every member settled."""
+    from .bench_cases import post_applications, prepare_request
+
+    _wait_ready(base, sup)
+    auth, body = prepare_request(base)
+    warm = post_applications(base, auth, body, 10, 10, watcher)
+    _wait(lambda: watcher.done(warm) == len(warm), 120, sup)
+    time.sleep(3)   # every member has joined and settled
+    return auth, body
+
+
+@dataclass
+class Saturation:
+    ids: list[str]
+    seconds: float
+    cpu: dict[str, float]
+    cases_per_s: float
+    submitted_per_s: float
+
+
+def saturate(base: str, auth, body, n: int, watcher, sup, cpu: CpuMeter, progress=lambda done: None) -> Saturation:
+    """(b): `n` applications posted by 32 clients as fast as accepted; CPU from the first post to
+    the last completion; cases/s between 10 % and 90 % of completions."""
+    from .bench_cases import post_applications
+
+    cpu.start()
+    t0 = time.monotonic()
+    ids: list[str] = []
+    poster = threading.Thread(target=lambda: ids.extend(post_applications(base, auth, body, n, 32, watcher)))
+    poster.start()
+    while poster.is_alive() or watcher.done(ids) < len(ids):
+        progress(watcher.done(list(watcher.submitted)))
+        sup.check()
+        time.sleep(0.25)
+        if time.monotonic() - t0 > 900:
+            break
+    poster.join()
+    seconds, used = time.monotonic() - t0, cpu.since()
+    done = sorted(watcher.completed[c] for c in ids if c in watcher.completed)
+    lo, hi = done[int(0.1 * len(done))], done[int(0.9 * len(done)) - 1]
+    subs = sorted(watcher.submitted[c] for c in ids)
+    return Saturation(ids, seconds, used, (0.8 * len(done)) / max(1e-6, hi - lo),
+                      len(subs) / max(1e-6, subs[-1] - subs[0]))
+
+
+def _measure(*, quick: bool, cases: int | None, console, sealing_ab: bool = False) -> Figures:
     """Every process of `onething run` on the running bench stack, stopped at the end."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -239,10 +337,9 @@ def _measure(*, quick: bool, cases: int | None, console) -> Figures:
     from projectors.case_view import CaseViewProjection, create_schema, default_topics, drop_schema
     from projectors.postgres_projection import rebuild
 
-    from .bench_cases import Watcher, post_applications, prepare_request
+    from .bench_cases import Watcher, post_applications
     from .fast_forward import end_offsets, skip_history
     from .settings import Settings
-    from .supervisor import system
 
     console = console or Console(stderr=True)
     settings = Settings.from_env()
@@ -254,7 +351,7 @@ def _measure(*, quick: bool, cases: int | None, console) -> Figures:
     topics = list(default_topics(load_catalog()))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console) as bar:
-        step = bar.add_task("stack", total=6, note="the bench stack is up")
+        step = bar.add_task("stack", total=8 if sealing_ab else 6, note="the bench stack is up")
         bar.update(step, advance=1, description="raw pipe", note=f"{n_raw} events, acks=all")
         sub = bar.add_task("  events", total=1.0, note="")
         f.raw_produced_per_s, f.raw_consumed_per_s, f.raw_consume_alone_per_s, f.event_bytes = raw_pipe(
@@ -262,22 +359,10 @@ def _measure(*, quick: bool, cases: int | None, console) -> Figures:
         bar.update(sub, completed=1.0, visible=False)
         bar.update(step, advance=1, description="system", note="starting every process of `onething run`")
         skip_history(settings.bootstrap_servers, settings.database_url)
-        sup = system(Path(tempfile.mkdtemp(prefix="bench-")), env={"ONETHING_SIM_PROCESSING_S": "0",
-                                                                   "ONETHING_CASCADE_START": "latest",
-                                                                   "ONETHING_LOG_LEVEL": "WARNING",
-                                                                   # one demo applicant files every case:
-                                                                   # the per-subject limit would hold her back
-                                                                   "ONETHING_API_SUBMIT_RATE": "off"})
-        cpu = CpuMeter(sup, settings)
-        base = f"http://127.0.0.1:{os.environ['ONETHING_API_PORT']}"
         watcher = Watcher(settings.database_url, interval_s=0.1).start()   # light while saturating
-        sup.start()
+        sup, cpu, base = start_system(settings)
         try:
-            _wait_ready(base, sup)
-            auth, body = prepare_request(base)
-            warm = post_applications(base, auth, body, 10, 10, watcher)
-            _wait(lambda: watcher.done(warm) == len(warm), 120, sup)
-            time.sleep(3)   # every member has joined and settled
+            auth, body = warm_up(base, sup, watcher)
             bar.update(step, description="idle", note=f"{idle_s:.0f} s without load")
             cpu.start()
             time.sleep(idle_s)
@@ -287,26 +372,11 @@ def _measure(*, quick: bool, cases: int | None, console) -> Figures:
             sat = bar.add_task("  completed", total=n_sat, note="")
             before = _total_end(settings.bootstrap_servers, topics)
             start_offsets = end_offsets(settings.bootstrap_servers, topics)
-            cpu.start()
-            t0 = time.monotonic()
-            ids: list[str] = []
-            poster = threading.Thread(target=lambda: ids.extend(post_applications(base, auth, body, n_sat, 32, watcher)))
-            poster.start()
-            while poster.is_alive() or watcher.done(ids) < len(ids):
-                bar.update(sat, completed=watcher.done(list(watcher.submitted)))
-                sup.check()
-                time.sleep(0.25)
-                if time.monotonic() - t0 > 900:
-                    break
-            poster.join()
-            f.saturation_seconds = time.monotonic() - t0
-            f.cpu_saturation = cpu.since()
+            r = saturate(base, auth, body, n_sat, watcher, sup, cpu, lambda n: bar.update(sat, completed=n))
+            ids = r.ids
+            f.saturation_seconds, f.cpu_saturation, f.saturation_cases = r.seconds, r.cpu, len(ids)
+            f.saturation_cases_per_s, f.submitted_per_s = r.cases_per_s, r.submitted_per_s
             bar.update(sat, completed=n_sat, visible=False)
-            done = sorted(watcher.completed[c] for c in ids if c in watcher.completed)
-            lo, hi = done[int(0.1 * len(done))], done[int(0.9 * len(done)) - 1]
-            f.saturation_cases_per_s = (0.8 * len(done)) / max(1e-6, hi - lo)
-            subs = sorted(watcher.submitted[c] for c in ids)
-            f.submitted_per_s = len(subs) / max(1e-6, subs[-1] - subs[0])
             f.events_per_case = (_total_end(settings.bootstrap_servers, topics) - before) / max(1, len(ids))
             f.saturation_events_per_s = f.saturation_cases_per_s * f.events_per_case
             # (c) latency at half the saturation rate
@@ -347,6 +417,22 @@ def _measure(*, quick: bool, cases: int | None, console) -> Figures:
                 drop_schema(conn, schema)
                 conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (name,))
                 conn.execute("DELETE FROM processed_events WHERE consumer = %s", (name,))
+        if sealing_ab:  # (g) the same saturation twice more on this stack, without and with sealing
+            from .bench_sealing import saturation_phase
+
+            # ONETHING_BENCH_AB_SEALED_FIRST=1 swaps the order: a phase's place is not its cost
+            for sealing in ((True, False) if os.environ.get("ONETHING_BENCH_AB_SEALED_FIRST") else (False, True)):
+                bar.update(step, advance=1, description="sealed" if sealing else "unsealed",
+                           note=f"{n_sat} cases, ONETHING_SEALING={'on' if sealing else 'off'}")
+                sat = bar.add_task("  completed", total=n_sat, note="")
+                r = saturation_phase(settings, n_sat, sealing, lambda n: bar.update(sat, completed=n))
+                if sealing:
+                    f.sealed_seconds, f.cpu_sealed, f.sealed_cases = r.seconds, r.cpu, len(r.ids)
+                    f.sealed_cases_per_s = r.cases_per_s
+                else:
+                    f.unsealed_seconds, f.cpu_unsealed, f.unsealed_cases = r.seconds, r.cpu, len(r.ids)
+                    f.unsealed_cases_per_s = r.cases_per_s
+                bar.update(sat, completed=n_sat, visible=False)
         bar.update(step, advance=1, note="done")
     return f
 
@@ -406,3 +492,7 @@ def report(f: Figures, console) -> None:
     idle_share = sum(f.cpu_idle[n] for n in ours) / max(1e-6, f.idle_seconds)
     c.add_row("[bold]onething processes, idle share of one core[/bold]", f"{100 * idle_share:.1f} %", "", "")
     console.print(c)
+    if f.cpu_unsealed:
+        from .bench_sealing import report_sealing
+
+        report_sealing(f, console)

@@ -346,14 +346,17 @@ def run(name: str | None, arg: str | None) -> None:
 @click.option("--quick", is_flag=True, help="a short run (under a minute and a half)")
 @click.option("--cases", type=int, default=None, help="applications for the saturation run (default 2000, quick 300)")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="also write the figures here")
-def bench(quick: bool, cases: int | None, as_json: str | None) -> None:
+@click.option("--sealing-ab", is_flag=True,
+              help="then saturation again with personal data unsealed (ONETHING_SEALING=off; ONETHING_ENV=dev only): "
+                   "what sealing costs, CPU a case with and without")
+def bench(quick: bool, cases: int | None, as_json: str | None, sealing_ab: bool) -> None:
     from dataclasses import asdict
 
     from . import bench as bench_mod
     from . import safe_config
 
     os.environ.setdefault(safe_config.ENV, safe_config.DEV)  # a stack of its own, thrown away
-    figures = bench_mod.run(quick=quick, cases=cases, console=console)
+    figures = bench_mod.run(quick=quick, cases=cases, console=console, sealing_ab=sealing_ab)
     bench_mod.report(figures, console)
     if as_json:
         with open(as_json, "w") as out:

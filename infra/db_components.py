@@ -74,8 +74,9 @@ COMPONENTS: dict[str, Access] = {
     "deadlines": Access(writes=_DEADLINES, consumers=("deadlines",)),
     "read_audit": Access(writes=("audit_reads",), consumers=("read_audit",)),  # append-only (APPEND_ONLY)
     # 免申即享: its offers (the citizen's inbox), what people applied for; it reads the e-licences
-    # (dates of birth, discharge notices) and the company register's entries (legal representatives)
-    "proactive": Access(writes=_PROACTIVE, reads=("e_licenses", "e_license_holders", "register_keys"),
+    # (dates of birth, discharge notices) and the company register's entries (legal representatives:
+    # sealed under their own data key, whose subject in `data_keys` names them; it holds no master key)
+    "proactive": Access(writes=_PROACTIVE, reads=("e_licenses", "e_license_holders", "register_keys", "data_keys"),
                         consumers=("proactive",)),
 }
 

@@ -41,6 +41,8 @@ MASTER_KEY_ENV, MASTER_KEY_ID_ENV, OLD_MASTER_KEYS_ENV = (
 DEV_SECRET_ENV = "ONETHING_KEY_DEV_SECRET"
 DEV_SECRET = "onething-dev-key-secret-not-for-production"
 CACHE_S_ENV = "ONETHING_KEY_CACHE_S"
+#: `off` turns sealing personal data off — development only, for `onething bench --sealing-ab`
+SEALING_ENV = "ONETHING_SEALING"
 
 
 class KeyConfigError(SystemExit):
@@ -66,6 +68,25 @@ def _dev_allowed() -> bool:
     from .safe_config import is_dev
 
     return is_dev()
+
+
+def sealing_on(env=None) -> bool:
+    """Whether the API seals what it accepts and a department its outputs. Only `onething bench
+    --sealing-ab` turns it off (`ONETHING_SEALING=off`), to measure what sealing costs; outside
+    development (ONETHING_ENV=dev) that is refused here and at every process's start
+    (infra/safe_config.py): production never writes personal data in clear."""
+    env = os.environ if env is None else env
+    value = (env.get(SEALING_ENV) or "on").strip().lower()
+    if value not in ("on", "off"):
+        raise KeyConfigError(f"{SEALING_ENV} must be on or off")
+    if value == "on":
+        return True
+    from .safe_config import is_dev
+
+    if not is_dev(env):
+        raise KeyConfigError(f"{SEALING_ENV}=off is refused: personal data is sealed outside development "
+                             "(ONETHING_ENV=dev is not set)")
+    return False
 
 
 # -- the master key ----------------------------------------------------------------------------------
@@ -163,6 +184,24 @@ def wrap_for_department(department: str, key_id: str, key: bytes) -> bytes:
     return seal_to(department_public_key(department), f"onething/dept/{department}/{key_id}", key)
 
 
+def wrap_for_departments(departments, key_id: str, key: bytes) -> list[bytes]:
+    """`wrap_for_department` for each of a case's departments, in their order, with one ephemeral
+    key for them all: a wrap costs one X25519 exchange instead of a key generation and an
+    exchange (the grant was most of what sealing cost the API). Still each department's alone:
+    its shared secret is the ephemeral key with *its* public key, and the KEK binds the
+    department (randomness re-use across recipients, as multi-recipient DHIES/ECIES does). The
+    rows of one case share the ephemeral public key — they are linked by their case already."""
+    ephemeral = X25519PrivateKey.generate()
+    eph = ephemeral.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    out = []
+    for department in departments:
+        info = f"onething/dept/{department}/{key_id}"
+        nonce = os.urandom(12)
+        kek = _kek(ephemeral.exchange(department_public_key(department)), info)
+        out.append(eph + nonce + AESGCM(kek).encrypt(nonce, key, info.encode()))
+    return out
+
+
 def unwrap_as_department(private: X25519PrivateKey, department: str, key_id: str, wrapped: bytes) -> bytes:
     return open_as(private, f"onething/dept/{department}/{key_id}", wrapped)
 
@@ -212,7 +251,7 @@ def grant(conn: psycopg.Connection, case_id: str, key_id: str, key: bytes, depar
         return
     conn.execute("INSERT INTO department_data_keys (case_id, department, key_id, wrapped) "
                  "SELECT %s, d, %s, w FROM unnest(%s::text[], %s::bytea[]) AS x(d, w) ON CONFLICT DO NOTHING",
-                 (case_id, key_id, depts, [wrap_for_department(d, key_id, key) for d in depts]))
+                 (case_id, key_id, depts, wrap_for_departments(depts, key_id, key)))
 
 
 class _Cache:
@@ -300,3 +339,36 @@ def _rotate_batch(conn: psycopg.Connection, master: MasterKeys, batch: int) -> i
         conn.execute("UPDATE data_keys SET master_key_id = %s, wrapped = %s WHERE key_id = %s",
                      (new_id, rewrapped, key_id))
     return len(rows)
+
+
+# -- register data (producers/registers.py) ------------------------------------------------------------
+#: `department_data_keys.case_id` of a subject's key granted for their register data
+REGISTER_GRANT_PREFIX = "register:"
+
+
+def grant_subject(conn: psycopg.Connection, subject: str, key_id: str, key: bytes, departments) -> None:
+    """The subject's key for the departments that keep a copy of their register data (the person's
+    household address, a legal representative's name and ID): one row per (subject, department),
+    `case_id` `register:<subject>`, wrapped only for departments that do not hold it yet — the same
+    person's changes come again and again."""
+    case_id = REGISTER_GRANT_PREFIX + subject
+    depts = sorted(set(departments))
+    if not depts:
+        return
+    have = {d for (d,) in conn.execute("SELECT department FROM department_data_keys WHERE case_id = %s "
+                                       "AND key_id = %s AND department = ANY(%s)", (case_id, key_id, depts))}
+    todo = [d for d in depts if d not in have]
+    if todo:
+        conn.execute("INSERT INTO department_data_keys (case_id, department, key_id, wrapped) "
+                     "SELECT %s, d, %s, w FROM unnest(%s::text[], %s::bytea[]) AS x(d, w) "
+                     "ON CONFLICT (case_id, department) DO UPDATE SET key_id = EXCLUDED.key_id, "
+                     "wrapped = EXCLUDED.wrapped, granted_at = now()",
+                     (case_id, key_id, todo, [wrap_for_department(d, key_id, key) for d in todo]))
+
+
+def key_subject(conn: psycopg.Connection, key_id: str) -> str | None:
+    """Whose data key this is (the subject's pseudonymous token), None once it was erased or if it is
+    unknown. A register value sealed under a person's own key names that person without being
+    opened: the proactive processor finds a company's legal representative so, with no master key."""
+    row = conn.execute("SELECT subject FROM data_keys WHERE key_id = %s AND erased_at IS NULL", (key_id,)).fetchone()
+    return row[0] if row else None

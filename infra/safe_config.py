@@ -108,6 +108,9 @@ def _key_problems(env: dict[str, str], principals: Iterable[str]) -> list[str]:
     out = []
     if env.get(keystore.DEV_SECRET_ENV):
         out.append(f"{keystore.DEV_SECRET_ENV} is set: development keys are for development only")
+    if (env.get(keystore.SEALING_ENV) or "on").strip().lower() != "on":
+        out.append(f"{keystore.SEALING_ENV} is not on: personal data would be written unsealed "
+                   "(`onething bench --sealing-ab` only, in development)")
     if not env.get(keystore.OPERATOR_PUBLIC_KEY_ENV):
         out.append(f"{keystore.OPERATOR_PUBLIC_KEY_ENV} is not set (dead letters are sealed to it)")
     wanted = set(principals)

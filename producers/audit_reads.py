@@ -20,6 +20,8 @@ from typing import Any
 
 import psycopg
 
+from events.personal import ERASED
+
 from . import identity
 from .api_audit import UNKNOWN_REGION, Read
 
@@ -74,10 +76,11 @@ def listed_reads(conn: psycopg.Connection, items: list[dict[str, Any]], kind: st
 
 
 def register_entry_read(entry_fields: dict[str, Any], shown: dict[str, Any], uscc: str) -> Read | None:
-    """A company's entry shows its legal representative's name and ID to who keeps them."""
+    """A company's entry shows its legal representative's name and ID to who keeps them (the entry
+    opened: once that person was erased it shows 已删除, and nobody's data is read)."""
     personal = tuple(k for k in LEGAL_REPRESENTATIVE if k in shown)
     resident_id = entry_fields.get("legal_representative_resident_id")
-    if not personal or not isinstance(resident_id, str) or not resident_id:
+    if not personal or not isinstance(resident_id, str) or not resident_id or resident_id == ERASED:
         return None
     return Read(identity.subject_token(resident_id), "register_entry", "register", fields=personal,
                 purpose_id=uscc)

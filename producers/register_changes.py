@@ -19,6 +19,15 @@ Change kinds (`KINDS`):
 
 `fold` is the master register itself: the register's copy is the fold of its topic, so it can
 be rebuilt from the log at any time (market regulation's copy of the company register).
+
+Personal values. The fields `catalog/data/subscriptions.yaml` marks `pii: true` (a person's
+household address and death certificate number; a company's legal representative's name and
+resident ID) travel sealed (events/personal.py) under the data key of the register's `subject`:
+`sealing_subject` says whose, `seal_changes` seals, `key_holders` names the departments the
+cascade will send a sealed value to (they are granted the key). Kinds, dates, codes, the status
+and the register key stay clear: the cascade routes, the rules trigger and the fold orders on
+them. The fold copies values as they are, so the master entry and its rebuild from the log hold
+the same ciphertext; a value written before sealing is read as it is.
 """
 from __future__ import annotations
 
@@ -30,10 +39,12 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from catalog.subscriptions import RegisterField, Subscriptions, load_subscriptions
+from catalog.subscriptions import SUBJECT_KEY, Register, RegisterField, Subscriptions, load_subscriptions
 from catalog.validators import check_region_code, check_resident_id, check_uscc
 from catalog.validators import message as validator_message
+from events import personal
 from events.envelope import Actor, Event, new_event
+from producers import identity
 from producers.text_rules import text_problems
 
 COMPANY, PERSON = "company", "person"
@@ -41,7 +52,7 @@ EVENT_TYPE = "RegisterChanged"
 
 __all__ = ["COMPANY", "PERSON", "KINDS", "ChangeKind", "ChangeRefused", "Problem", "RegisterRecord",
            "validate_change", "check_key", "conversion_changes", "change_event", "fold", "fold_all",
-           "region_of", "check_logged", "MESSAGES"]
+           "region_of", "check_logged", "MESSAGES", "sealing_subject", "seal_changes", "key_holders"]
 
 # (zh, en) per error code; never a placeholder for the submitted value
 MESSAGES: dict[str, tuple[str, str]] = {
@@ -398,6 +409,45 @@ def change_event(register: str, key: str, change_kind: str, changes: Mapping[str
     return new_event(EVENT_TYPE, key, {"register": register, "change_kind": change_kind, "changes": dict(changes)},
                      actor=actor, region_code=region_code, sequence=sequence, event_id=event_id,
                      correlation_id=correlation_id)
+
+
+# --- personal values -----------------------------------------------------------------------
+
+def _given(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def sealing_subject(reg: Register, key: str, changes: Mapping[str, str | None],
+                    current: Mapping[str, str | None]) -> str | None:
+    """The data subject whose key seals this change's personal values, or None when it carries
+    none: the register key itself (the person register's key is the person's token), or the
+    token of the natural person the register's `subject` field names — in the change, else in the
+    entry as it stands (`current`, opened). Refused, naming that field, when nobody is named."""
+    if not any(_given(changes.get(f)) for f in reg.personal_fields):
+        return None
+    if reg.subject == SUBJECT_KEY:
+        return key
+    rid = changes.get(reg.subject) or current.get(reg.subject)
+    if not _given(rid) or personal.is_sealed(rid) or rid == personal.ERASED:
+        f = reg.fields[reg.subject]
+        raise ChangeRefused([problem(f"changes.{reg.subject}", "required", (f.zh, f.en))])
+    return identity.subject_token(rid)
+
+
+def seal_changes(reg: Register, changes: Mapping[str, str | None], key: bytes, key_id: str) -> dict[str, str | None]:
+    """`changes` (as validated: what a register typed, never trusted as ciphertext, even if it looks
+    like one) with every personal value sealed under (key_id, key), the field bound in; the rest
+    and cleared fields as they are."""
+    mine = reg.personal_fields
+    return {k: personal.seal(key, key_id, k, v) if k in mine and _given(v) else v
+            for k, v in changes.items()}
+
+
+def key_holders(subs: Subscriptions, register: str, changes: Mapping[str, str | None]) -> tuple[str, ...]:
+    """The departments the cascade sends a sealed value of `changes` to (their subscribed share of
+    it holds one): each gets the subject's key, wrapped to its own public key."""
+    return tuple(d for d, fields in subs.targets(register, changes).items()
+                 if any(personal.is_sealed(changes.get(f)) for f in fields))
 
 
 # --- the master register -------------------------------------------------------------------

@@ -167,7 +167,7 @@ def show_cmd(uscc: str, as_json: bool) -> None:
 @registers.command("verify", help="Rebuild the register from its topic and compare it with the recorded entries.")
 @click.option("--register", "register", type=click.Choice([COMPANY, PERSON]), default=COMPANY, show_default=True)
 def verify_cmd(register: str) -> None:
-    from .registers import verify_master
+    from .register_log import verify_master
 
     settings = Settings.from_env()
     with console.status(f"folding registry.{register} from its beginning…"):

@@ -37,6 +37,19 @@ With the intent committed first, every outcome is safe:
 - a crash anywhere: as above; a crash before the intent commit recorded nothing.
 The log therefore carries sequences 1, 2, 3, … per key with no gap, in order, each number
 naming one change (possibly repeated with the same event id).
+
+## Personal values, sealed before anything is produced
+
+A change is validated against the entry as it stands, opened; then its personal values (the
+fields the subscriptions mark `pii`: register_changes.sealing_subject / seal_changes) are sealed
+under the data key of their subject — the person (their token is the key of the person
+register), or a company's legal representative (the token of their resident ID) — and the event,
+its intent and the confirmed entry (`register_keys.record`, the fold of the log) only hold that
+ciphertext. In the intent's transaction the key is granted, wrapped to their public key, to the
+departments the cascade will send a sealed value to (keystore.grant_subject), so it is there before
+the sync task is. Erasing the subject (`onething erase`) leaves every copy opening as 已删除.
+`master` opens an entry for its readers; `master(..., opened=False)`, `master_from_log` and
+`verify_master` work on the ciphertext (the table and the log hold the very same bytes).
 """
 from __future__ import annotations
 
@@ -45,7 +58,7 @@ import hmac
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -57,13 +70,15 @@ from kafka import KafkaProducer
 from prometheus_client import Counter
 
 from catalog.subscriptions import Subscriptions, load_subscriptions
-from events import bus, codec, kafka_auth
+from events import bus, codec, personal
 from events.envelope import Actor, Event
+from infra import keystore
 from infra.topics import REGISTRY_COMPANY, REGISTRY_PERSON
 
 from . import identity
 from .register_changes import (COMPANY, KINDS, PERSON, ChangeRefused, RegisterRecord, change_event, check_key,
-                               conversion_changes, fold, problem, region_of, validate_change)
+                               conversion_changes, fold, key_holders, problem, region_of, seal_changes,
+                               sealing_subject, validate_change)
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +148,8 @@ class RegisterRecorder:
         self._local = threading.local()
         self._connections: list[psycopg.Connection] = []
         self._pool = pool
+        self._master_keys: keystore.MasterKeys | None = None
+        self._key_lookup: personal.KeyLookup | None = None
 
     # -- resources ------------------------------------------------------------------------------
     def producer(self) -> KafkaProducer:
@@ -211,6 +228,39 @@ class RegisterRecorder:
         if self._own_producer and self._producer is not None:
             self._producer.close(timeout=5)
             self._producer = None
+
+    # -- personal values -------------------------------------------------------------------------
+    def _master(self) -> keystore.MasterKeys:
+        """The master key, read when a personal value is first sealed or opened (not before: a
+        recorder that never meets one needs none)."""
+        if self._master_keys is None:
+            self._master_keys = keystore.MasterKeys.from_env()
+        return self._master_keys
+
+    def _keys(self) -> personal.KeyLookup:
+        """Data keys by id, read through the connection of the call in progress (cached a while)."""
+        if self._key_lookup is None:
+            self._key_lookup = keystore.platform_keys(lambda: nullcontext(self._conn()), self._master())
+        return self._key_lookup
+
+    def _opened(self, record: RegisterRecord) -> RegisterRecord:
+        """The entry with its sealed values opened (已删除 where the subject was erased)."""
+        if not any(personal.is_sealed(v) for v in record.fields.values()):
+            return record
+        return RegisterRecord(record.register, record.key, record.sequence,
+                              personal.open_fields(self._keys(), record.fields), record.last_event_id)
+
+    def _seal(self, conn: psycopg.Connection, register: str, key: str, changes: dict,
+              current: RegisterRecord) -> tuple[dict, Callable[[], None] | None]:
+        """(changes as the event carries them, the grant to make in the intent's transaction)."""
+        reg = self.subscriptions.register(register)
+        subject = sealing_subject(reg, key, changes, current.fields)
+        if subject is None:
+            return changes, None
+        key_id, data_key = keystore.subject_key(conn, subject, self._master())
+        sealed = seal_changes(reg, changes, data_key, key_id)
+        holders = key_holders(self.subscriptions, register, sealed)
+        return sealed, lambda: keystore.grant_subject(conn, subject, key_id, data_key, holders)
 
     # -- the verbs of the registers ---------------------------------------------------------------
     def register_company(self, uscc: str, fields: Mapping[str, Any], **kw) -> Recorded:
@@ -302,15 +352,18 @@ class RegisterRecorder:
                                 (actor.id_token, change_id)).fetchone() is not None
 
     # -- reading the master register ---------------------------------------------------------------
-    def master(self, register: str, raw_key: str) -> RegisterRecord | None:
-        """The entry as of its last confirmed change (None when the key was never written)."""
+    def master(self, register: str, raw_key: str, *, opened: bool = True) -> RegisterRecord | None:
+        """The entry as of its last confirmed change (None when the key was never written): its
+        personal values opened (已删除 once their subject was erased), or with `opened=False` as
+        stored — sealed, exactly as the fold of the log."""
         key = register_key(register, raw_key)
         with self._session() as conn:
             row = conn.execute("SELECT record, next_sequence - 1, last_event_id FROM register_keys "
                                "WHERE register = %s AND register_key = %s", (register, key)).fetchone()
-        if row is None or row[1] == 0:
-            return None
-        return RegisterRecord(register, key, row[1], dict(row[0]), str(row[2]) if row[2] else None)
+            if row is None or row[1] == 0:
+                return None
+            record = RegisterRecord(register, key, row[1], dict(row[0]), str(row[2]) if row[2] else None)
+            return self._opened(record) if opened else record
 
     def flush_pending(self, limit: int = 1000) -> int:
         """Produce and confirm every intent left unconfirmed (run at start-up, or by an operator)."""
@@ -415,15 +468,19 @@ class RegisterRecorder:
                 self._settle(conn, register, key)
                 next_seq, record, last_id, _p, _ps, _pid = self._row(conn, register, key)
                 current = RegisterRecord(register, key, next_seq - 1, dict(record), str(last_id) if last_id else None)
-                changes = build(current)
-                event = change_event(register, key, change_kind, changes, sequence=next_seq, actor=actor,
-                                     region_code=region_of(register, raw_key, changes, current),
+                opened = self._opened(current)          # checked against the clear entry …
+                changes = build(opened)
+                sealed, grant = self._seal(conn, register, key, changes, opened)   # … produced sealed
+                event = change_event(register, key, change_kind, sealed, sequence=next_seq, actor=actor,
+                                     region_code=region_of(register, raw_key, changes, opened),
                                      correlation_id=correlation_id)
                 encoded = codec.encode(event)
                 with conn.transaction():  # the intent: durable before anything is produced
                     conn.execute("UPDATE register_keys SET pending_event = %s, pending_sequence = %s, "
                                  "pending_event_id = %s, pending_since = now() WHERE register = %s AND register_key = %s",
                                  (encoded, next_seq, event.id, register, key))
+                    if grant is not None:  # the departments' keys before their sync tasks exist
+                        grant()
                     if change_id:
                         conn.execute("INSERT INTO register_change_requests (caller, change_id, request_hash, register,"
                                      " register_key, sequence, event_id) VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -462,57 +519,3 @@ class RegisterRecorder:
         log.info("register.recorded", register=register, key=key, sequence=event.envelope.sequence,
                  change_kind=change_kind, fields=sorted(changes), event_id=event.id)
         return Recorded(register, key, event.envelope.sequence, event.id, change_kind)
-
-
-# --- the master register, rebuilt from the log -----------------------------------------------------
-
-def master_from_log(bootstrap: str, register: str, keys: set[str] | None = None,
-                    timeout_s: float = 120.0) -> dict[str, RegisterRecord]:
-    """Fold `registry.<register>` from its beginning to its current end: the register as the log says
-    it is (keys: only these). The writer's `register_keys.record` must equal it (`verify_master`)."""
-    import time
-
-    from kafka import KafkaConsumer, TopicPartition
-
-    from .register_changes import fold_all
-
-    consumer = KafkaConsumer(**kafka_auth.connection(bootstrap), enable_auto_commit=False)
-    try:
-        topic = TOPICS[register]
-        tps = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        events = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end")
-            for tp, msgs in consumer.poll(timeout_ms=500, max_records=5000).items():
-                for m in msgs:
-                    if m.offset >= ends[tp] or (keys is not None and (m.key or b"").decode(errors="replace") not in keys):
-                        continue
-                    try:
-                        events.append(codec.decode(m.value))
-                    except codec.DecodeError:
-                        continue  # not a register change: the cascade dead-letters it
-        return {k: rec for (reg, k), rec in fold_all(events, topic).items() if reg == register}
-    finally:
-        consumer.close()
-
-
-def verify_master(bootstrap: str, database_url: str, register: str, keys: set[str] | None = None) -> list[str]:
-    """Keys whose confirmed entry differs from the fold of the log (an entry with a pending intent is
-    compared after that intent, which the log may or may not hold yet, so it is skipped)."""
-    from_log = master_from_log(bootstrap, register, keys)
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT register_key, record, next_sequence - 1, pending_event IS NOT NULL FROM register_keys "
-                            "WHERE register = %s AND next_sequence > 1", (register,)).fetchall()
-    differ = []
-    for key, record, sequence, pending in rows:
-        if (keys is not None and key not in keys) or pending:
-            continue
-        logged = from_log.get(key)
-        if logged is None or logged.sequence != sequence or dict(logged.fields) != dict(record):
-            differ.append(key)
-    return sorted(differ)

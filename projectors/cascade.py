@@ -3,7 +3,10 @@
 Reads `registry.company`, `registry.person` and the `decisions.<department>` topics of the
 subscribing departments (catalog/data/subscriptions.yaml). For each change it plans one
 target per subscribing department (only the changed fields that department keeps; none, no
-target) and sends a `register_sync` TaskDispatched to `tasks.<department>`. Adapters answer on
+target) and sends a `register_sync` TaskDispatched to `tasks.<department>`. Personal values
+(a household address, a legal representative) arrive sealed under their subject's key and are
+passed on as they are — the cascade holds no key and opens nothing; the recorder granted the key
+to each department it sends one to (producers/registers.py). Adapters answer on
 `decisions.<department>` with `applied` or `failed` (reason). The change is complete when every
 target applied it.
 

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from queue import Empty, Queue
 
 import psycopg
@@ -26,6 +27,8 @@ import pytest
 
 from catalog.subscriptions import load_subscriptions
 from department_adapters.reference.register_copy import clear_outage, set_outage
+from events import personal
+from infra import keystore
 from infra.settings import Settings
 from infra.topics import REGISTRY_COMPANY, tasks_topic
 from producers.register_changes import fold_all
@@ -208,13 +211,17 @@ def test_a_burst_of_changes_with_a_department_down_and_the_cascade_killed_ends_i
         assert s > last[(d, k)], f"{d} applied {k} #{s} after #{last[(d, k)]}"
         last[(d, k)] = s
         assert not stale
-    # every copy equals the master register for the fields its department keeps
-    for uscc in companies:
-        entry = master[("company", uscc)].fields
-        assert writer_side[uscc] == entry
-        for dept in DEPARTMENTS:
-            kept = SUBS.fields_for(dept, "company")
-            assert copies[(dept, uscc)] == {f: v for f, v in entry.items() if f in kept}, (dept, uscc)
+    # every copy equals the master register for the fields its department keeps (the entry and
+    # the log hold the legal representative sealed, the same ciphertext; a copy holds it opened)
+    with psycopg.connect(database_url) as kconn:
+        platform = keystore.platform_keys(lambda: nullcontext(kconn))
+        for uscc in companies:
+            entry = master[("company", uscc)].fields
+            assert writer_side[uscc] == entry
+            opened = personal.open_fields(platform, entry)
+            for dept in DEPARTMENTS:
+                kept = SUBS.fields_for(dept, "company")
+                assert copies[(dept, uscc)] == {f: v for f, v in opened.items() if f in kept}, (dept, uscc)
 
     # data minimisation: read every sync task of the run
     tasks = [ev for _m, ev in read_messages(bootstrap, {tp: o for tp, o in starts.items() if tp.topic in task_topics},

@@ -33,7 +33,8 @@ from producers.register_api import create_router
 from producers.register_changes import change_event
 from producers.register_cli import cascade as cascade_cli
 from producers.register_cli import registers as registers_cli
-from producers.registers import RegisterRecorder, master_from_log, register_key, verify_master
+from producers.register_log import master_from_log, verify_master
+from producers.registers import RegisterRecorder, register_key
 from projectors import cascade_plan as plan
 from projectors import cascade_status
 from projectors.cascade import CASCADE_TOPIC, Cascade, CascadeConfig

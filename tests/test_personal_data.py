@@ -64,6 +64,35 @@ def test_a_department_unwraps_only_what_was_wrapped_for_it(monkeypatch):
         keystore.unwrap_as_department(keystore.department_private_key("health"), "health", KID, wrapped)
 
 
+def test_one_ephemeral_for_a_case_still_leaves_each_department_only_its_own_wrap(monkeypatch):
+    monkeypatch.setenv("ONETHING_ENV", "dev")
+    depts = ["civil_affairs", "health", "police"]
+    wraps = keystore.wrap_for_departments(depts, KID, KEY)
+    for d, w in zip(depts, wraps):
+        assert keystore.unwrap_as_department(keystore.department_private_key(d), d, KID, w) == KEY
+        for other in set(depts) - {d}:
+            with pytest.raises(InvalidTag):  # another department's key, or this row claimed as its own
+                keystore.unwrap_as_department(keystore.department_private_key(other), other, KID, w)
+    assert len({w[:32] for w in wraps}) == 1, "one ephemeral key a case"
+    assert keystore.wrap_for_departments(depts, KID, KEY)[0][:32] != wraps[0][:32], "a new one for the next"
+
+
+@given(st.dictionaries(fields, st.tuples(text, st.booleans()), max_size=8))
+def test_values_under_several_keys_open_each_under_its_own_and_erased_ones_as_erased(values):
+    other_kid, other_key = uuid.UUID(int=8).hex, bytes(range(1, 33))
+    sealed = {f: personal.seal(KEY, KID, f, v) if mine else personal.seal(other_key, other_kid, f, v)
+              for f, (v, mine) in values.items()}
+    looked_up = []
+
+    def keys(kid):
+        looked_up.append(kid)
+        return KEY if kid == KID else None   # the other subject's key was destroyed
+
+    opened = personal.open_fields(keys, sealed)
+    assert opened == {f: v if mine else personal.ERASED for f, (v, mine) in values.items()}
+    assert sorted(looked_up) == sorted(set(looked_up)), "each key looked up once a call"
+
+
 def test_outside_development_the_master_key_must_be_given(monkeypatch):
     monkeypatch.delenv("ONETHING_ENV", raising=False)
     monkeypatch.delenv(keystore.MASTER_KEY_ENV, raising=False)
