@@ -70,7 +70,7 @@ class Figures:
     saturation_seconds: float = 0.0
     latency_seconds: float = 0.0
     saturation_cases: int = 0
-    # --sealing-ab: the saturation phase twice more on the same stack, unsealed and then sealed
+    # --sealing-ab: the saturation phase four times more on the same stack (A B B A), summed per mode
     unsealed_cases_per_s: float = 0.0
     unsealed_cases: int = 0
     unsealed_seconds: float = 0.0
@@ -351,7 +351,7 @@ def _measure(*, quick: bool, cases: int | None, console, sealing_ab: bool = Fals
     topics = list(default_topics(load_catalog()))
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
                   TimeElapsedColumn(), console=console) as bar:
-        step = bar.add_task("stack", total=8 if sealing_ab else 6, note="the bench stack is up")
+        step = bar.add_task("stack", total=10 if sealing_ab else 6, note="the bench stack is up")
         bar.update(step, advance=1, description="raw pipe", note=f"{n_raw} events, acks=all")
         sub = bar.add_task("  events", total=1.0, note="")
         f.raw_produced_per_s, f.raw_consumed_per_s, f.raw_consume_alone_per_s, f.event_bytes = raw_pipe(
@@ -417,22 +417,28 @@ def _measure(*, quick: bool, cases: int | None, console, sealing_ab: bool = Fals
                 drop_schema(conn, schema)
                 conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (name,))
                 conn.execute("DELETE FROM processed_events WHERE consumer = %s", (name,))
-        if sealing_ab:  # (g) the same saturation twice more on this stack, without and with sealing
-            from .bench_sealing import saturation_phase
+        if sealing_ab:  # (g) the same saturation four times more on this stack: A B B A
+            from .bench_sealing import ab_order, saturation_phase
 
-            # ONETHING_BENCH_AB_SEALED_FIRST=1 swaps the order: a phase's place is not its cost
-            for sealing in ((True, False) if os.environ.get("ONETHING_BENCH_AB_SEALED_FIRST") else (False, True)):
+            rates: dict[bool, list[float]] = {True: [], False: []}
+            for sealing in ab_order():
                 bar.update(step, advance=1, description="sealed" if sealing else "unsealed",
                            note=f"{n_sat} cases, ONETHING_SEALING={'on' if sealing else 'off'}")
                 sat = bar.add_task("  completed", total=n_sat, note="")
                 r = saturation_phase(settings, n_sat, sealing, lambda n: bar.update(sat, completed=n))
+                cpu = f.cpu_sealed if sealing else f.cpu_unsealed
+                for name, seconds in r.cpu.items():
+                    cpu[name] = cpu.get(name, 0.0) + seconds
                 if sealing:
-                    f.sealed_seconds, f.cpu_sealed, f.sealed_cases = r.seconds, r.cpu, len(r.ids)
-                    f.sealed_cases_per_s = r.cases_per_s
+                    f.sealed_seconds += r.seconds
+                    f.sealed_cases += len(r.ids)
                 else:
-                    f.unsealed_seconds, f.cpu_unsealed, f.unsealed_cases = r.seconds, r.cpu, len(r.ids)
-                    f.unsealed_cases_per_s = r.cases_per_s
+                    f.unsealed_seconds += r.seconds
+                    f.unsealed_cases += len(r.ids)
+                rates[sealing].append(r.cases_per_s)
                 bar.update(sat, completed=n_sat, visible=False)
+            f.sealed_cases_per_s = sum(rates[True]) / len(rates[True])
+            f.unsealed_cases_per_s = sum(rates[False]) / len(rates[False])
         bar.update(step, advance=1, note="done")
     return f
 

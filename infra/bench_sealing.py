@@ -2,19 +2,20 @@
 
 Comparing two commits' quick runs mixed the cost of sealing with everything else that changed
 between them, and single quick runs vary by about ±10 %. So after its usual figures the bench runs
-its saturation phase (b) twice more on the same stack — the same broker, database and load, each
-time on every process freshly started and warmed up: first with `ONETHING_SEALING=off`, then
-with sealing on. Unsealed, the API writes the form's `pii` fields and material references in
-clear and grants no department a key, and the adapters seal no outputs (infra/keystore.py
-`sealing_on`); everything else — the read-audit projection, the key store's tables — is the same
-in both, so the difference is sealing's. The first phase (b) is not compared: it follows the raw
-pipe, whose 20,000 events and deleted topic the broker is still digesting.
+its saturation phase (b) four times more on the same stack — the same broker, database and load,
+each time on every process freshly started and warmed up — unsealed, sealed, sealed, unsealed
+(`ONETHING_SEALING=off` / on), and compares the sums of each mode. Unsealed, the API writes the
+form's `pii` fields and material references in clear and grants no department a key, and the
+adapters seal no outputs (infra/keystore.py `sealing_on`); everything else — the read-audit
+projection, the key store's tables — is the same in both, so the difference is sealing's. The
+first phase (b) is not compared: it follows the raw pipe, whose 20,000 events and deleted topic
+the broker is still digesting.
 
-A phase's place matters, though: on the shared 2-core box (2026-12-02) the first of the two ran
-slower and dearer whichever it was — every process, the deadline clock too, which never touches
-a sealed value — by 20–30 %, more than sealing costs. `ONETHING_BENCH_AB_SEALED_FIRST=1` swaps
-the order; only runs of both orders taken together say anything (README, "What sealing personal
-data costs").
+Why A B B A: a phase's place costs more than sealing does. With one pair (2026-12-02, a quiet
+2-core box), the first phase was the dearer whichever it was: unsealed first gave −3.8 %, sealed
+first +14.0 % — every process dearer, the deadline clock too, which never touches a sealed value.
+In A B B A each mode takes one early and one late place, so a drift along the run cancels out.
+`ONETHING_BENCH_AB_SEALED_FIRST=1` runs B A A B instead.
 
 Unsealed is for this measurement only: the switch is refused outside development
 (`ONETHING_ENV=dev`), by `onething bench` before it starts anything and by every process at its
@@ -37,6 +38,12 @@ def refuse_outside_dev() -> None:
         raise SealingSwitchRefused(
             f"onething bench --sealing-ab runs processes with {SEALING_ENV}=off (personal data unsealed), "
             f"which only a development machine may: set {ENV}={DEV} (it is {os.environ.get(ENV)!r})")
+
+
+def ab_order() -> tuple[bool, ...]:
+    """Sealing on (True) or off, phase by phase: unsealed, sealed, sealed, unsealed (or the mirror)."""
+    first = bool(os.environ.get("ONETHING_BENCH_AB_SEALED_FIRST"))
+    return (first, not first, not first, first)
 
 
 def saturation_phase(settings, n: int, sealing: bool, progress):
@@ -75,7 +82,7 @@ def report_sealing(f, console) -> None:
     t = Table("process", "sealed", "unsealed", "difference",
               title=f"(g) what sealing personal data costs: CPU ms a case at saturation "
                     f"({f.sealed_cases} cases in {f.sealed_seconds:.0f} s / {f.unsealed_cases} in "
-                    f"{f.unsealed_seconds:.0f} s)")
+                    f"{f.unsealed_seconds:.0f} s; two phases each, {'B A A B' if ab_order()[0] else 'A B B A'})")
     for name in sealed:
         if name == "total":
             continue

@@ -55,3 +55,11 @@ def test_the_ab_report_gives_cpu_a_case_per_process_and_the_difference():
     assert sealed == {"api": 10.0, "postgresql": 30.0, "total": 40.0}
     assert unsealed == {"api": 10.0, "postgresql": 45.0, "total": 55.0}
     assert round(bench_sealing.difference_pct(46.0, 40.0), 1) == 15.0
+
+
+def test_each_mode_takes_an_early_and_a_late_place(monkeypatch):
+    """A phase's place costs more than sealing does (README): A B B A cancels a drift along the run."""
+    monkeypatch.delenv("ONETHING_BENCH_AB_SEALED_FIRST", raising=False)
+    assert bench_sealing.ab_order() == (False, True, True, False)
+    monkeypatch.setenv("ONETHING_BENCH_AB_SEALED_FIRST", "1")
+    assert bench_sealing.ab_order() == (True, False, False, True)

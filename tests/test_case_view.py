@@ -713,7 +713,8 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
             proc.wait()
 
 
-@pytest.mark.slow  # a fault scenario: the suite runs it in its own lane (infra/onething.sh)
+# a fault scenario on topics and groups of its own: it runs in the test command's lane of the other
+# files (infra/onething.sh), which ends earlier than the whole-system lane
 def test_kill_9_in_the_middle_ends_with_the_view_of_a_fresh_rebuild(bootstrap, database_url, topology, tmp_path):
     view = OwnView(bootstrap, database_url, "kill", topology)
     fresh = OwnView(bootstrap, database_url, "fresh", topology, seed=False)

@@ -74,7 +74,8 @@ def test_ten_thousand_events_none_lost_order_kept(bootstrap, fresh_topic):
     assert len(per_key) == N_KEYS and all(len(v) == N_EVENTS // N_KEYS for v in per_key.values())
 
 
-@pytest.mark.slow  # a fault scenario: the suite runs it in its own lane (infra/onething.sh)
+# a fault scenario on topics and groups of its own: it runs in the test command's lane of the other
+# files (infra/onething.sh), which ends earlier than the whole-system lane
 def test_consumer_killed_midway_resumes_without_loss(bootstrap, fresh_topic, tmp_path):
     """kill -9 a consumer in the middle; a new member of its group resumes from the commit."""
     topic = fresh_topic(partitions=6)

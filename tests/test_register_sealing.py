@@ -166,15 +166,7 @@ def _wait_escalated(database_url: str, cascade: str, key: str, department: str, 
     raise AssertionError(f"{department} was never escalated")
 
 
-@pytest.fixture(scope="module")
-def world(bootstrap, database_url):
-    from .support.cascade_harness import skip_if_foreign_adapters
-    from .test_cascade_flow import World
-
-    skip_if_foreign_adapters(bootstrap, SUBS.departments())
-    w = World(bootstrap, database_url)
-    yield w
-    w.close()
+from .test_cascade_flow import world  # noqa: E402,F401  (the cascade and every subscribing department, running)
 
 
 @pytest.mark.broker

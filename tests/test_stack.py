@@ -91,7 +91,7 @@ def test_cli_up_status_down_on_a_broker_of_its_own(running_stack, tmp_path):
 
 @pytest.mark.broker
 @pytest.mark.slow
-@pytest.mark.skipif(not LONG, reason="the suite covers it in test_faults' short form (a 3-node cluster, a broker killed); ONETHING_TEST_SCALE=long runs it")
+@pytest.mark.skipif(not LONG, reason="a 3-node cluster: `infra/onething.sh test-long` runs it (ONETHING_TEST_SCALE=long), beside test_faults' 3-node short form")
 def test_three_node_cluster_survives_losing_a_broker(tmp_path):
     """The fault-test topology: replication 3, min.insync 2, acks=all keeps working with one node down."""
     cluster = KafkaCluster(tmp_path / "k3", n=3, base_port=19292, heap_mb=512)

@@ -216,7 +216,7 @@ def _java_of(home: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not LONG, reason="the suite covers it in test_faults' short form (a 3-node cluster, a broker killed); ONETHING_TEST_SCALE=long runs it")
+@pytest.mark.skipif(not LONG, reason="a 3-node cluster: `infra/onething.sh test-long` runs it (ONETHING_TEST_SCALE=long), beside test_faults' 3-node short form")
 @pytest.mark.timeout(900)   # three JVMs formatting and starting on two shared cores
 def test_up_three_nodes_status_shows_a_killed_broker_and_down_stops_all(tmp_path):
     home = tmp_path / "home"
