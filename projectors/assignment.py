@@ -9,12 +9,15 @@ listener call never came (it read from the reset position and applied nothing in
 rebuild members whose new partitions stayed paused for minutes (the seek of an earlier set cleared
 them from the pending set after the listener had paused them). The worker therefore does not trust
 the listener alone: after every poll it compares what the consumer holds with what it has sought
-(`reconcile`), takes up what it was not told of, forgets what it lost, and drops the records of a
-partition it had not sought yet — they are fetched again from the stored offset.
+(`reconcile`) and drops the records of a partition it has not sought yet — they are fetched again
+from the stored offset; what stays unreported for a few seconds it takes up (or forgets) itself.
+Acting at once raced the listener in the common case: a clean-clone run then had a poison-test
+member that applied nothing for 90 s (2026-12-02), so the worker waits `UNREPORTED_GRACE_S`.
 """
 from __future__ import annotations
 
 import threading
+import time
 
 import structlog
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -23,6 +26,10 @@ from . import checkpoint as cp
 from .checkpoint import Fenced
 
 log = structlog.get_logger(__name__)
+
+#: how long an assigned partition may go unreported by the listener (or a lost one unrevoked)
+#: before the worker acts on its own
+UNREPORTED_GRACE_S = 3.0
 
 
 class Rebalance(ConsumerRebalanceListener):
@@ -61,16 +68,29 @@ class Assignment:
                 self.to_seek |= tps
 
     def reconcile(self) -> None:
-        """Take up assigned partitions the listener did not report and forget lost ones."""
+        """Take up assigned partitions the listener did not report and forget lost ones — once
+        they have stayed so for `UNREPORTED_GRACE_S`: the listener normally comes right after the
+        assignment, and acting in between would race kafka-python's own set-up of the partition.
+        Until then their records are dropped (the worker has not sought them)."""
         held = self.consumer.assignment()
         with self._lock:
-            unseen = held - self.expected.keys() - self.to_seek
-            lost = self.expected.keys() - held
+            odd = (held - self.expected.keys() - self.to_seek) | (self.expected.keys() - held)
+        now = time.monotonic()
+        since = self.__dict__.setdefault("_odd_since", {})
+        for tp in list(since):
+            if tp not in odd:
+                del since[tp]
+        due = {tp for tp in odd if now - since.setdefault(tp, now) >= UNREPORTED_GRACE_S}
+        if not due:
+            return
+        for tp in due:
+            del since[tp]
+        lost, unseen = {tp for tp in due if tp not in held}, {tp for tp in due if tp in held}
+        log.info("runtime.assignment_unreported", group=self.group, taken_up=len(unseen), forgotten=len(lost))
         if lost:
-            self._revoked(set(lost))
+            self._revoked(lost)
         if unseen:
-            log.info("runtime.assignment_unreported", group=self.group, partitions=len(unseen))
-            self._assigned(set(unseen))
+            self._assigned(unseen)
 
     def _seek_from_store(self) -> set[TopicPartition]:
         """Seek every pending partition to its stored offset and resume it; returns those sought."""
