@@ -339,7 +339,10 @@ class Adapter:
                                           kafka_user=kafka_user, kafka_password=kafka_password)
         self.backend, self.department, self.group = backend, self.processor.department, self.processor.group
         self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=500)
-        self.consumer = self.worker.consumer
+
+    @property
+    def consumer(self):
+        return self.worker.consumer   # the worker may replace a stuck one (projectors/assignment.py)
 
     @property
     def stats(self) -> AdapterStats:

@@ -10,9 +10,11 @@ rebuild members whose new partitions stayed paused for minutes (the seek of an e
 them from the pending set after the listener had paused them). The worker therefore does not trust
 the listener alone: after every poll it compares what the consumer holds with what it has sought
 (`reconcile`) and drops the records of a partition it has not sought yet — they are fetched again
-from the stored offset; what stays unreported for a few seconds it takes up (or forgets) itself.
-Acting at once raced the listener in the common case: a clean-clone run then had a poison-test
-member that applied nothing for 90 s (2026-12-02), so the worker waits `UNREPORTED_GRACE_S`.
+from the stored offset. A lost partition the listener did not revoke is forgotten; a partition
+held but never reported for `UNREPORTED_GRACE_S` means a join kafka-python did not finish — taking
+such partitions up on the same consumer fetched nothing (2026-12-02) — so the consumer is replaced
+by a new one that joins again (`runtime.consumer_renewed`). Acting at once raced the listener's
+usual, slightly late call (a poison-test member then applied nothing for 90 s), hence the wait.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ log = structlog.get_logger(__name__)
 
 #: how long an assigned partition may go unreported by the listener (or a lost one unrevoked)
 #: before the worker acts on its own
-UNREPORTED_GRACE_S = 3.0
+UNREPORTED_GRACE_S = 5.0
 
 
 class Rebalance(ConsumerRebalanceListener):
@@ -86,11 +88,35 @@ class Assignment:
         for tp in due:
             del since[tp]
         lost, unseen = {tp for tp in due if tp not in held}, {tp for tp in due if tp in held}
-        log.info("runtime.assignment_unreported", group=self.group, taken_up=len(unseen), forgotten=len(lost))
+        log.warning("runtime.assignment_unreported", group=self.group, unreported=len(unseen), unrevoked=len(lost))
         if lost:
             self._revoked(lost)
         if unseen:
-            self._assigned(unseen)
+            # Taking them up on this consumer did not help (2026-12-02: 432 partitions sought and
+            # resumed, nothing fetched in 180 s, the member evicted for want of heartbeats): a
+            # join kafka-python never finished. A new consumer joins again.
+            since.clear()
+            self._renew_consumer()
+
+    def _renew_consumer(self) -> None:
+        from events import bus
+
+        with self._lock:
+            held = set(self.expected) | set(self.to_seek)
+            self.expected.clear()
+            self.to_seek.clear()
+            self.kafka_offsets.clear()
+        if held and hasattr(self.p, "revoked"):
+            self.p.revoked(held)
+        old = self.consumer
+        try:
+            old.close()
+        except Exception as exc:  # a half-joined member may not leave cleanly: its session ends it
+            log.warning("runtime.consumer_close_failed", group=self.group, error=type(exc).__name__)
+        self.consumer = bus.make_consumer(self._bootstrap, self.group, principal=self.principal,
+                                          **self._consumer_options)
+        self.consumer.subscribe(list(self.p.topics), listener=Rebalance(self))
+        log.warning("runtime.consumer_renewed", group=self.group, partitions=len(held))
 
     def _seek_from_store(self) -> set[TopicPartition]:
         """Seek every pending partition to its stored offset and resume it; returns those sought."""

@@ -438,7 +438,10 @@ class Cascade:
         self.processor = CascadeProcessor(config, subscriptions=subscriptions)
         self.config = self.processor.config
         self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=int(self.config.tick_s * 1000))
-        self.consumer = self.worker.consumer
+
+    @property
+    def consumer(self):
+        return self.worker.consumer   # the worker may replace a stuck one (projectors/assignment.py)
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         log.info("cascade.start", cascade=self.config.name, departments=list(self.processor.departments))

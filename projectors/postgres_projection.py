@@ -96,8 +96,11 @@ class ProjectionRunner:
         self.processor = ProjectionProcessor(projection, group_prefix)
         self.group = self.processor.group
         self.worker = Worker(self.processor, bootstrap, database_url, poll_ms=500)
-        self.consumer = self.worker.consumer
         self.producer = self.worker.producer
+
+    @property
+    def consumer(self):
+        return self.worker.consumer   # the worker may replace a stuck one (projectors/assignment.py)
 
     @property
     def conn(self) -> psycopg.Connection:

@@ -152,6 +152,7 @@ class Worker(Assignment):
             # static membership (KIP-345): a restarted member with the same id takes its partitions
             # back at once instead of the group waiting out the dead member's session
             options.setdefault("group_instance_id", os.environ["ONETHING_INSTANCE_ID"])
+        self._bootstrap, self._consumer_options = bootstrap, options
         self.consumer = bus.make_consumer(bootstrap, self.group, principal=self.principal, **options)
         self._wait_for_topics(list(processor.topics))
         self.consumer.subscribe(list(processor.topics), listener=Rebalance(self))

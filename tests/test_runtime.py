@@ -197,8 +197,8 @@ def test_a_partition_the_rebalance_listener_never_reported_is_still_read_from_it
         bootstrap, database_url, fresh_topic, tally_table):
     """kafka-python 3 sets an assignment and calls the listener afterwards, on its IO thread; a
     member was seen holding 432 partitions whose call never came, reading from the reset position.
-    With the listener silenced the worker must still seek to the stored offset (30 of 50 applied
-    before: only the last 20 are new to it) and say it took the partition up itself."""
+    With the listener silenced the worker must notice, replace the consumer, and read from the
+    stored offset (30 of 50 applied before: only the last 20 are new to it)."""
     from kafka import ConsumerRebalanceListener, TopicPartition
     import structlog
 
@@ -228,6 +228,7 @@ def test_a_partition_the_rebalance_listener_never_reported_is_still_read_from_it
         finally:
             worker.close()
     assert any(e["event"] == "runtime.assignment_unreported" for e in logs)
+    assert any(e["event"] == "runtime.consumer_renewed" for e in logs)
 
 
 def test_an_offset_never_goes_backwards(database_url):
