@@ -70,10 +70,11 @@ class Assignment:
                 self.to_seek |= tps
 
     def reconcile(self) -> None:
-        """Take up assigned partitions the listener did not report and forget lost ones — once
-        they have stayed so for `UNREPORTED_GRACE_S`: the listener normally comes right after the
-        assignment, and acting in between would race kafka-python's own set-up of the partition.
-        Until then their records are dropped (the worker has not sought them)."""
+        """Forget lost partitions the listener did not revoke, and replace the consumer when it
+        holds partitions the listener never reported — once they have stayed so for
+        `UNREPORTED_GRACE_S`: the listener normally comes right after the assignment, and acting
+        in between would race kafka-python's own set-up of the partition. Until then their
+        records are dropped (the worker has not sought them)."""
         held = self.consumer.assignment()
         with self._lock:
             odd = (held - self.expected.keys() - self.to_seek) | (self.expected.keys() - held)
