@@ -51,7 +51,8 @@ class Rebalance(ConsumerRebalanceListener):
 
 class Assignment:
     """Mixed into the runtime's Worker: it owns `consumer`, `expected` (the stored next offset of
-    every partition it has sought), `kafka_offsets`, `to_seek`, `p`, `name`, `group`, `retry_at`."""
+    every partition it has sought), `kafka_offsets`, `to_seek`, `odd_since` (when a partition was first
+    seen held-but-unsought or sought-but-not-held), `p`, `name`, `group`, `retry_at`."""
 
     _lock = threading.Lock()   # the listener's thread and the worker's touch `to_seek` and `expected`
 
@@ -79,7 +80,7 @@ class Assignment:
         with self._lock:
             odd = (held - self.expected.keys() - self.to_seek) | (self.expected.keys() - held)
         now = time.monotonic()
-        since = self.__dict__.setdefault("_odd_since", {})
+        since = self.odd_since
         for tp in list(since):
             if tp not in odd:
                 del since[tp]

@@ -159,6 +159,7 @@ class Worker(Assignment):
         self.conn: psycopg.Connection | None = None
         self.expected: dict[TopicPartition, int | None] = {}   # stored next offset, as this member knows it
         self.to_seek: set[TopicPartition] = set()
+        self.odd_since: dict[TopicPartition, float] = {}
         self.retry_at = 0.0
         self.backoff = 0.0
         self.tick_s = _attr(processor, "tick_s", None)
