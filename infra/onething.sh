@@ -99,16 +99,20 @@ case "$job" in
       # Two lanes at once, each on a stack of its own: the whole-system scenarios (`-m slow`:
       # every process of `onething run`, processes killed — mostly waiting) beside everything
       # else, which runs in two pytest-xdist workers (whole files each) sharing the other stack.
-      # The 3-node fault scenarios are `infra/onething.sh test-long` (README, "Tests").
+      # When the xdist lane ends, the short form of `onething faults` (`-m faults`: a 3-node
+      # cluster of its own, ports from 30000) takes its place beside the whole-system lane; three
+      # stacks at once had made every lane slower than the three one after the other.
       "${SLOW_LANE[@]}" "${PYTEST[@]}" -m "slow and not faults" > .onething/test-slow.log 2>&1 &
       slow=$!
       "${PYTEST[@]}" -n 2 --dist loadfile -m "not slow and not faults"
       rc=$?
+      echo "---- then the 3-node fault scenarios' short form (-m faults; onething faults --short) ----"
+      "${PYTEST[@]}" -m faults
+      rc_more=$?
       wait "$slow"
       rc_slow=$?
-      echo "---- beside it, the whole-system scenarios (-m slow; broker 19192, database onething_test_faults) ----"
+      echo "---- beside them, the whole-system scenarios (-m slow; broker 19192, database onething_test_faults) ----"
       cat .onething/test-slow.log
-      rc_more=0
     else
       # The long forms, one after the other: everything at full size, then the 3-node fault
       # scenarios (`onething faults --short` and a second 3-node stack; tests/test_faults.py)

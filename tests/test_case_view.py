@@ -654,6 +654,9 @@ def test_a_rebuild_whose_consumer_fetches_nothing_gets_a_new_one_and_ends(bootst
                 stuck[:1] = [self]
                 time.sleep(timeout_ms / 1000)   # the first runner: its partitions, and no record
                 return pp.BatchResult(0, 0, 0)
+            # the replacement: a fresh member's join and first fetch take longer than the 1 s the
+            # stuck one was given (a clean-clone run, 2026-12-02, saw it declared stalled too)
+            monkeypatch.setattr(pp, "STALL_S", 60.0)
             return real_poll(self, timeout_ms)
 
         monkeypatch.setattr(pp, "STALL_S", 1.0)
