@@ -25,6 +25,7 @@ from projectors.postgres_projection import rebuild
 
 from .support.fast_forward import end_offsets, skip_history
 from .support.newborn import submission
+from .support.offsets import settled as log_settled
 from .support.scale import LONG
 from .support.topics import read_since, wait_for
 
@@ -73,6 +74,11 @@ def test_kill_9_at_every_point_of_the_commit_sequence_loses_and_doubles_nothing(
             return _completed(database_url, ids) == len(ids)
 
         assert wait_for(settled, 300, 1), f"{_completed(database_url, ids)} of {len(ids)} completed"
+        # the live read models have applied the whole log before the system stops (rebuilt below)
+        topics = list(case_view.default_topics(CATALOG))
+        for model in ("case_view", "kpis"):
+            assert wait_for(lambda: log_settled(bootstrap, database_url, model, topics, sup.check), 180, 2), \
+                f"the live {model} did not catch up with the log"
         fired = sorted(p.name.removeprefix("crashed-") for p in crash_dir.iterdir())
     finally:
         sup.stop()

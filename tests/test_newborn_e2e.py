@@ -39,6 +39,7 @@ from .support.fast_forward import skip_history
 from .support.poison import NUL, produce
 from .support.scale import scaled
 from .support.newborn import submission
+from .support.offsets import settled
 from .support.topics import mark, read_messages, read_since, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
@@ -218,6 +219,11 @@ def test_applications_survive_kill_9_of_every_processing_process_and_the_broker(
 
         assert wait_for(progress, 900, 2), f"{_completed(database_url, case_ids)} of {len(cases)} completed"
         elapsed = time.monotonic() - started
+        # before the system stops: the live view has applied everything the log holds (the
+        # rebuild below reads it all; a case reads completed before its last events are applied)
+        topics = list(case_view.default_topics(CATALOG))
+        assert wait_for(lambda: settled(bootstrap, database_url, "case_view", topics, sup.check), 180, 2), \
+            "the live case view did not catch up with the log"
     finally:
         sup.stop()
     print(f"\n{len(cases)} newborn cases completed in {elapsed:.0f}s; core, read models and adapters"

@@ -13,3 +13,24 @@ def seed_offsets(bootstrap: str, database_url: str, name: str, topics) -> dict[T
     with psycopg.connect(database_url) as conn:
         store_offsets(conn, name, ends)
     return ends
+
+
+def caught_up(database_url: str, name: str, ends: dict[TopicPartition, int]) -> bool:
+    """Projection `name` stored offsets at or past `ends` (partitions with nothing are skipped)."""
+    with psycopg.connect(database_url) as conn:
+        stored = {TopicPartition(t, p): o for t, p, o in conn.execute(
+            "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = %s", (name,))}
+    return all(stored.get(tp, 0) >= end for tp, end in ends.items() if end)
+
+
+def settled(bootstrap: str, database_url: str, name: str, topics, check=lambda: None) -> bool:
+    """The log is quiet and projection `name` has applied all of it: the topics' ends, read again
+    after `name` reached them, have not moved. A test that compares a live read model with a
+    rebuild waits for this before it stops the system — the last events a case gets (its
+    completion, a department's late duplicate) can still be on their way when the case already
+    reads completed, and a rebuild would have them while the stopped live view would not."""
+    ends = end_offsets(bootstrap, topics)
+    check()
+    if not caught_up(database_url, name, ends):
+        return False
+    return end_offsets(bootstrap, topics) == ends
