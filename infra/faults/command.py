@@ -30,4 +30,5 @@ def faults(short: bool, only: tuple[str, ...], rate: float | None, as_json: str 
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)
     logging.getLogger("kafka").setLevel(logging.ERROR)   # its clients' reconnect chatter during the faults
-    sys.exit(run_faults(short=short, only=list(only) or None, rate=rate, as_json=as_json, console=Console(stderr=False)))
+    # into a log file or CI, 80 columns (rich's default off a terminal) squeezed the table into unreadable cells
+    sys.exit(run_faults(short=short, only=list(only) or None, rate=rate, as_json=as_json, console=Console(stderr=False, width=None if sys.stdout.isatty() else 180)))

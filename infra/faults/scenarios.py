@@ -120,6 +120,28 @@ def _restart_node(ctx: Context) -> None:
     ctx.stack.cluster.start_node(ctx.state.pop("node"), wait=True, timeout=180)
 
 
+def _kill_two(ctx: Context) -> None:
+    """kill -9 two of the three nodes: the leader of applications[0] and one more. With
+    min.insync.replicas 2 no partition can take a write (and the controller quorum is gone with
+    them): this, not one full disk (a broker whose only log directory fails stops itself, and
+    the other two carry on), is the fault in which producers get errors and the API must answer
+    503 with Retry-After and accept nothing by halves."""
+    first = ctx.stack.node(ctx.leader_of(APPLICATIONS, 0))
+    second = next(n for n in ctx.stack.cluster.nodes if n.node_id != first.node_id)
+    ctx.state["nodes"] = [first, second]
+    ctx.notes.append(f"nodes {first.node_id} and {second.node_id} killed; node "
+                     f"{next(n.node_id for n in ctx.stack.cluster.nodes if n not in (first, second))} alone")
+    for node in (first, second):
+        ctx.stack.cluster.stop_node(node, hard=True)
+
+
+def _restart_two(ctx: Context) -> None:
+    nodes = ctx.state.pop("nodes")
+    for node in nodes:   # both started before either is waited for: each needs the other for a quorum
+        ctx.stack.cluster.start_node(node, wait=False)
+    ctx.stack.cluster.wait_ready(timeout=180, nodes=nodes)
+
+
 def _stop_broker(ctx: Context) -> None:
     """SIGSTOP the leader of decisions.police[0]: a hung broker, not a dead one."""
     node = ctx.stack.node(ctx.leader_of(decisions_topic("police"), 0))
@@ -195,6 +217,8 @@ SCENARIOS: list[Scenario] = [
              hold_s=30, short_hold_s=5, short=True, what="kill -9 the broker leading applications[0]; start it again"),
     Scenario("leader of decisions.police[0] killed", _kill_leader(decisions_topic("police"), 0), _restart_node,
              hold_s=30, what="kill -9 the broker leading decisions.police[0]; start it again"),
+    Scenario("two brokers killed (no write quorum)", _kill_two, _restart_two, hold_s=30,
+             what="kill -9 two of the three nodes (min.insync.replicas 2 unmet): the API answers 503; start both again"),
     Scenario("broker hung 30 s", _stop_broker, _continue_broker, hold_s=30,
              what="SIGSTOP the leader of decisions.police[0], SIGCONT after the hold"),
     *[Scenario(f"process {p} killed", _kill_process(p),
