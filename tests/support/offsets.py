@@ -16,10 +16,15 @@ def seed_offsets(bootstrap: str, database_url: str, name: str, topics) -> dict[T
 
 
 def caught_up(database_url: str, name: str, ends: dict[TopicPartition, int]) -> bool:
-    """Projection `name` stored offsets at or past `ends` (partitions with nothing are skipped)."""
+    """Read model `name` stored offsets at or past `ends` (partitions with nothing are skipped),
+    under its current generation's namespace (a shadow rebuild swapped in — an earlier test's —
+    stores them under a new one: projectors/generations.py)."""
+    from projectors import generations
+
     with psycopg.connect(database_url) as conn:
+        namespace = generations.current(conn, name)
         stored = {TopicPartition(t, p): o for t, p, o in conn.execute(
-            "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = %s", (name,))}
+            "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = %s", (namespace,))}
     return all(stored.get(tp, 0) >= end for tp, end in ends.items() if end)
 
 
