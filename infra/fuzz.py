@@ -4,12 +4,14 @@
     onething fuzz --requests 10000      # ≥ 10,000 generated requests over every route × role
 
 What it does (infra/fuzz_engine.py): reads the API's own /openapi.json — where each bundle's merged
-form is a JSON Schema (producers/api_form_schema.py) — and draws every request from it with
-schemathesis: applications made acceptable as a client would make them, then every operation as
-every role with positive and negative data. Each answer is checked (no 5xx, no leak of another
-subject's data, every refusal naming its field and why); then, from the log (infra/fuzz_follow.py),
-every accepted application must have been dispatched into tasks, every consumer group must have
-caught up, and no dead letter may have been written. Prints the figures; exits 1 on any failure.
+form is a JSON Schema (producers/api_form_schema.py), and so is each register write
+(producers/register_schema.py) — and draws every request from it with schemathesis: applications
+and register writes made acceptable as a client would make them, then every operation as every
+role with positive and negative data. Each answer is checked (no 5xx, no leak of another subject's
+data, every refusal naming its field and why); then, from the log (infra/fuzz_follow.py), every
+accepted application must have been dispatched into tasks, every accepted register change applied
+by every department that keeps one of its fields, every consumer group must have caught up, and
+no dead letter may have been written. Prints the figures; exits 1 on any failure.
 
 Needs the `test` extra (schemathesis). The tokens are signed with the API's own secret
 (ONETHING_TOKEN_SECRET; the development default on a development stack).
@@ -36,17 +38,22 @@ def _default_url() -> str:
     return f"http://{host}:{os.environ.get('ONETHING_API_PORT') or 8000}"
 
 
-@click.command(help="Fuzz the running API with schemathesis (every route × role), then check that what it "
-                    "accepted was dispatched, every consumer caught up and no dead letter was written.")
+@click.command(help="Fuzz the running API with schemathesis (every route × role), then check that every "
+                    "application it got accepted was dispatched, every register change applied by every department "
+                    "keeping a copy, every consumer caught up and no dead letter was written.")
 @click.option("--requests", "n_requests", default=10_000, show_default=True, help="generated requests in all")
 @click.option("--applications", type=int, default=None, help="applications made acceptable [requests/8]")
 @click.option("--min-accepted", type=int, default=None, help="fail below this many accepted [80% of applications]")
+@click.option("--registers", type=int, default=None, help="register writes made acceptable [requests/16]")
+@click.option("--min-register-accepted", type=int, default=None,
+              help="fail below this many register writes accepted [80% of register writes]")
 @click.option("--url", default=None, help="the API [http://ONETHING_API_HOST:ONETHING_API_PORT]")
 @click.option("--seed", default=0, show_default=True, help="Hypothesis seed and the world's")
 @click.option("--follow-timeout", default=300, show_default=True, help="seconds to wait for the log to catch up")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="write the figures here too")
-def fuzz(n_requests: int, applications: int | None, min_accepted: int | None, url: str | None, seed: int,
-         follow_timeout: int, as_json: str | None) -> None:
+def fuzz(n_requests: int, applications: int | None, min_accepted: int | None, registers: int | None,
+         min_register_accepted: int | None, url: str | None, seed: int, follow_timeout: int,
+         as_json: str | None) -> None:
     try:
         import schemathesis
     except ImportError:
@@ -63,6 +70,9 @@ def fuzz(n_requests: int, applications: int | None, min_accepted: int | None, ur
     url = url or _default_url()
     applications = applications if applications is not None else max(10, n_requests // 8)
     min_accepted = min_accepted if min_accepted is not None else int(applications * 0.8)
+    registers = registers if registers is not None else max(6, n_requests // 16)
+    min_register_accepted = (min_register_accepted if min_register_accepted is not None
+                             else int(registers * 0.8))
     catalog = load_catalog()
     with httpx.Client(base_url=url, timeout=60) as client:
         try:
@@ -73,16 +83,21 @@ def fuzz(n_requests: int, applications: int | None, min_accepted: int | None, ur
         schema = schemathesis.openapi.from_dict(fuzz_document(doc))
         engine = Engine(client, schema, catalog, seed_value=seed)
         console.print(f"fuzzing {url}: {len(engine.operations)} operations × {len(SHORT)} roles, "
-                      f"{n_requests} requests ({applications} applications), schemathesis {schemathesis.__version__}")
+                      f"{n_requests} requests ({applications} applications, {registers} register writes), "
+                      f"schemathesis {schemathesis.__version__}")
         with console.status("") as status:
             engine.progress = lambda f: status.update(
-                f"{f.generated} requests, {len(f.accepted)} applications accepted, {len(f.server_errors)} 5xx")
-            figures = engine.run(n_requests, applications)
+                f"{f.generated} requests, {len(f.accepted)} applications and {sum(f.register_accepted.values())} "
+                f"register writes accepted, {len(f.server_errors)} 5xx")
+            figures = engine.run(n_requests, applications, registers)
+    changes = dict(engine.world.register_changes)
     console.print(f"sent {figures.generated} generated requests (+{sum(figures.helpers.values())} uploads for "
-                  f"applications) in {figures.seconds:.0f} s; following {len(figures.accepted)} accepted applications …")
-    report = fuzz_follow.follow(settings.bootstrap_servers, starts, figures.accepted, timeout_s=follow_timeout)
+                  f"applications) in {figures.seconds:.0f} s; following {len(figures.accepted)} accepted applications "
+                  f"and {len(changes)} register changes …")
+    report = fuzz_follow.follow(settings.bootstrap_servers, starts, figures.accepted, timeout_s=follow_timeout,
+                                register_changes=changes)
     print_figures(figures, report)
-    failures = failures_of(figures, report, min_accepted)
+    failures = failures_of(figures, report, min_accepted, min_register_accepted)
     if as_json:
         with open(as_json, "w") as fh:
             json.dump(as_dict(figures, report, failures), fh, indent=2, ensure_ascii=False)
@@ -93,7 +108,7 @@ def fuzz(n_requests: int, applications: int | None, min_accepted: int | None, ur
     console.print("[green]fuzz passed[/green]")
 
 
-def failures_of(figures, report, min_accepted: int) -> list[str]:
+def failures_of(figures, report, min_accepted: int, min_register_accepted: int = 0) -> list[str]:
     out = [f"5xx: {e}" for e in figures.server_errors[:20]]
     out += [f"leak: {e}" for e in figures.leaks[:20]]
     out += [f"refusal without field and reason: {e}" for e in figures.bad_refusals[:20]]
@@ -101,6 +116,13 @@ def failures_of(figures, report, min_accepted: int) -> list[str]:
         out.append(f"only {len(figures.accepted)} applications accepted (at least {min_accepted} wanted)")
     if report.missing:
         out.append(f"{report.missing} accepted applications never dispatched")
+    accepted = sum(figures.register_accepted.values())
+    if accepted < min_register_accepted:
+        out.append(f"only {accepted} register writes accepted (at least {min_register_accepted} wanted)")
+    if report.register_missing:
+        out.append(f"{report.register_missing} of {len(report.register_changes)} accepted register changes not "
+                   f"{report.until} (logged {len(report.register_reached('logged'))}, sent to every department "
+                   f"{len(report.register_reached('sent'))})")
     out += [f"dead letter: {d['consumer']} on {d['origin_topic']}: {d['reason']}" for d in report.dead_letters[:20]]
     out += [f"consumer group {g} still {n} behind" for g, n in sorted(report.behind.items())]
     return out
@@ -128,6 +150,12 @@ def print_figures(figures, report) -> None:
         ("statuses (all)", " ".join(f"{s}:{n}" for s, n in sorted(all_statuses.items()))),
         ("applications made acceptable", figures.applications), ("applications accepted (202)", len(figures.accepted)),
         ("followed through: dispatched into tasks", len(report.dispatched)), ("… of which completed", len(report.completed)),
+        ("register writes made acceptable", figures.register_writes),
+        ("register writes accepted (202)", f"{sum(figures.register_accepted.values())}: " + " ".join(
+            f"{r.removeprefix('POST /api/v1/registers/')}:{n}" for r, n in sorted(figures.register_accepted.items()))),
+        ("register changes followed: logged / sent to every department / applied by every one",
+         f"{len(report.register_changes)}: {len(report.register_reached('logged'))} / "
+         f"{len(report.register_reached('sent'))} / {len(report.register_reached('applied'))}"),
         ("other accepted writes", " ".join(f"{r}:{n}" for r, n in sorted(figures.accepted_writes.items())) or "0"),
         ("dead letters", len(report.dead_letters)), ("consumer groups behind", len(report.behind)),
         ("5xx", len(figures.server_errors)), ("leaks", len(figures.leaks)),
@@ -141,11 +169,16 @@ def print_figures(figures, report) -> None:
 
 
 def as_dict(figures, report, failures: list[str]) -> dict:
+    from .fuzz_follow import UNTIL
+
     return {"requests": figures.generated, "uploads": sum(figures.helpers.values()),
             "per_route_role": {f"{route} | {role}": n for (route, role), n in sorted(figures.sent.items())},
             "statuses": {f"{route} | {status}": n for (route, status), n in sorted(figures.statuses.items())},
             "applications": figures.applications, "accepted": len(figures.accepted),
             "dispatched": len(report.dispatched), "completed": len(report.completed),
+            "register_writes": figures.register_writes, "register_accepted": dict(figures.register_accepted),
+            "register_changes": len(report.register_changes),
+            "register_followed": {stage: len(report.register_reached(stage)) for stage in UNTIL},
             "dead_letters": report.dead_letters, "behind": report.behind, "server_errors": figures.server_errors,
             "leaks": figures.leaks, "bad_refusals": figures.bad_refusals,
             "transport_errors": dict(figures.transport_errors), "failures": failures}

@@ -1,12 +1,17 @@
 """The API fuzzer's engine: schemathesis draws the requests from the OpenAPI document, the world
 (infra/fuzz_world.py) says who sends them and what they name, and every answer is checked.
 
-Two kinds of generated request:
+Three kinds of generated request:
 - **applications**: a body drawn from the bundle's published JSON Schema (producers/api_form_schema.py)
   made into one that can be accepted, as a client would make it: sent as the person whose resident
   ID the form says is the applicant's own (or by a clerk naming that person), each material it says
   is uploaded uploaded first by the same caller (so its `ref` is theirs), and the e-licences its
   form needs uploaded as scans (the synthetic people hold none in the library);
+- **register writes** (一处变更): a body drawn from the route's published JSON Schema
+  (producers/register_schema.py) made into one that can be accepted, as the register's own client
+  would make it: sent with a register token, its path naming a company the fuzz registered that
+  may take the change (an individual business for 个转企), its dates not before that company's
+  establishment, a person or a new code no write named yet (Hypothesis repeats values);
 - **cells**: every operation × every role, positive and negative data alike, its path naming a
   known case, department, bundle or harvested id most of the time.
 
@@ -37,7 +42,7 @@ from producers import identity
 from producers.api_catalog import ordered_departments
 from producers.api_forms import needed
 
-from .fuzz_world import ROLES, Caller, KnownCase, World, register_formats
+from .fuzz_world import REGISTER_PREFIX, ROLES, Caller, KnownCase, World, register_formats
 
 log = structlog.get_logger("infra.fuzz")
 SUBMIT = ("POST", "/api/v1/applications")
@@ -48,6 +53,10 @@ PAGES = {"/status/{case_id}": [{"name": "case_id", "in": "path", "required": Tru
          "/supervisor": [], "/kpis": [], "/metrics": [], "/openapi.json": [], "/docs": [], "/redoc": [],
          "/docs/oauth2-redirect": []}
 PDF = b"%PDF-1.4\n% onething fuzz: a synthetic document\n"
+#: the register writes made acceptable, by route, with their share of the register budget: companies
+#: are registered first (the others act on them), individual businesses are converted, people move and die
+REGISTER_WRITES = {"company": 4, "company/{uscc}/changes": 2, "company/{uscc}/conversion": 1,
+                   "person/household-moves": 2, "person/deaths": 1, "company/{uscc}/deregistration": 1}
 
 
 def fuzz_document(doc: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +75,8 @@ class Figures:
     helpers: Counter = field(default_factory=Counter)       # uploads made for applications, by status
     accepted: list[str] = field(default_factory=list)       # case ids of accepted applications
     applications: int = 0                                   # application submissions made acceptable
+    register_writes: int = 0                                # register writes made acceptable
+    register_accepted: Counter = field(default_factory=Counter)  # … of which accepted (202), by route
     accepted_writes: Counter = field(default_factory=Counter)  # other 2xx writes, by route
     refusals: Counter = field(default_factory=Counter)      # (method route, error code) → 4xx answers
     server_errors: list[str] = field(default_factory=list)
@@ -215,13 +226,50 @@ class Engine:
         op = self.schema["/api/v1/applications"]["POST"]
         self._drive(op.as_strategy(), n, self.submit, "applications")
 
+    # -- register writes --------------------------------------------------------------------------
+    def register_write(self, case: Any) -> None:
+        """One generated register write made acceptable, sent as the register, remembered when accepted."""
+        route = case.path
+        body = None if type(case.body).__name__ == "NotSet" else case.body
+        if not isinstance(body, dict):
+            return self.cell(case, "register")
+        world = self.world
+        company = world.company_for(route) if "{uscc}" in route else None
+        uscc = company.uscc if company is not None else (case.path_parameters or {}).get("uscc")
+        body = dict(world.fit_register_body(route, company, body))
+        if route.startswith(REGISTER_PREFIX + "person/"):
+            body["resident_id"] = world.fresh_resident_id()
+        elif route == REGISTER_PREFIX + "company":  # of the entity class its company_type fits
+            generated = str(body.get("uscc") or "91")
+            body["uscc"] = world.fresh_uscc(generated[1] if generated[1:2] in ("1", "2", "3") else "1")
+        elif route.endswith("/conversion"):
+            body["company_uscc"] = world.fresh_uscc("1")
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if world.rng.random() < 0.5 else {}
+        path = route.replace("{uscc}", quote(str(uscc), safe="")) if uscc is not None else route
+        self.figures.register_writes += 1
+        r = self.send("POST", route, path, world.caller("register", None), headers=headers, body=body)
+        if r is not None and r.status_code == 202:
+            self.figures.register_accepted[f"POST {route}"] += 1
+            world.register_accepted(route, uscc, body, r.json())
+
+    def run_registers(self, n: int) -> None:
+        if n <= 0:
+            return
+        total = sum(REGISTER_WRITES.values())
+        shares = {tail: max(1, n * weight // total) for tail, weight in REGISTER_WRITES.items()}
+        shares["company"] += max(0, n - sum(shares.values()))  # the rest: more companies to act on
+        for tail, share in shares.items():
+            route = REGISTER_PREFIX + tail
+            self._drive(self.schema[route]["POST"].as_strategy(), share, self.register_write,
+                        f"register writes {route}")
+
     # -- every operation × every role ------------------------------------------------------------
     def cell(self, case: Any, role: str) -> None:
         known = self.world.any_case()
         caller = self.world.caller(role, known)
         path_params = {}
         for name, value in (case.path_parameters or {}).items():
-            mine = self.world.path_value(name, value, known, caller)
+            mine = self.world.path_value(name, value, known, caller, case.path)
             path_params[name] = quote(str(mine), safe="") if mine is not value else value
         route = case.path
         path = route.format(**path_params) if path_params else route
@@ -234,6 +282,8 @@ class Engine:
             self.figures.accepted_writes[f"POST {route}"] += 1
             if isinstance(body, dict):
                 self.world.harvest_from(body)
+            if route.startswith(REGISTER_PREFIX):
+                self.world.register_accepted(route, path_params.get("uscc"), body, r.json())
 
     def strategies(self, op: Any) -> Any:
         from schemathesis import GenerationMode
@@ -283,9 +333,10 @@ class Engine:
         except HypothesisException as exc:
             self.figures.unsatisfiable.append(f"{what}: {type(exc).__name__}")
 
-    def run(self, requests: int, applications: int) -> Figures:
+    def run(self, requests: int, applications: int, registers: int = 0) -> Figures:
         started = time.monotonic()
         self.run_applications(applications)
+        self.run_registers(registers)
         self.run_cells(max(0, requests - self.figures.generated))
         self.figures.seconds = time.monotonic() - started
         return self.figures

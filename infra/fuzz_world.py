@@ -13,8 +13,14 @@ see: for a person, only their own cases (a receipt's link: its one case); for a 
 it filed; for a department, cases with a service of its own. Supervisors, registers and the
 system may see any case. What the request itself carried is never counted.
 
+The registers (一处变更) are a world of their own: every company a register write brought into
+the register is remembered with its entity class, date of establishment and status, so a change,
+a deregistration or a 个转企 names one that exists and may take it (`company_for`), and what the
+path's company decides about a body — a date not before its establishment, a type that fits its
+entity class — is made to fit it, as the register's own client would (`fit_register_body`).
+
 The data is synthetic: resident IDs with a valid GB 11643 check character for random birth dates,
-USCCs with a valid GB 32100 one; nothing here describes a real person.
+USCCs with a valid GB 32100 one in real regions; nothing here describes a real person.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from hypothesis import strategies as st
 from catalog.validators import resident_id_check_char, uscc_check_char
 from producers import identity
 from producers.api_form_schema import FUTURE_DATE, PAST_DATE, RESIDENT_ID, USCC
+from producers.register_schema import ENTITY_USCC, MARKET_USCC, REGION_CODE, company_types
 
 ROLES = ("anonymous", "bad_token", "owner", "other_applicant", "clerk", "department_on_case",
          "department_off_case", "supervisor", "register", "system", "receipt_link")
@@ -42,6 +49,14 @@ CASE = re.compile(r"case-[0-9a-f]{20}")
 SUBJECT = re.compile(r"p_[0-9a-f]{32}")
 #: path parameters filled from what the world harvested (else left as generated)
 HARVESTED = ("escalation_id", "rectification_id", "change_event_id", "uscc")
+#: real 行政区划代码 (GB/T 2260 districts): 东城 朝阳 海淀 (北京), 和平 (天津), 黄浦 徐汇 浦东 (上海), 鼓楼
+#: (南京), 西湖 (杭州), 武昌 (武汉), 天河 (广州), 南山 (深圳), 渝中 (重庆), 锦江 (成都), 雁塔 (西安)
+REGION_CODES = ("110101", "110105", "110108", "120101", "310101", "310104", "310115", "320106", "330106",
+                "420106", "440106", "440305", "500103", "510104", "610113")
+REGISTER_PREFIX = "/api/v1/registers/"
+USCC_ORG = "0123456789ABCDEFGHJKLMNPQRTUWXY"  # GB 32100's alphabet (no I, O, S, V, Z)
+#: per entity class (the 2nd character of a USCC), the company types that fit it (the register rules')
+TYPES_BY_CLASS = {c: company_types(c) for c in ENTITY_USCC}
 
 
 def resident_ids() -> st.SearchStrategy[str]:
@@ -65,13 +80,27 @@ def usccs() -> st.SearchStrategy[str]:
                      st.from_regex(f"{alphabet}{{9}}", fullmatch=True)).map(make)
 
 
+def market_usccs(classes: str = "123") -> st.SearchStrategy[str]:
+    """Codes registered by market regulation (9), of one of the entity classes, in a real region."""
+    def make(parts: tuple[str, str, str]) -> str:
+        first17 = "9" + "".join(parts)
+        return first17 + uscc_check_char(first17)
+
+    return st.tuples(st.sampled_from(classes), st.sampled_from(REGION_CODES),
+                     st.text(USCC_ORG, min_size=9, max_size=9)).map(make)
+
+
 def register_formats() -> None:
-    """The formats api_form_schema.py names, as schemathesis strategies (idempotent)."""
+    """The formats api_form_schema.py and register_schema.py name, as schemathesis strategies (idempotent)."""
     import schemathesis
 
     today = date.today()
     schemathesis.openapi.format(RESIDENT_ID, resident_ids())
     schemathesis.openapi.format(USCC, usccs())
+    schemathesis.openapi.format(MARKET_USCC, market_usccs())
+    for entity_class, name in ENTITY_USCC.items():
+        schemathesis.openapi.format(name, market_usccs(entity_class))
+    schemathesis.openapi.format(REGION_CODE, st.sampled_from(REGION_CODES))
     schemathesis.openapi.format(PAST_DATE, st.dates(date(1950, 1, 1), today).map(date.isoformat))
     schemathesis.openapi.format(FUTURE_DATE, st.dates(today, today + timedelta(days=3650)).map(date.isoformat))
 
@@ -91,6 +120,18 @@ class KnownCase:
     link_token: str | None
     filed_by: str  # the caller's subject: the applicant, or the clerk who filed
     rids: frozenset[str] = frozenset()  # every resident ID its form carried (the owner may see them)
+
+
+@dataclass
+class KnownCompany:
+    """A company the fuzz brought into the register (or converted into one), as it stands."""
+    uscc: str
+    established_on: str
+    status: str = "active"  # active | deregistered | converted
+
+    @property
+    def entity_class(self) -> str:
+        return self.uscc[1]
 
 
 @dataclass
@@ -116,6 +157,13 @@ class World:
     people: dict[str, str] = field(default_factory=dict)  # resident ID → subject token, of every caller
     subjects: set[str] = field(default_factory=set)
     harvest: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in HARVESTED})
+    companies: dict[str, KnownCompany] = field(default_factory=dict)
+    #: new people and codes for register writes: unseeded, since a database keeps the last run's
+    #: (a second run of the same seed would find its companies registered, its people deceased)
+    ids: random.Random = field(default_factory=random.Random)
+    #: every change an accepted register write recorded: event id → register (the follow-up's list)
+    register_changes: dict[str, str] = field(default_factory=dict)
+    register_keys: set[str] = field(default_factory=set)   # their register keys: USCCs, person tokens
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- who is calling -------------------------------------------------------------------------
@@ -196,11 +244,15 @@ class World:
             for v in value[:200]:
                 self.harvest_from(v, depth + 1)
 
-    def path_value(self, name: str, generated: Any, case: KnownCase | None, caller: Caller) -> Any:
+    def path_value(self, name: str, generated: Any, case: KnownCase | None, caller: Caller, route: str = "") -> Any:
         """A real value for a path parameter most of the time, the generated one otherwise."""
         r = self.rng.random()
         if name == "case_id" and case is not None and r < 0.85:
             return case.case_id
+        if name == "uscc" and route.startswith(REGISTER_PREFIX) and r < 0.7:
+            company = self.company_for(route)
+            if company is not None:
+                return company.uscc
         if name == "department" and r < 0.8:
             return caller.department if caller.department and r < 0.6 else self.rng.choice(self.departments)
         if name in ("code", "bundle") and r < 0.8:
@@ -209,6 +261,64 @@ class World:
             with self._lock:
                 return self.rng.choice(self.harvest[name])
         return generated
+
+    # -- the registers -------------------------------------------------------------------------
+    def company_for(self, route: str) -> KnownCompany | None:
+        """An active company the route may act on: an individual business for 个转企, any other."""
+        wanted = "2" if route.endswith("/conversion") else None
+        with self._lock:
+            pool = [c for c in self.companies.values()
+                    if c.status == "active" and wanted in (None, c.entity_class)]
+            return self.rng.choice(pool) if pool else None
+
+    def fit_register_body(self, route: str, company: KnownCompany | None, body: dict[str, Any]) -> dict[str, Any]:
+        """What the path's company decides about a body, made to fit it: a date of deregistration or
+        conversion not before its establishment, a new type that fits its entity class."""
+        if company is None:
+            return body
+        body = dict(body)
+        for name in ("deregistered_on", "converted_on"):
+            if isinstance(body.get(name), str) and body[name] < company.established_on:
+                body[name] = self._date_since(company.established_on)
+        changes, fitting = body.get("changes"), TYPES_BY_CLASS[company.entity_class]
+        if isinstance(changes, dict) and changes.get("company_type") not in (None, *fitting):
+            body["changes"] = {**changes, "company_type": self.rng.choice(fitting)}
+        return body
+
+    def fresh_resident_id(self) -> str:
+        """A person no register write named yet (Hypothesis repeats values: a second death is refused)."""
+        return random_resident_id(self.ids)
+
+    def fresh_uscc(self, entity_class: str) -> str:
+        """A code of market regulation of `entity_class` that no register write named yet."""
+        first17 = "9" + entity_class + self.ids.choice(REGION_CODES) + "".join(
+            self.ids.choice(USCC_ORG) for _ in range(9))
+        return first17 + uscc_check_char(first17)
+
+    def _date_since(self, first: str) -> str:
+        start = date.fromisoformat(first)
+        return (start + timedelta(days=self.rng.randrange((date.today() - start).days + 1))).isoformat()
+
+    def register_accepted(self, route: str, path_uscc: str | None, body: Any, answer: Any) -> None:
+        """An accepted register write: its changes for the follow-up, and the companies it made or closed."""
+        recorded = answer.get("recorded") if isinstance(answer, dict) else None
+        if not isinstance(recorded, list):
+            return
+        body = body if isinstance(body, dict) else {}
+        with self._lock:
+            for r in recorded:
+                if isinstance(r, dict) and r.get("event_id"):
+                    self.register_changes[str(r["event_id"])] = str(r.get("register"))
+                    self.register_keys.add(str(r.get("key")))
+            fields = body.get("fields") if isinstance(body.get("fields"), dict) else {}
+            if route == REGISTER_PREFIX + "company" and isinstance(body.get("uscc"), str):
+                self.companies[body["uscc"]] = KnownCompany(body["uscc"], str(fields.get("established_on")).strip())
+            old = self.companies.get(path_uscc or "")
+            if old is not None and route.endswith("/deregistration"):
+                old.status = "deregistered"
+            elif old is not None and route.endswith("/conversion") and isinstance(body.get("company_uscc"), str):
+                old.status = "converted"
+                self.companies[body["company_uscc"]] = KnownCompany(body["company_uscc"], old.established_on)
 
     # -- the leak check -------------------------------------------------------------------------
     def may_see(self, caller: Caller, case: KnownCase) -> bool:

@@ -31,7 +31,10 @@ staff role (register, department, supervisor, system). The rules are dependencie
 (`route_context`). A company's entry with its legal representative and the person register's
 changes are personal data: a staff read of them names its staff member and is recorded first
 (producers/api_audit.py). Control characters in any string are refused before the register rules run,
-by the route class every API shares (producers/api_errors.py).
+by the route class every API shares (producers/api_errors.py). The OpenAPI document gives each
+body (and `{uscc}`) its precise JSON Schema (producers/register_schema.py: types, required fields,
+patterns, formats, enums, from the register's own rules); the models themselves take any value, so
+that the register rules, not pydantic, refuse it with their own problem naming the field.
 """
 from __future__ import annotations
 
@@ -40,9 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from infra.settings import Settings
 from projectors import cascade_status
@@ -55,6 +58,7 @@ from .audit_reads import cascade_reads, register_entry_read
 from .api_errors import ApiError, route_context, with_context
 from .db import Database
 from .register_changes import COMPANY, PERSON, ChangeRefused, Problem
+from .register_schema import published, uscc_parameter
 from .registers import ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable
 
 WRITERS = {COMPANY: "market_regulation", PERSON: "police"}
@@ -136,42 +140,53 @@ def recorded(do: Callable[[], Any]) -> JSONResponse:
     return JSONResponse(body, status_code=202)
 
 
-# -- bodies: every value is optional here and checked by the register rules, which name the field
-class CompanyRegistrationIn(BaseModel):
+# -- bodies: every value is optional here and checked by the register rules, which name the field;
+# the OpenAPI document shows each body's precise schema (producers/register_schema.py)
+class _Body(BaseModel):
+    model_config = ConfigDict(json_schema_extra=published)
+
+
+class CompanyRegistrationIn(_Body):
     uscc: Any = Field(None, description="统一社会信用代码")
     fields: Any = Field(None, description="every registration item: name, address, legal_representative_name, "
                                           "legal_representative_resident_id, business_scope, registered_capital "
                                           "(万元), company_type, established_on (YYYY-MM-DD), credit_rating?")
 
 
-class CompanyChangeIn(BaseModel):
+class CompanyChangeIn(_Body):
     changes: Any = Field(None, description="field → new value; any of name, address, legal_representative_name + "
                                            "legal_representative_resident_id, business_scope, registered_capital, "
                                            "company_type")
 
 
-class DeregistrationIn(BaseModel):
+class DeregistrationIn(_Body):
     deregistered_on: Any = Field(None, description="YYYY-MM-DD")
 
 
-class ConversionIn(BaseModel):
+class ConversionIn(_Body):
     company_uscc: Any = Field(None, description="the new company's USCC (entity class 1)")
     fields: Any = Field(None, description="the company's registration items; business years and credit record "
                                           "are inherited from the individual business")
     converted_on: Any = Field(None, description="YYYY-MM-DD")
 
 
-class HouseholdMoveIn(BaseModel):
+class HouseholdMoveIn(_Body):
     resident_id: Any = Field(None, description="公民身份号码; never stored, logged or echoed")
     household_address: Any = None
     household_region_code: Any = None
     moved_on: Any = Field(None, description="YYYY-MM-DD")
 
 
-class DeathIn(BaseModel):
+class DeathIn(_Body):
     resident_id: Any = Field(None, description="公民身份号码; never stored, logged or echoed")
     date_of_death: Any = Field(None, description="YYYY-MM-DD")
     death_certificate_no: Any = None
+
+
+#: the `{uscc}` of a route: a code registered by market regulation (个转企 starts from an individual business)
+MARKET_ENTITY = Path(description="统一社会信用代码", json_schema_extra=uscc_parameter("123"))
+INDIVIDUAL_BUSINESS = Path(description="统一社会信用代码 of the individual business",
+                           json_schema_extra=uscc_parameter("2"))
 
 
 # -- the company register ----------------------------------------------------------------------
@@ -180,26 +195,28 @@ def register_company(body: CompanyRegistrationIn, ident: identity.Identity = Dep
     return recorded(lambda: ctx.recorder.register_company(body.uscc, body.fields, actor=ident.actor(), change_id=cid))
 
 
-def change_company(uscc: str, body: CompanyChangeIn, ident: identity.Identity = Depends(register_writer(COMPANY)),
+def change_company(body: CompanyChangeIn, uscc: str = MARKET_ENTITY,
+                   ident: identity.Identity = Depends(register_writer(COMPANY)),
                    cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
     return recorded(lambda: ctx.recorder.change_company(uscc, body.changes, actor=ident.actor(), change_id=cid))
 
 
-def deregister_company(uscc: str, body: DeregistrationIn,
+def deregister_company(body: DeregistrationIn, uscc: str = MARKET_ENTITY,
                        ident: identity.Identity = Depends(register_writer(COMPANY)),
                        cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
     return recorded(lambda: ctx.recorder.deregister_company(uscc, body.deregistered_on, actor=ident.actor(),
                                                             change_id=cid))
 
 
-def convert(uscc: str, body: ConversionIn, ident: identity.Identity = Depends(register_writer(COMPANY)),
+def convert(body: ConversionIn, uscc: str = INDIVIDUAL_BUSINESS,
+            ident: identity.Identity = Depends(register_writer(COMPANY)),
             cid: str | None = Depends(change_id), ctx: RegisterContext = Depends(register_context)):
     fields = body.fields if isinstance(body.fields, dict) else {}
     return recorded(lambda: ctx.recorder.convert_sole_trader(uscc, body.company_uscc, fields, body.converted_on,
                                                              actor=ident.actor(), change_id=cid))
 
 
-def show_company(uscc: str, ident: identity.Identity = Depends(status_reader),
+def show_company(uscc: str = MARKET_ENTITY, ident: identity.Identity = Depends(status_reader),
                  audit: ReadAudit = Depends(read_audit), ctx: RegisterContext = Depends(register_context)):
     try:
         entry = ctx.recorder.master(COMPANY, uscc)
