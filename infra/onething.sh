@@ -100,8 +100,8 @@ case "$job" in
       # every process of `onething run`, processes killed — mostly waiting) beside everything
       # else, which runs in two pytest-xdist workers (whole files each) sharing the other stack.
       # When the xdist lane ends, the short form of `onething faults` (`-m faults`: a 3-node
-      # cluster of its own, ports from 30000) takes its place beside the whole-system lane; three
-      # stacks at once had made every lane slower than the three one after the other.
+      # cluster of its own, ports from 30000) takes its place beside the whole-system lane: two
+      # stacks at a time (three at once had slowed every lane, 1,767 s on CI on 2026-12-01).
       "${SLOW_LANE[@]}" "${PYTEST[@]}" -m "slow and not faults" > .onething/test-slow.log 2>&1 &
       slow=$!
       "${PYTEST[@]}" -n 2 --dist loadfile -m "not slow and not faults"
