@@ -109,10 +109,15 @@ class EscalationDeadlines:
     resolve_due: date
 
 
-def escalation_deadlines(opened: datetime | date, resolve_within: int = RESOLVE_WITHIN,
-                         calendar: WorkingCalendar | None = None) -> EscalationDeadlines:
+def checked_resolve_within(resolve_within: int) -> int:
     if not 1 <= resolve_within <= RESOLVE_AT_MOST:
         raise ValueError(f"resolve_within must be 1..{RESOLVE_AT_MOST} working days, not {resolve_within}")
+    return resolve_within
+
+
+def escalation_deadlines(opened: datetime | date, resolve_within: int = RESOLVE_WITHIN,
+                         calendar: WorkingCalendar | None = None) -> EscalationDeadlines:
+    checked_resolve_within(resolve_within)
     day = china_date(opened)
     return EscalationDeadlines(add_working_days(day, REPLY_WITHIN, calendar),
                                add_working_days(day, resolve_within, calendar))

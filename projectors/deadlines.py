@@ -19,17 +19,18 @@ past the due date", asked in Beijing time. `ONETHING_TODAY` (ISO date) pins the 
 or a test of a case left undecided for weeks.
 
 Order. The projection reads `applications`, `cases`, every `tasks.<dept>` and
-`decisions.<dept>`; a decision may arrive before its task. Per row, (attempt, closed) only
-moves forward: a TaskDispatched of attempt n sets the due date of attempt n and never reopens
-attempt n once a decision on it closed it; a later attempt reopens it.
+`decisions.<dept>`, and keeps only each topic's order: a decision may arrive before its task,
+a completion before the submission. The rules commute across topics (projectors/deadlines_facts.py
+says how), so the live clock and a rebuild that read the topics in another interleaving hold the
+same rows.
 
 Batches. Every event of the system passes through the clock, so a checkpoint must cost it a few
 statements, not a few per event: `apply_batch` reads the clocks the batch's events touch (all of
-a case's for its completion or withdrawal) once, folds the events onto them in the batch's order
-by the per-event rules (projectors/deadlines_facts.py) and writes back the changed rows and the
-submissions, one statement each (projectors/deadlines_sql.py): three statements in two round
-trips for any batch, and the rows of applying the events one by one, the order-dependent rules
-included; `apply(event)` is a batch of one. The read takes no lock: a case's events travel on one
+a case's for its completion or withdrawal) and their cases' facts once, folds the events onto
+them in the batch's order by the per-event rules (projectors/deadlines_facts.py) and writes back
+the changed case facts and rows, one statement each (projectors/deadlines_sql.py): four
+statements in two round trips for any batch, and the rows of applying the events one by one;
+`apply(event)` is a batch of one. The read takes no lock: a case's events travel on one
 partition of co-partitioned topics, so one member writes its clocks (the offsets' compare-and-set
 that opens a checkpoint fences one that lost the partition); the tick writes only its marks,
 which the fold never writes.
@@ -69,7 +70,9 @@ from .timeline_text import attempt_of
 log = structlog.get_logger(__name__)
 
 NAME = "deadlines"
-MIGRATION = Path(__file__).resolve().parent.parent / "infra" / "migrations" / "0008_deadlines.sql"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "infra" / "migrations"
+MIGRATION = MIGRATIONS / "0008_deadlines.sql"
+CASE_FACTS = MIGRATIONS / "0023_deadline_case_facts.sql"
 FINAL_OUTCOMES = ("approved", "rejected")
 TODAY_ENV = "ONETHING_TODAY"
 
@@ -88,6 +91,9 @@ def today_in_china(env: dict[str, str] | None = None) -> date:
 def create_schema(conn: psycopg.Connection, schema: str) -> None:
     """The clock's tables in `schema` (a test's own instance); public comes from the migrations."""
     _create_schema(conn, schema, MIGRATION, "deadline_clocks")
+    with conn.transaction():   # idempotent (ADD COLUMN IF NOT EXISTS)
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(CASE_FACTS.read_text())
 
 
 HANDLED = frozenset({"ApplicationSubmitted", "TaskDispatched", "TaskCancelled", "DecisionRecorded",
@@ -124,7 +130,8 @@ class DeadlineClockProjection(BatchedCaseModel):
 
     def apply_batch(self, conn: psycopg.Connection, events: Iterable[Event]) -> None:
         """One read of the clocks the events touch, the events folded onto them in order
-        (deadlines_facts.py), then at most two writes: two round trips, in one pipeline.
+        (deadlines_facts.py), then at most two writes: two round trips, in one pipeline (the two
+        reads are sent before either is fetched).
         Raises what any rule or statement raises (nothing is written then); the runtime isolates
         the bad event by re-running the batch one event at a time."""
         fed = [e for e in events if e.type in HANDLED and self.wants(e) and not belongs_to_no_case(e)]
@@ -133,25 +140,34 @@ class DeadlineClockProjection(BatchedCaseModel):
         q, rows = self.q, ClockRows()
         for e in fed:
             rows.ask(e.type, e.key, e.payload)
-        keys, whole_cases = rows.to_read()
+        keys, whole_cases, case_ids = rows.to_read()
         # one event's statements are cheaper sent one by one than through psycopg's pipeline mode
         with conn.pipeline() if len(fed) > 1 else nullcontext():
-            rows.load(conn.execute(q.rows_of, (rows_json(keys), whole_cases)).fetchall())
-            for e in fed:
-                getattr(self, f"_on_{e.type}")(rows, e, e.payload)
-            if rows.submissions:
-                conn.execute(q.cases, (rows_json(list(rows.submissions.values())),))
+            clocks = conn.execute(q.rows_of, (rows_json(keys), whole_cases))
+            cases = conn.execute(q.cases_of, (case_ids,))
+            rows.load(clocks.fetchall(), cases.fetchall())
+            self.fold(rows, fed)
+            changed_cases = rows.changed_cases()
+            if changed_cases:
+                conn.execute(q.cases, (rows_json(changed_cases),))
             changed = rows.changed()
             if changed:
                 conn.execute(q.write, (rows_json(changed),))
 
+    def fold(self, rows: ClockRows, events: Iterable[Event]) -> None:
+        """The events onto the rows they asked for, in order: pure (no I/O), so a property test
+        folds any interleaving of the topics without a database."""
+        for e in events:
+            getattr(self, f"_on_{e.type}")(rows, e, e.payload)
+
     # -- per event type: which clock rule it is (deadlines_facts.ClockRows) -----------------------
     def _on_ApplicationSubmitted(self, rows: ClockRows, event: Event, p: dict) -> None:
         submitted = clock.china_date(event.envelope.occurred_at)
-        rows.submitted(event.key, p["bundle_code"], submitted)
         days = clock.case_promised_days(self.catalog, p["bundle_code"])
-        if days is not None:
-            self._open(rows, event, "case", "", due=clock.due_after(submitted, days))
+        env = event.envelope
+        rows.submitted(event.key, p["bundle_code"], submitted,
+                       clock.due_after(submitted, days) if days is not None else None, event.id,
+                       env.correlation_id, env.region_code)
 
     def _on_TaskDispatched(self, rows: ClockRows, event: Event, p: dict) -> None:
         if p.get("due_date") is None:
@@ -171,7 +187,7 @@ class DeadlineClockProjection(BatchedCaseModel):
         elif p["outcome"] == "correction_requested":
             day = clock.china_date(event.envelope.occurred_at)
             rows.pause(event.key, "service", p["service_id"], department=p["department"], attempt=attempt, day=day)
-            rows.pause_case(event.key, day)  # the case's own clock stands still too
+            rows.pause_case(event.key, event.envelope.occurred_at, event.id)  # the case's own clock stands still too
 
     def _on_MaterialsSupplemented(self, rows: ClockRows, event: Event, p: dict) -> None:
         """补正 done: the case's clock resumes, its due date pushed back by the days it waited (the
@@ -185,18 +201,17 @@ class DeadlineClockProjection(BatchedCaseModel):
         rows.close_case(event.key, event.envelope.occurred_at)
 
     def _on_CaseEscalated(self, rows: ClockRows, event: Event, p: dict) -> None:
-        d = clock.escalation_deadlines(event.envelope.occurred_at)
-        eid = p["escalation_id"]
-        self._open(rows, event, "escalation_reply", eid, department=p.get("department"), due=d.reply_due)
-        self._open(rows, event, "escalation_resolution", eid, department=p.get("department"), due=d.resolve_due)
+        env = event.envelope
+        rows.escalated(event.key, p["escalation_id"], env.occurred_at, department=p.get("department"), cause=event.id,
+                       correlation=env.correlation_id, region=env.region_code)
 
     def _on_EscalationReplied(self, rows: ClockRows, event: Event, p: dict) -> None:
         rows.close(event.key, "escalation_reply", p["escalation_id"], department=None, attempt=0,
                    at=event.envelope.occurred_at)
 
     def _on_EscalationExtended(self, rows: ClockRows, event: Event, p: dict) -> None:
-        """An extension seen before its escalation (they travel on different topics) does not move
-        the clock; the supervisor queue still records it."""
+        """An extension seen before its escalation (a deadline's escalation travels on `cases`) is
+        kept for it (deadlines_facts.ClockRows.escalated)."""
         rows.extend(event.key, p["escalation_id"], p["resolve_within_working_days"], event.id)
 
     def _on_EscalationResolved(self, rows: ClockRows, event: Event, p: dict) -> None:

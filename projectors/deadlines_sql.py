@@ -1,7 +1,8 @@
 """The deadline clock's statements (projectors/deadlines.py), rendered once per schema.
 
-Three statements a batch, whatever its length: the stored rows the batch's events touch (one read),
-the cases' first submissions, and every clock row the batch changed, each write taking all of
+Four statements a batch in two round trips, whatever its length: the stored rows the batch's
+events touch and its cases' facts (two reads, sent together), the case facts and the clock rows
+the batch changed (two writes), each write taking all of
 its rows as one JSON parameter (`batch_rows.rows_json`, unpacked by `jsonb_array_elements`),
 since a round trip and a statement cost far more than a row.
 
@@ -19,8 +20,9 @@ from .postgres_projection import check_schema
 # the clock row as deadlines_facts.Row holds it, in this order
 CLOCK_COLUMNS = ("case_id text", "scope text", "subject_id text", "department text", "task_id text",
                  "attempt int", "due_date date", "paused_on date", "closed_at timestamptz", "cause_event_id text",
-                 "correlation_id text", "region_code text")
-CASE_COLUMNS = ("case_id text", "bundle_code text", "submitted_on date")
+                 "correlation_id text", "region_code text", "extended_to int")
+CASE_COLUMNS = ("case_id text", "bundle_code text", "submitted_on date", "promised_due date", "submission_id text",
+                "closed_at timestamptz", "pauses jsonb")
 KEY = ("case_id", "scope", "subject_id")
 
 
@@ -51,8 +53,11 @@ class ClockSql:
             f" (SELECT r->>0, r->>1, r->>2 FROM jsonb_array_elements(%s::jsonb) AS r)"
             f" UNION ALL SELECT {', '.join(clock)} FROM {{t}} WHERE case_id = ANY(%s::text[])"
             " AND scope IN ('case', 'service')")
-        # the first submission of a case names its bundle (the stored one, or the batch's first)
-        self.cases = f(f"INSERT INTO {{c}} ({', '.join(case)}) {_rows(CASE_COLUMNS)} ON CONFLICT (case_id) DO NOTHING")
+        self.cases_of = f(f"SELECT {', '.join(case)} FROM {{c}} WHERE case_id = ANY(%s::text[])")
+        # the case facts arrive folded too (deadlines_facts.CaseFacts): written as given
+        self.cases = f(
+            f"INSERT INTO {{c}} ({', '.join(case)}) {_rows(CASE_COLUMNS)} ON CONFLICT (case_id) DO UPDATE SET "
+            + ", ".join(f"{n} = EXCLUDED.{n}" for n in case if n != "case_id"))
         self.write = f(
             f"INSERT INTO {{t}} ({', '.join(clock)}) {_rows(CLOCK_COLUMNS)}"
             f" ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET "
