@@ -1,19 +1,17 @@
 """The deadline clock's rows during one batch, and what each kind of event does to them.
 
-`ClockRows` starts from the stored rows the batch's events touch (one read) and applies the
-events to them in the batch's order, one rule per method. Every rule is, line for line, the
-statement the clock ran per event before batches (kept in the method's docstring), evaluated on
-the row as that statement would have found it; so the rows written back at the end are the rows
-applying the same events one by one gives, for any batch length and any cut between batches,
-and, since a rebuild reads the topics in another interleaving than the live process did, the
-rows applying the same events in any interleaving of their topics gives (tests/test_deadline_clock.py
-holds both as properties).
+`ClockRows` starts from the stored rows the batch's events touch and their cases' facts (one
+read each) and applies the events to them in the batch's order, one rule per method, each
+evaluated on the row as the event would have found it alone; so the rows written back at the end
+are the rows applying the same events one by one gives, for any batch length and any cut between
+batches, and, since a rebuild reads the topics in another interleaving than the live process
+did, the rows any interleaving of their topics gives (tests/test_deadline_clock.py holds both).
 
 Why fold in Python rather than merge in SQL: two of the rules need the stored row and the
 working-day calendar (a supplement pushes the case's due date back by the working days it
 waited; an extension counts from the escalation's day), which per event cost a read each; and
-a completion or a withdrawal closes every clock of its case that exists when it arrives. Read once, folded here, written
-once, a batch costs the same three statements whatever it holds (projectors/deadlines_sql.py).
+a completion or a withdrawal closes every clock of its case. Read once, folded here, written
+once, a batch costs the same four statements whatever it holds (projectors/deadlines_sql.py).
 
 Why the rows do not depend on the interleaving. A case's events travel on several topics
 (submission and 补正 on `applications`, tasks and decisions on the departments' topics, the

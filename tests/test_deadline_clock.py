@@ -1,8 +1,10 @@
 """The working-day clock (pure): due dates across 春节 and 国庆 with their 调休 Saturdays, agreeing
 with `chinese-calendar`; the 补正 pause; the stage of a deadline; what the tick raises, with
 ids that do not change when it is asked again (a restart emits no duplicate). And the clock's
-projection on real PostgreSQL: a batch, cut anywhere, gives the rows applying its events one by
-one gives, for realistic logs in any order, in three statements."""
+projection: any interleaving of its topics folds to the rows of the order they were written in
+(what a rebuild reads is another interleaving than the live clock read); and on real PostgreSQL a
+batch, cut anywhere, gives the rows applying its events one by one gives, for realistic logs in
+any order, in four statements."""
 from __future__ import annotations
 
 import random
@@ -399,3 +401,41 @@ def test_a_batch_costs_four_statements_and_a_bad_extension_fails_it_whole(databa
         assert clocks.snapshot() == before
     finally:
         clocks.close()
+
+
+@pytest.mark.postgres
+def test_a_case_paused_before_migration_0023_resumes_and_closes_as_before(database_url):
+    """An upgrade must not forget a case in flight: its case clock's pause, due date and cause
+    become its facts, so the supplement pushes the due date back and the completion closes it."""
+    from projectors.deadlines import CASE_FACTS, MIGRATION
+
+    schema, cid = f"dl_mig_{RUN}", f"case-dlm-{RUN}"
+    paused_on, due = date(2026, 9, 24), date(2026, 9, 29)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        try:
+            with conn.transaction():   # the tables as the release before wrote them
+                conn.execute(f"SET LOCAL search_path TO {schema}")
+                conn.execute(MIGRATION.read_text())
+                conn.execute("INSERT INTO deadline_cases VALUES (%s, 'newborn', %s)", (cid, date(2026, 9, 22)))
+                conn.execute("INSERT INTO deadline_clocks (case_id, scope, subject_id, due_date, paused_on, "
+                             "cause_event_id) VALUES (%s, 'case', '', %s, %s, 'sub-1')", (cid, due, paused_on))
+            create_schema(conn, schema)   # runs 0023 in it, as `onething migrate` does in public
+            assert CASE_FACTS.name.startswith("0023")
+            projection = DeadlineClockProjection(f"dl_mig_{RUN}", schema=schema, catalog=CAT)
+            resumed = new_event("MaterialsSupplemented", cid, {"materials": [], "form": {}}, actor=APPLICANT,
+                                region_code="440203", occurred_at=beijing(date(2026, 9, 28)))
+            with conn.transaction():
+                projection.apply(conn, resumed)
+            row = conn.execute(f"SELECT due_date, paused_on, closed_at, cause_event_id FROM {schema}.deadline_clocks"
+                               ).fetchone()
+            assert row == (clock.resumed_due(due, paused_on, beijing(date(2026, 9, 28))), None, None, resumed.id)
+            assert row[0] > due
+            done = new_event("CaseCompleted", cid, {"approved": [], "rejected": []}, region_code="440203",
+                             occurred_at=beijing(date(2026, 9, 30)))
+            with conn.transaction():
+                projection.apply(conn, done)
+            assert conn.execute(f"SELECT closed_at FROM {schema}.deadline_clocks").fetchone()[0] == \
+                done.envelope.occurred_at
+        finally:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
