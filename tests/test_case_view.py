@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from psycopg import sql
 
@@ -41,10 +41,10 @@ from infra.topics import APPLICATIONS, CASES, decisions_topic, tasks_topic
 from projectors import case_state
 from projectors.case_view import (TABLES, CaseViewProjection, create_schema, default_topics, drop_schema, read_case,
                                   read_worklist)
-from projectors.postgres_projection import ProjectionRunner, rebuild, stored_offsets
+from projectors.postgres_projection import ProjectionRunner, rebuild
 from projectors.timeline_text import describe
 
-from .support.offsets import end_offsets, seed_offsets
+from .support.offsets import caught_up, end_offsets, seed_offsets
 from .support.newborn import newborn_form, resident_id, submission
 from .support import orders
 from .support.scale import scaled
@@ -228,12 +228,6 @@ def snapshot(conn: psycopg.Connection, schema: str, case_ids) -> dict[str, list[
 
 
 # -- views of the test's own ---------------------------------------------------------------------
-
-
-def caught_up(database_url: str, name: str, ends: dict[TopicPartition, int]) -> bool:
-    with psycopg.connect(database_url) as conn:
-        stored = stored_offsets(conn, name)
-    return all(stored.get(tp, 0) >= end for tp, end in ends.items() if end)
 
 
 def delete_groups(bootstrap: str, groups: list[str]) -> None:

@@ -31,6 +31,7 @@ from producers import identity
 from producers.registers import RegisterRecorder
 
 from .support.fast_forward import skip_history
+from .support.offsets import caught_up
 from .support.topics import mark, read_since, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
@@ -299,13 +300,6 @@ def _ours(world, events) -> list:
     return [e for e in events if e.key in tokens and e.type in ("ServiceOffered", "BenefitGranted")]
 
 
-def _caught_up(url: str, ends: dict) -> bool:
-    with psycopg.connect(url) as conn:
-        stored = {(t, p): o for t, p, o in conn.execute(
-            "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = 'proactive'")}
-    return all(stored.get((tp.topic, tp.partition), -1) >= end for tp, end in ends.items() if end > 0)
-
-
 def test_replaying_the_registers_from_the_start_offers_nothing_twice_and_a_declined_offer_stays_declined(world):
     retiree, sup, url = world["people"]["retiree"], world["sup"], world["url"]
     recorder = RegisterRecorder(world["bootstrap"], url, today=lambda: TODAY)
@@ -326,7 +320,7 @@ def test_replaying_the_registers_from_the_start_offers_nothing_twice_and_a_decli
     from projectors.proactive import ProactiveProcessor
 
     ends = mark(world["bootstrap"], ProactiveProcessor().topics)
-    assert wait_for(lambda: (sup.check(), _caught_up(url, ends))[1], 180, 1), "the replay did not finish"
+    assert wait_for(lambda: (sup.check(), caught_up(url, "proactive", ends))[1], 180, 1), "the replay did not finish"
     time.sleep(3)   # and a few daily scans on top (every 2 s here)
     after = _ours(world, read_since(world["bootstrap"], {tp: 0 for tp in mark(world["bootstrap"], [PROACTIVE])}))
     assert sorted(e.id for e in after) == sorted(e.id for e in before), "an offer or grant was made again"
