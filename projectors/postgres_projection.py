@@ -186,8 +186,14 @@ def rebuild(projection: Projection, bootstrap: str, database_url: str,
     """Empty the read model and its stored offsets in place, then re-apply the log up to its
     current end: the whole log, or from `start` (a test's or a benchmark's own stretch of it).
     Its own process must be stopped (two writers would race); the live system uses
-    `shadow_rebuild`. Returns the number of messages it read."""
-    with psycopg.connect(database_url) as conn, conn.transaction():
+    `shadow_rebuild`. Returns the number of messages it read.
+
+    The reset runs under the projection's search_path, as its checkpoints do: a projection whose
+    statements name its tables unqualified (`UnqualifiedTables`) placed in a schema of its own
+    would otherwise empty the live tables of the same names in public."""
+    path = getattr(projection, "search_path", None)
+    with psycopg.connect(database_url, **({"options": f"-c search_path={path}"} if path else {})) as conn, \
+            conn.transaction():
         projection.reset(conn)
         conn.execute("DELETE FROM consumer_offsets WHERE consumer = %s", (projection.name,))
         conn.execute("DELETE FROM processed_events WHERE consumer = %s", (projection.name,))
