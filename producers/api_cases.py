@@ -244,7 +244,8 @@ def supplement(case_id: str, body: SupplementIn = Body(...), who: Acting = Depen
                                          row.departments)
             event = produce(conn, state, APPLICATIONS, case_id, "MaterialsSupplemented",
                             {"materials": refs, "form": form},
-                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code)
+                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code,
+                            event_id=once.event_id())
             return once.answer({"case_id": case_id, "event_id": event.id, "sequence": event.envelope.sequence})
 
 
@@ -260,5 +261,6 @@ def withdraw(case_id: str, body: WithdrawIn | None = Body(None), who: Acting = D
                 return earlier
             row = locked_case(conn, state, case_id)
             event = produce(conn, state, APPLICATIONS, case_id, "ApplicationWithdrawn", {"reason": body.reason},
-                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code, status="withdrawn")
+                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code, status="withdrawn",
+                            event_id=once.event_id())
             return once.answer({"case_id": case_id, "event_id": event.id, "sequence": event.envelope.sequence})

@@ -38,12 +38,15 @@ def locked_case(conn: psycopg.Connection, state: ApiState, case_id: str, *, done
 
 
 def produce(conn: psycopg.Connection, state: ApiState, topic: str, case_id: str, event_type: str,
-            payload: dict[str, Any], actor: Actor, region_code: str, *, status: str | None = None) -> Event:
+            payload: dict[str, Any], actor: Actor, region_code: str, *, status: str | None = None,
+            event_id: str | None = None) -> Event:
     """Under the case's row lock: the next sequence, then the event, acknowledged by Kafka before
-    the caller's transaction commits; a failure raises the 503 and so rolls the sequence back."""
+    the caller's transaction commits; a failure raises the 503 and so rolls the sequence back.
+    `event_id`: the id a keyed write derives (api_idempotency.Idempotent.event_id), so a retry
+    after a commit that never happened produces the same event again, not a second one."""
     sequence = intake_store.take_sequence(conn, case_id, status=status)
     event = new_event(event_type, case_id, payload, actor=actor, region_code=region_code, sequence=sequence,
-                      correlation_id=case_id)
+                      correlation_id=case_id, event_id=event_id)
     try:
         state.producer.publish(topic, event)
     except Exception as exc:

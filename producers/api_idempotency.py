@@ -8,6 +8,12 @@ concurrent retry waits on the key's primary key until the first has committed, t
 Only successful answers are remembered: a refusal is simply given again. (Submissions keep their
 own table and derive the case id from the key: producers/intake_store.py.)
 
+Why the ids of what a keyed write produces are derived from the key (`event_id`, `name`): the
+event is acknowledged by Kafka before the transaction commits, so PostgreSQL failing in between
+leaves the event on the log and no key in the table. The client's retry then produces the very
+same event — same id, same escalation or rating id — which every consumer drops as seen, instead
+of a second escalation or rating (found by `onething faults`' PostgreSQL restart).
+
 `take_once` claims an action (reply, resolve, rectification reply) in `api_actions` under the
 case's row lock: the second of two concurrent replies finds the row and gets 409, whatever the
 read model has caught up with.
@@ -16,10 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import uuid
+
 import orjson
 import psycopg
 from fastapi import Header
 from psycopg.types.json import Jsonb
+
+from events.envelope import derived_event_id
 
 from .api_errors import ApiError, FastJSON, err
 from .intake_store import request_hash
@@ -41,6 +51,18 @@ class Idempotent:
     def __init__(self, conn: psycopg.Connection, caller_token: str, key: str | None, route: str, body: Any):
         self.conn, self.caller, self.key, self.route = conn, caller_token, key, route
         self.hash = request_hash(body) if key is not None else ""
+
+    def event_id(self, *parts: str) -> str | None:
+        """The id of the event this write produces: derived from the caller, the key and the route
+        when there is a key (a retry produces the same event), else None (a random one)."""
+        if self.key is None:
+            return None
+        return derived_event_id(f"{self.caller}|{self.key}", self.route, *parts)
+
+    def name(self, prefix: str) -> str:
+        """An id this write gives what it creates (`esc-…`, `rating-…`): from the key when there is one."""
+        seed = self.event_id("name", prefix)
+        return f"{prefix}-{(uuid.UUID(seed) if seed else uuid.uuid4()).hex[:18]}"
 
     def replay(self) -> FastJSON | None:
         """Inside the transaction: claim the key, or the earlier answer under it."""

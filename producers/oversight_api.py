@@ -23,7 +23,6 @@ words and are recorded, a read per item, before they are answered (producers/api
 """
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -150,12 +149,13 @@ def escalate(case_id: str, body: EscalationIn = Body(...), who: Acting = Depends
                     or any(not taken(conn, eid, "resolve") for eid in actions_on(conn, scope)):
                 raise ApiError(409, [err("service_id" if body.service_id else "case_id", "escalation.open")])
             department = state.catalog.services[body.service_id].department if body.service_id else None
-            escalation_id = f"esc-{uuid.uuid4().hex[:18]}"
+            escalation_id = once.name("esc")
             take_once(conn, scope, escalation_id, case_id)
             event = produce(conn, state, APPLICATIONS, case_id, "CaseEscalated",
                             {"escalation_id": escalation_id, "origin": "applicant", "reason": body.reason,
                              "service_id": body.service_id, "department": department, "comment": body.comment},
-                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code)
+                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code,
+                            event_id=once.event_id())
             d = deadline_clock.escalation_deadlines(event.envelope.occurred_at)
             return accepted(once, event, escalation_id=escalation_id, reply_due=d.reply_due.isoformat(),
                             resolve_due=d.resolve_due.isoformat())
@@ -183,7 +183,7 @@ def rate(case_id: str, body: RatingIn = Body(...), who: Acting = Depends(case_ow
                 seen.add(s.service_id)
             if errors:
                 raise ApiError(422, errors)
-            rating_id = f"rating-{uuid.uuid4().hex[:18]}"
+            rating_id = once.name("rating")
             fresh = conn.execute("INSERT INTO intake_ratings (case_id, rating_id) VALUES (%s, %s) "
                                  "ON CONFLICT DO NOTHING", (case_id, rating_id)).rowcount
             if not fresh:
@@ -192,7 +192,8 @@ def rate(case_id: str, body: RatingIn = Body(...), who: Acting = Depends(case_ow
                             {"rating_id": rating_id, "grade": body.grade, "comment": body.comment,
                              "services": [s.model_dump(include={"service_id", "grade", "comment"})
                                           for s in body.services]},
-                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code)
+                            who.ident.actor(on_behalf_of=who.applicant_token), row.region_code,
+                            event_id=once.event_id())
             answer = accepted(once, event, rating_id=rating_id)
     metrics.RATINGS.labels(row.bundle_code, body.grade).inc()
     return answer
@@ -258,7 +259,8 @@ def act(state: ApiState, ident: identity.Identity, key: str | None, escalation_i
                 raise ApiError(409, [err("escalation_id", "escalation.resolved")])
             check(conn, item)
             event = produce(conn, state, APPLICATIONS, item["case_id"], event_type,
-                            {"escalation_id": escalation_id, **payload}, ident.actor(), row.region_code)
+                            {"escalation_id": escalation_id, **payload}, ident.actor(), row.region_code,
+                            event_id=once.event_id())
             return accepted(once, event, escalation_id=escalation_id)
 
 
@@ -330,7 +332,8 @@ def rectify(rectification_id: str, body: ReplyIn = Body(...), ident: identity.Id
             raise ApiError(409, [err("rectification_id", "rectification.replied")])
         event = produce(conn, state, decisions_topic(ident.department), item["case_id"], "RectificationReplied",
                         {"rectification_id": rectification_id, "department": ident.department,
-                         "reply": body.reply}, ident.actor(), row.region_code if row else "000000")
+                         "reply": body.reply}, ident.actor(), row.region_code if row else "000000",
+                        event_id=once.event_id())
         return accepted(once, event, rectification_id=rectification_id)
 
 

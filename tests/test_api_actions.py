@@ -178,3 +178,35 @@ def test_a_write_repeated_with_its_idempotency_key_gets_the_first_answer(client,
     bad = client.post("/api/v1/documents", content=pdf, headers=auth(token) | {"Idempotency-Key": "k" * 201}
                       | {"Content-Type": "application/pdf"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["code"] == "idempotency.key_format"
+
+
+def test_a_keyed_write_whose_commit_was_lost_after_kafka_took_it_produces_the_same_event_again(
+        client, bootstrap, monkeypatch):
+    """Kafka acknowledges the event before the transaction commits; PostgreSQL failing in between
+    leaves the event on the log and no key in the table. The client's retry must be the same
+    event (consumers drop it as seen), not a second escalation — found by `onething faults`, where
+    a PostgreSQL restart left one case with two escalations for one request."""
+    from producers import oversight_api
+
+    case_id = new_case(client)
+    headers = auth(identity.applicant_token(WANG.resident_id)) | {"Idempotency-Key": f"e-{uuid.uuid4().hex}"}
+    real, calls = oversight_api.accepted, []
+
+    def commit_lost(*args, **kw):   # after the event was produced, before the transaction commits
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("the database went away")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(oversight_api, "accepted", commit_lost)
+    before = end_offsets(bootstrap)
+    with pytest.raises(ConnectionError):
+        client.post(f"/api/v1/cases/{case_id}/escalations", json={"reason": "stuck"}, headers=headers)
+    retry = client.post(f"/api/v1/cases/{case_id}/escalations", json={"reason": "stuck"}, headers=headers)
+    assert retry.status_code == 202, retry.text
+    escalated = [e for e in events_since(bootstrap, before) if e.key == case_id and e.type == "CaseEscalated"]
+    assert len(escalated) == 2   # on the log twice, as the failure left it …
+    assert len({e.id for e in escalated}) == 1   # … as one event, which every consumer takes once
+    assert {e.payload["escalation_id"] for e in escalated} == {retry.json()["escalation_id"]}
+    # without a key each request is its own (nothing to tell a retry from a second escalation)
+    assert oversight_api.Idempotent(None, "s", None, "r", {}).event_id() is None
