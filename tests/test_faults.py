@@ -7,7 +7,8 @@ again. What a user would
 notice is asserted from the run's own verification (infra/faults/verify.py): every application
 answered 202 completed, once, with one child in the police register and one decision per
 service; every register change applied once and in order at every copy; every read model (case
-view, KPIs, escalation queue, ratings, read audit, deadlines) equal to a rebuild from the log;
+view, KPIs, escalation queue, ratings, read audit, deadlines) equal to a rebuild from the log,
+none of them empty (completed cases are rated, escalated and read by a clerk during the faults);
 no 5xx but 503 with Retry-After; nothing dead-lettered; each scenario recovered.
 And the command stops everything it started. The whole list is `onething faults`.
 """
@@ -72,6 +73,13 @@ def test_the_short_fault_scenarios_lose_nothing_and_leave_nothing_running(tmp_pa
         assert r["error"] is None and r["tables"], (model, r["error"])
         assert r["same_offsets"], f"{model}: compared at other offsets than the live one's"
         assert r["differing_rows"] == 0, (model, {t: d for t, d in r["tables"].items() if d["rows"]})
+    # and none of them vacuously: completed cases were rated, escalated and read by a clerk meanwhile
+    assert min(result["aftercare"].values()) > 0 and not result["aftercare_problems"], \
+        (result["aftercare"], result["aftercare_problems"][:5])
+    for model, table in (("escalation_queue", "escalation_queue"), ("ratings", "case_ratings"),
+                         ("ratings", "rectifications"), ("read_audit", "audit_reads"),
+                         ("kpis", "kpi_escalations"), ("deadlines", "deadline_clocks")):
+        assert models[model]["tables"][table]["live_rows"] > 0, f"{model}.{table} was empty: compared nothing"
     assert result["dead_letters"] == 0
     assert all(result["checks"].values()), result["checks"]
     assert proc.returncode == 0, tail

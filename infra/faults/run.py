@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from . import rebuilds
+from .aftercare import Aftercare
 from .load import ApplicationLoad, RegisterLoad
 from .scenarios import Context, Scenario, SkipScenario, chosen
 from .stack import FaultStack
@@ -87,6 +88,7 @@ class FaultRun:
         while True:
             self.stack.sup.check()
             self.completions.poll(self.load.case_ids())
+            self.aftercare.offer(list(self.completions.completed))
             left = end - time.monotonic()
             if left <= 0:
                 return
@@ -116,6 +118,7 @@ class FaultRun:
         self.registers = RegisterLoad(self.stack.bootstrap, self.stack.database_url, companies=12,
                                       rate_per_s=1.0, run=uuid.uuid4().hex[:8]).start()
         self.load = ApplicationLoad(base, auth, body, self.rate).start()
+        self.aftercare = Aftercare(base, auth).start()
         baseline = Window("steady load (no fault)", "the load alone, before the first fault", time.monotonic())
         self.tick(LEAD_S)
         self._recover(baseline, time.monotonic())
@@ -206,6 +209,9 @@ class FaultRun:
             self.tick(0.5)
         self.load.stop(5)
         self.registers.stop()
+        self.progress("the aftercare of completed cases: ratings, escalations, a clerk's reads")
+        self.aftercare.offer(list(self.completions.completed))
+        self.aftercare.stop()
         if self.windows:
             self.windows[-1].ended = max(self.windows[-1].ended, stop_at)
         self.progress("the cascade settling: every register change at every copy")
@@ -222,12 +228,14 @@ class FaultRun:
         findings.rebuild_differences = rebuilds.summary(results)
         findings.read_models = {m: r.as_dict() for m, r in results.items()}
         findings.read_models_equal = rebuilds.all_equal(results)
+        findings.aftercare = self.aftercare.counts()
+        findings.aftercare_problems = self.aftercare.problems(self.stack.database_url)
         self.completions.close()
         return findings
 
     def abort(self) -> None:
         """Interrupted: the clients stop where they are (the stack goes down next)."""
-        for load in (getattr(self, "load", None), getattr(self, "registers", None)):
+        for load in (getattr(self, "load", None), getattr(self, "registers", None), getattr(self, "aftercare", None)):
             if load is not None:
                 load._stopping.set()
         if getattr(self, "registers", None) is not None:
@@ -322,6 +330,7 @@ def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: st
     checks = {
         "every register change applied once, in order, by every subscriber": not findings.register_problems,
         "read models equal a rebuild from the log": findings.read_models_equal,
+        "every rating, escalation and read answered and in its read model": not findings.aftercare_problems,
         "nothing dead-lettered": findings.dead_letters == 0,
         "every scenario recovered, nothing lost or duplicated": all(r.ok for r in rows),
     }
@@ -343,6 +352,8 @@ def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: st
     missing = [m for m in rebuilds.EXPECTED if m not in findings.read_models]
     if missing:
         console.print(f"[red]read models not compared: {missing}[/red]")
+    console.print(f"aftercare answered: {findings.aftercare}"
+                  + (f"; problems: {findings.aftercare_problems[:3]}" if findings.aftercare_problems else ""))
     console.print(f"dead letters: {findings.dead_letters}; total {time.monotonic() - started:.0f} s")
     for what, held in checks.items():
         console.print(f"{'[green]held[/green]' if held else '[red]FAILED[/red]'}  {what}")
@@ -353,6 +364,8 @@ def main(*, short: bool, only: list[str] | None, rate: float | None, as_json: st
                                              "register_problems": findings.register_problems,
                                              "rebuild_differences": findings.rebuild_differences,
                                              "read_models": findings.read_models,
+                                             "aftercare": findings.aftercare,
+                                             "aftercare_problems": findings.aftercare_problems,
                                              "dead_letters": findings.dead_letters,
                                              "seconds": round(time.monotonic() - started)}, ensure_ascii=False, indent=1))
     return 0 if all(checks.values()) else 1

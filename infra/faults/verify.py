@@ -90,6 +90,8 @@ class Findings:
     rebuild_differences: dict[str, int] = field(default_factory=dict)   # read model → rows differing (-1: not compared)
     read_models: dict[str, dict] = field(default_factory=dict)          # read model → rebuilds.ModelResult.as_dict()
     read_models_equal: bool = False
+    aftercare: dict[str, int] = field(default_factory=dict)              # rating | escalation | read → answered
+    aftercare_problems: list[str] = field(default_factory=list)
     dead_letters: int = 0
 
     def case_problems(self, case_id: str) -> list[str]:
