@@ -24,14 +24,16 @@ fact that commutes with the facts of the other topics:
   every case and service clock of the case, whenever it is opened, is closed by then at the latest;
 - the case clock's 补正 pauses and resumptions are kept on the case (`CaseFacts.pauses`) and the
   clock is worked out from them in time order (`case_clock`), whichever topic delivered first.
-Escalation and rectification clocks are opened and closed on one topic each, in its order.
+- an extension read before its escalation (a deadline's escalation travels on `cases`, the
+  supervisor's extension on `applications`) is kept on the resolution row for it (`extended_to`);
+  a rectification's reply read before its opening closes it only if it came in its own
+  department's name.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from datetime import date, datetime
 from typing import Any
-
 
 from catalog.working_days import add_working_days
 
