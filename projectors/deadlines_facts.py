@@ -5,7 +5,7 @@ read each) and applies the events to them in the batch's order, one rule per met
 evaluated on the row as the event would have found it alone; so the rows written back at the end
 are the rows applying the same events one by one gives, for any batch length and any cut between
 batches, and, since a rebuild reads the topics in another interleaving than the live process
-did, the rows any interleaving of their topics gives (tests/test_deadline_clock.py holds both).
+did, the rows any interleaving of their topics gives (tests/test_deadline_rows.py holds both).
 
 Why fold in Python rather than merge in SQL: two of the rules need the stored row and the
 working-day calendar (a supplement pushes the case's due date back by the working days it

@@ -15,7 +15,8 @@ from events.envelope import Actor, new_event
 from infra import migrations
 from infra.topics import CASES
 from projectors import case_view
-from projectors.deadlines import DeadlineClockProjection, DeadlineTicker, create_schema
+from projectors.deadline_tick import DeadlineTicker
+from projectors.deadlines import DeadlineClockProjection, create_schema
 from projectors.postgres_projection import ProjectionRunner
 
 from .support.offsets import seed_offsets
@@ -132,7 +133,7 @@ def test_each_deadlines_member_ticks_the_cases_on_its_own_partitions(bootstrap, 
     computed exactly as the producer's partitioner does."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from projectors.deadlines import owned_cases, partition_of
+    from projectors.deadline_tick import owned_cases, partition_of
 
     topic = fresh_topic(partitions=6)
     producer = bus.make_producer(bootstrap)

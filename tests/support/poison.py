@@ -24,7 +24,7 @@ from kafka.producer.future import RecordMetadata
 from events import bus, kafka_auth
 from events.envelope import Event
 from projectors.checkpoint import stored_offsets
-from projectors.deadlines import partition_of
+from projectors.deadline_tick import partition_of
 from projectors.runtime import Worker
 
 from .topics import read_messages
