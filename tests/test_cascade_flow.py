@@ -27,7 +27,7 @@ from department_adapters.sdk import InvalidTask
 from events import bus
 from events.envelope import Actor
 from infra.settings import Settings
-from infra.topics import DEADLETTER, REGISTRY_COMPANY, tasks_topic
+from infra.topics import DEADLETTER, REGISTRY_COMPANY, REGISTRY_PERSON, decisions_topic, tasks_topic
 from producers import identity
 from producers.register_api import create_router
 from producers.register_changes import change_event
@@ -41,6 +41,7 @@ from projectors.cascade import CASCADE_TOPIC, Cascade, CascadeConfig
 
 from .support.cascade_harness import (AdapterThreads, company_fields, end_offsets, new_resident_id, new_uscc,
                                       skip_if_foreign_adapters, wait_complete)
+from .support.offsets import seed_offsets
 from .support.topics import read_messages
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -54,6 +55,10 @@ class World:
         self.name = f"cascade.test-{self.run}"
         self.config = CascadeConfig(name=self.name, start="latest", ack_timeout_s=2.0, backoff_base_s=0.5,
                                     backoff_max_s=2.0, escalate_after=2, tick_s=0.25)
+        # from the topics' ends as stored offsets, not `latest` at assignment: a change recorded
+        # before the group's first assignment (a loaded machine joins in seconds) would be skipped
+        seed_offsets(bootstrap, database_url, self.name,
+                     [REGISTRY_COMPANY, REGISTRY_PERSON, *(decisions_topic(d) for d in SUBS.departments())])
         self.cascade = Cascade(bootstrap, database_url, self.config)
         self.adapters = AdapterThreads(bootstrap, database_url, SUBS.departments(), self.run, set()).start()
         self.recorder = RegisterRecorder(bootstrap, database_url)
