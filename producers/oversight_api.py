@@ -142,14 +142,16 @@ def escalate(case_id: str, body: EscalationIn = Body(...), who: Acting = Depends
             if body.reason == "overdue" and not _overdue(view, concerned, body.service_id):
                 raise ApiError(422, [err("reason", "escalation.not_overdue")])
             # one open escalation per case and service: the read model's, and (under the row lock)
-            # those this API opened and did not resolve yet, which the read model may not show yet
-            scope = f"{case_id}/{body.service_id or ''}"
+            # those this API opened and did not resolve yet, which the read model may not show yet.
+            # The read model may already show this very request's escalation: its event reached the
+            # log and the queue, and its commit here was lost (the retry is the same event again).
+            scope, escalation_id = f"{case_id}/{body.service_id or ''}", once.name("esc")
             if any(e["status"] != "resolved" and e["service_id"] == body.service_id
+                   and e["escalation_id"] != escalation_id
                    for e in read_case_escalations(conn, case_id, today=today())) \
                     or any(not taken(conn, eid, "resolve") for eid in actions_on(conn, scope)):
                 raise ApiError(409, [err("service_id" if body.service_id else "case_id", "escalation.open")])
             department = state.catalog.services[body.service_id].department if body.service_id else None
-            escalation_id = once.name("esc")
             take_once(conn, scope, escalation_id, case_id)
             event = produce(conn, state, APPLICATIONS, case_id, "CaseEscalated",
                             {"escalation_id": escalation_id, "origin": "applicant", "reason": body.reason,

@@ -181,7 +181,7 @@ def test_a_write_repeated_with_its_idempotency_key_gets_the_first_answer(client,
 
 
 def test_a_keyed_write_whose_commit_was_lost_after_kafka_took_it_produces_the_same_event_again(
-        client, bootstrap, monkeypatch):
+        client, bootstrap, database_url, monkeypatch):
     """Kafka acknowledges the event before the transaction commits; PostgreSQL failing in between
     leaves the event on the log and no key in the table. The client's retry must be the same
     event (consumers drop it as seen), not a second escalation — found by `onething faults`, where
@@ -195,6 +195,12 @@ def test_a_keyed_write_whose_commit_was_lost_after_kafka_took_it_produces_the_sa
     def commit_lost(*args, **kw):   # after the event was produced, before the transaction commits
         calls.append(1)
         if len(calls) == 1:
+            # … and the queue took the event before the client's retry (as in the faults run, where
+            # the retry was then refused 409 escalation.open until the client gave up)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("INSERT INTO escalation_queue (escalation_id, case_id, origin, reason, opened_at, "
+                             "reply_due, resolve_due) VALUES (%s, %s, 'applicant', 'stuck', now(), "
+                             "current_date + 3, current_date + 5)", (kw["escalation_id"], case_id))
             raise ConnectionError("the database went away")
         return real(*args, **kw)
 
@@ -208,5 +214,9 @@ def test_a_keyed_write_whose_commit_was_lost_after_kafka_took_it_produces_the_sa
     assert len(escalated) == 2   # on the log twice, as the failure left it …
     assert len({e.id for e in escalated}) == 1   # … as one event, which every consumer takes once
     assert {e.payload["escalation_id"] for e in escalated} == {retry.json()["escalation_id"]}
+    # the queue's row let this request's retry through, not another request for the same case
+    other = client.post(f"/api/v1/cases/{case_id}/escalations", json={"reason": "stuck"},
+                        headers=headers | {"Idempotency-Key": f"e-{uuid.uuid4().hex}"})
+    assert other.status_code == 409 and other.json()["errors"][0]["code"] == "escalation.open", other.text
     # without a key each request is its own (nothing to tell a retry from a second escalation)
     assert oversight_api.Idempotent(None, "s", None, "r", {}).event_id() is None

@@ -6,9 +6,10 @@ Why: without them the escalation queue, the ratings and the read audit stay empt
 faults run, and "every read model equals its rebuild" would hold for them vacuously; the
 rectification and escalation clocks of the deadline projection would not be exercised either.
 Each action is one request kept with its Idempotency-Key and tried again, like the
-applications' clients (a refused connection, a timeout, a 5xx, a 429 or a 409 of a request still
-in flight), until answered or given up. `problems` then checks each answered action against the
-read models: each accepted rating one row, each accepted escalation one row (and one only: a retry
+applications' clients (a refused connection, a timeout, a 5xx or a 429), until answered or given
+up. A 409 is an answer here (these routes have no "still in flight" 409: a concurrent retry waits
+for the first), so a refusal such as `escalation.open` is reported as itself, not as a give-up.
+`problems` then checks each answered action against the read models: each accepted rating one row, each accepted escalation one row (and one only: a retry
 after a commit that PostgreSQL lost was once a second escalation), each read recorded.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Action:
     tries: int = 0
     status: int | None = None      # the final answer
     answer: dict = field(default_factory=dict)
+    refusal: str = ""              # the error codes of a 4xx answer
 
 
 def _request(kind: str, case_id: str) -> tuple[str, str, dict | None]:
@@ -47,6 +49,14 @@ def _request(kind: str, case_id: str) -> tuple[str, str, dict | None]:
     if kind == "escalation":
         return "POST", f"/api/v1/cases/{case_id}/escalations", {"reason": "other", "comment": None}
     return "GET", f"/api/v1/cases/{case_id}", None
+
+
+def _codes(r: httpx.Response) -> str:
+    """The error codes of a refusal (`escalation.open`), never its body: it may name the applicant."""
+    try:
+        return ",".join(str(e.get("code")) for e in r.json().get("errors", ()))
+    except (ValueError, AttributeError):
+        return ""
 
 
 class Aftercare:
@@ -114,10 +124,11 @@ class Aftercare:
             except httpx.HTTPError as exc:
                 log.info("faults.aftercare.retry", kind=a.kind, error=type(exc).__name__)
             else:
-                if r.status_code < 500 and r.status_code not in (408, 409, 429):
+                if r.status_code < 500 and r.status_code not in (408, 429):
                     a.status = r.status_code
                     if r.status_code >= 400:
-                        log.warning("faults.aftercare.refused", kind=a.kind, status=r.status_code, body=r.text[:300])
+                        a.refusal = _codes(r)
+                        log.warning("faults.aftercare.refused", kind=a.kind, status=r.status_code, codes=a.refusal)
                     else:
                         a.answer = r.json() if method == "POST" else {}
                     return
@@ -128,7 +139,8 @@ class Aftercare:
     def problems(self, database_url: str) -> list[str]:
         """Each action answered, and found once in its read model."""
         actions, out = self.snapshot(), []
-        out += [f"{a.kind} of {a.case_id} answered {a.status}" for a in actions if a.status not in (200, 202)]
+        out += [f"{a.kind} of {a.case_id} answered {a.status or f'nothing in {a.tries} tries'} {a.refusal}".rstrip()
+                for a in actions if a.status not in (200, 202)]
         ratings = {a.answer.get("rating_id") for a in actions if a.kind == "rating" and a.status == 202}
         escalations = {a.answer.get("escalation_id") for a in actions if a.kind == "escalation" and a.status == 202}
         read = {a.case_id for a in actions if a.kind == "read" and a.status == 200}
