@@ -175,7 +175,17 @@ class RegisterRecorder:
             try:
                 stale.close(timeout=0)
             except Exception:   # closing a wedged producer must not hide the original failure
+                # kafka-python's close() flushes first and raises on records still pending, before
+                # it stops the sender thread: stop the thread (it aborts what is pending), then close
                 log.warning("register.producer_close_failed")
+                sender = getattr(stale, "_sender", None)
+                if sender is not None:
+                    sender.force_close()
+                    sender.join(2)
+                try:
+                    stale.close(timeout=0)
+                except Exception:
+                    pass
 
     def _conn(self) -> psycopg.Connection:
         held = getattr(self._local, "held", None)

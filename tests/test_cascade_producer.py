@@ -196,3 +196,27 @@ def test_person_changes_travel_under_a_token_and_never_carry_the_resident_id(boo
     with psycopg.connect(recorder.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM register_keys WHERE register_key = %s", (rid,)).fetchone()[0] == 0
     assert rid not in capsys.readouterr().err
+
+
+def test_a_discarded_producer_with_records_pending_stops_its_sender_thread(bootstrap, database_url):
+    """After a change the broker did not confirm, the recorder drops its producer for a fresh one.
+    kafka-python's close(timeout=0) raises on records still pending before it stops the sender:
+    a producer discarded that way kept its I/O thread (and its connections) for the process's life."""
+    from events import bus
+
+    from .support.poison import Topics
+
+    recorder, topics = RegisterRecorder(bootstrap, database_url), Topics(bootstrap)
+    try:
+        (topic,) = topics.make(f"discarded-{uuid.uuid4().hex[:8]}")   # not a register's: nobody consumes it
+        wedged = bus.make_producer(bootstrap, client_id="onething-registers-test", linger_ms=60_000)
+        wedged.send(topic, key=b"k", value=b"pending for a minute")   # held by linger
+        recorder._producer = wedged
+        sender = wedged._sender
+        recorder._discard_producer()
+        sender.join(5)
+        assert not sender.is_alive(), "the discarded producer's sender thread still runs"
+        assert recorder._producer is None
+    finally:
+        recorder.close()
+        topics.delete()
