@@ -26,7 +26,9 @@
           department: "办理部门：", sent: "正在提交…", done: "已提交，受理编号 {r}", declined_ok: "已谢绝",
           failed: "提交失败：", no_token: "请从政务服务平台登录后打开（链接中含有您的登录凭证）。",
           src: { id_card: "身份证", household_register: "户口簿", marriage_certificate: "结婚证", rule: "按政策",
-                 person_register: "人口登记" }, required: "（必填）", case: "办件：", follow: "查看办理进度" },
+                 person_register: "人口登记" }, required: "（必填）", case: "办件：", follow: "查看办理进度",
+          task: { decline_window: "谢绝期满后交部门办理", to_execute: "即将交部门办理", sent: "部门办理中",
+                  executed: "部门已办结", failed: "部门未能办理，请联系办理部门", cancelled: "已取消，部门不再办理" } },
     en: { title: "My inbox · proactive services", subtitle: "granted without asking · offered, prefilled · pre-service lists",
           heading: "What the government does for you, unasked",
           hint: "Benefits you qualify for are granted without an application; decline one you do not want within its window. Offers come with the form filled from what the government holds: confirm and it is filed.",
@@ -38,7 +40,10 @@
           department: "Department: ", sent: "Filing…", done: "Filed, receipt {r}", declined_ok: "Declined",
           failed: "Not filed: ", no_token: "Open this page from the government service portal after logging in (the link carries your login).",
           src: { id_card: "ID card", household_register: "household register", marriage_certificate: "marriage certificate",
-                 rule: "by the rule", person_register: "person register" }, required: " (required)", case: "Case: ", follow: "follow the case" }
+                 rule: "by the rule", person_register: "person register" }, required: " (required)", case: "Case: ", follow: "follow the case",
+          task: { decline_window: "sent to the department when the decline window ends", to_execute: "being sent to the department",
+                  sent: "with the department", executed: "done by the department",
+                  failed: "the department could not do it; please contact it", cancelled: "cancelled; the department will not do it" } }
   };
   var timer = null, busy = 0, last = null;
 
@@ -97,8 +102,9 @@
       badge.classList.add(it.state === "declined" || it.state === "lapsed" ? "st-cancelled" :
                           it.state === "offered" ? "st-accepted" : "st-approved");
       var meta = [];
-      if (it.outcome === "grant") {
-        meta.push(lbl(it.benefit), t("department") + lbl(it.department_label));
+      if (it.outcome === "grant") {   // and where its execution is: the department's worklist says the same
+        meta.push(lbl(it.benefit), t("department") + lbl(it.department_label), T[lang].task[it.task] || "");
+        li.setAttribute("data-task", it.task);
         if (it.can_decline) meta.push(fmt(t("decline_until"), it.decline_until));
       } else if (it.state === "offered") {
         meta.push(it.available_on > data.today ? fmt(t("opens"), it.available_on) : fmt(t("lapses"), it.lapses_on));

@@ -112,11 +112,14 @@ def test_the_inbox_offers_prefilled_retirement_accepted_in_one_step_and_a_grant_
             grant.wait_for(timeout=60_000)
             text = grant.inner_text()
             assert "免申即享" in text and "高龄津贴" in text and "已为您办理" in text and "谢绝" in text
+            assert "谢绝期满后交部门办理" in text, "where the grant's execution is: not sent while it may be declined"
             grant.locator("[data-act=decline]").click()
-            page2.locator("[data-rule=senior_allowance_80][data-state=declined]").wait_for(timeout=60_000)
+            page2.locator("[data-rule=senior_allowance_80][data-state=declined][data-task=cancelled]").wait_for(
+                timeout=60_000)
             page2.locator("#lang").click()
             grant = page2.locator("[data-rule=senior_allowance_80]")
             assert "Granted" in grant.inner_text() and "declined" in grant.inner_text()
+            assert "the department will not do it" in grant.inner_text()
             assert page2.evaluate("document.documentElement.lang") == "en"
             page2.screenshot(path="/tmp/inbox_page_en.png", full_page=True)
         finally:
