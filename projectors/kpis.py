@@ -29,7 +29,7 @@ service and case is settled once from its facts read set-based (projectors/kpis_
 tests/test_kpis.py holds batches of shuffled events to the rows one by one gives.
 
 The rules (the pure functions below and in projectors/kpis_read.py, with property tests in
-tests/test_kpis.py):
+tests/test_kpi_rules.py):
 - on time: a case completed, or a service decided (approved or rejected), on or before its due
   date; overdue: ended after it, or still open, not waiting for the applicant, and past it as of
   `today`. Withdrawn cases and cancelled services count in neither. on-time rate = on time /
