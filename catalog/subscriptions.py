@@ -32,7 +32,7 @@ __all__ = ["FIELD_TYPES", "RegisterField", "Register", "Subscription", "Subscrip
 
 SUBSCRIPTIONS_PATH = DEFAULT_ROOT / "data" / "subscriptions.yaml"
 DEPARTMENTS_PATH = DEFAULT_ROOT / "data" / "departments.yaml"
-#: how a field's value is checked before it becomes an event (producers/register_changes.py)
+#: how a field's value is checked before it becomes an event (producers/register_values.py)
 FIELD_TYPES = ("text", "uscc", "resident_id", "date", "amount", "enum", "region_code")
 _ID = re.compile(r"[a-z][a-z0-9_]*")
 

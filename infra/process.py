@@ -54,7 +54,7 @@ def _dispatch(settings: Settings, _arg: str | None) -> list:
 
 
 def _cascade(settings: Settings, _arg: str | None) -> list:
-    from projectors.cascade import CascadeConfig, CascadeProcessor
+    from projectors.cascade_processor import CascadeConfig, CascadeProcessor
 
     return [CascadeProcessor(CascadeConfig.from_env())]
 

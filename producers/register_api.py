@@ -58,8 +58,9 @@ from .audit_reads import cascade_reads, register_entry_read
 from .api_errors import ApiError, route_context, with_context
 from .db import Database
 from .register_changes import COMPANY, PERSON, ChangeRefused, Problem
+from .register_resources import RegisterUnavailable
 from .register_schema import published, uscc_parameter
-from .registers import ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable
+from .registers import ChangeNotConfirmed, RegisterRecorder
 
 WRITERS = {COMPANY: "market_regulation", PERSON: "police"}
 READERS = ("register", "department", "supervisor", "system")

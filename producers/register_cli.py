@@ -29,7 +29,8 @@ from catalog.validators import check_resident_id
 from infra.settings import Settings
 
 from .register_changes import COMPANY, PERSON, ChangeRefused
-from .registers import ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable, register_key
+from .register_resources import RegisterUnavailable
+from .registers import ChangeNotConfirmed, RegisterRecorder, register_key
 
 console = Console()
 EXIT_REFUSED, EXIT_UNAVAILABLE = 2, 3

@@ -39,7 +39,7 @@ ENTITY_USCC = {"1": "gb32100-uscc-company", "2": "gb32100-uscc-individual-busine
                "3": "gb32100-uscc-cooperative"}
 REGION_CODE = "gb2260-region-code"
 #: registered capital in 万元 as text: more than 0, at most 10,000,000 (1000亿元), at most 6 decimals
-#: (register_changes.check_value `amount`), written without leading zeros
+#: (register_values.check_value `amount`), written without leading zeros
 AMOUNT_PATTERN = "^(?:[1-9][0-9]{0,6}(?:\\.[0-9]{1,6})?|10000000(?:\\.0{1,6})?|0\\.[0-9]{0,5}[1-9])$"
 _DATE_PATTERN = "^(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])$"
 _CONTROLS = TEXT_PATTERN[3:-3]  # the class body of producers/api_form_schema.TEXT_PATTERN
@@ -62,7 +62,7 @@ def _uscc(classes: str) -> dict[str, Any]:
 
 
 def field_schema(f: RegisterField, *, options: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """One register field's value, as register_changes.check_value checks it (a string always)."""
+    """One register field's value, as register_values.check_value checks it (a string always)."""
     out: dict[str, Any] = {"title": f"{f.zh} / {f.en}", "type": "string"}
     if f.type == "text":
         out |= {"minLength": 1, "pattern": _NONBLANK,

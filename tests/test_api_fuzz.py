@@ -41,7 +41,8 @@ from producers.api_form_schema import available_bundles
 from producers.intake_api import create_app
 from producers.register_changes import COMPANY, KINDS, ChangeRefused, RegisterRecord, validate_change
 from producers.register_schema import ENTITY_USCC, MARKET_USCC
-from projectors.cascade import Cascade, CascadeConfig
+from projectors.cascade import Cascade
+from projectors.cascade_processor import CascadeConfig
 from tests.support.api_role import api_settings
 from tests.support.cascade_harness import AdapterThreads, company_fields, new_uscc
 from tests.support.fast_forward import skip_history

@@ -34,7 +34,7 @@ from infra.topics import REGISTRY_COMPANY, tasks_topic
 from producers.register_changes import fold_all
 from producers.registers import RegisterRecorder
 from projectors import cascade_status
-from projectors.cascade import CASCADE_TOPIC
+from projectors.cascade_processor import CASCADE_TOPIC
 
 from .support.cascade_harness import (cascade_env, company_fields, end_offsets, new_resident_id, new_uscc,
                                       open_changes, skip_if_foreign_adapters, start_process,

@@ -37,7 +37,8 @@ from producers.register_log import master_from_log, verify_master
 from producers.registers import RegisterRecorder, register_key
 from projectors import cascade_plan as plan
 from projectors import cascade_status
-from projectors.cascade import CASCADE_TOPIC, Cascade, CascadeConfig
+from projectors.cascade import Cascade
+from projectors.cascade_processor import CASCADE_TOPIC, CascadeConfig
 
 from .support.cascade_harness import (AdapterThreads, company_fields, end_offsets, new_resident_id, new_uscc,
                                       skip_if_foreign_adapters, wait_complete)

@@ -14,7 +14,8 @@ from kafka.errors import KafkaTimeoutError
 from infra.topics import REGISTRY_COMPANY, REGISTRY_PERSON
 from producers.register_changes import ChangeRefused, fold_all
 from producers.register_log import verify_master
-from producers.registers import ChangeNotConfirmed, RegisterRecorder, RegisterUnavailable, register_key
+from producers.register_resources import RegisterUnavailable
+from producers.registers import ChangeNotConfirmed, RegisterRecorder, register_key
 
 from .support.cascade_harness import company_fields, end_offsets, new_resident_id, new_uscc
 from .support.topics import read_messages

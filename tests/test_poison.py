@@ -45,7 +45,7 @@ from infra.topics import DEADLETTER, REGISTRY_COMPANY, decisions_topic, tasks_to
 from producers.register_changes import change_event
 from projectors import case_state, case_view, deadlines, kpis
 from projectors import cascade_plan as plan
-from projectors.cascade import CascadeConfig, CascadeProcessor
+from projectors.cascade_processor import CascadeConfig, CascadeProcessor
 from projectors.case_view import CaseViewProjection, read_case
 from projectors.deadlines import DeadlineClockProjection
 from projectors.dispatch import Dispatch

@@ -134,7 +134,7 @@ def test_the_register_uses_the_same_rule():
     from datetime import date
 
     from catalog.subscriptions import load_subscriptions
-    from producers.register_changes import check_value
+    from producers.register_values import check_value
 
     subs = load_subscriptions()
     text_field = next(f for reg in subs.registers.values() for f in reg.fields.values() if f.type == "text")

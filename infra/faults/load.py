@@ -184,7 +184,8 @@ class RegisterLoad:
             n += 1
 
     def _until_recorded(self, change: RegisterChange, register: bool = False, give_up_s: float = 600.0) -> None:
-        from producers.registers import ChangeNotConfirmed, RegisterUnavailable
+        from producers.register_resources import RegisterUnavailable
+        from producers.registers import ChangeNotConfirmed
 
         while time.monotonic() - change.started < give_up_s:
             change.tries += 1
