@@ -9,8 +9,9 @@ Each action is one request kept with its Idempotency-Key and tried again, like t
 applications' clients (a refused connection, a timeout, a 5xx or a 429), until answered or given
 up. A 409 is an answer here (these routes have no "still in flight" 409: a concurrent retry waits
 for the first), so a refusal such as `escalation.open` is reported as itself, not as a give-up.
-`problems` then checks each answered action against the read models: each accepted rating one row, each accepted escalation one row (and one only: a retry
-after a commit that PostgreSQL lost was once a second escalation), each read recorded.
+`problems` then checks each answered action against the read models: each accepted rating one
+row, each accepted escalation one row (and one only: a retry after a commit that PostgreSQL lost
+was once a second escalation), each read recorded.
 """
 from __future__ import annotations
 
